@@ -1,0 +1,22 @@
+"""Vocabulary shared by several formats."""
+
+from __future__ import annotations
+
+from typing import Literal, get_args
+
+SpMode = Literal["none", "megatron", "ulysses"]
+DpMode = Literal["ddp", "zero1", "zero2", "zero3"]
+Precision = Literal["fp32", "bf16", "fp16"]
+Schedule = Literal["gpipe", "1f1b"]
+MeshAxis = Literal["pp", "dp", "tp"]
+Family = Literal["gpt", "llama", "bert", "t5", "vit", "swin"]
+LayerKind = Literal["embedding", "block", "head"]
+
+SP_MODES: tuple[str, ...] = get_args(SpMode)
+DP_MODES: tuple[str, ...] = get_args(DpMode)
+PRECISIONS: tuple[str, ...] = get_args(Precision)
+SCHEDULES: tuple[str, ...] = get_args(Schedule)
+MESH_AXES: tuple[str, ...] = get_args(MeshAxis)
+FAMILIES: tuple[str, ...] = get_args(Family)
+
+BYTES_PER_ELEMENT: dict[str, int] = {"fp32": 4, "bf16": 2, "fp16": 2}

@@ -1,0 +1,104 @@
+"""Consistency checks, beyond field types, for the formats other than the plan."""
+
+from __future__ import annotations
+
+from collections.abc import Hashable, Iterable
+
+from partita.formats.errors import FormatError
+from partita.formats.hardware_profile import HardwareProfile
+from partita.formats.model_description import ModelDescription
+from partita.formats.model_profile import ModelProfile
+from partita.formats.run_report import RunReport
+
+
+def _first_duplicate(keys: Iterable[Hashable]) -> int | None:
+    seen: set[Hashable] = set()
+    for index, key in enumerate(keys):
+        if key in seen:
+            return index
+        seen.add(key)
+    return None
+
+
+def check_model_description(model: ModelDescription) -> None:
+    if not model.blocks:
+        raise FormatError("expected at least one layer of kind 'block'", path="layers")
+    duplicate = _first_duplicate(layer.name for layer in model.layers)
+    if duplicate is not None:
+        name = model.layers[duplicate].name
+        raise FormatError(f"layer name {name!r} is used twice", path=f"layers[{duplicate}].name")
+    kinds = [layer.kind for layer in model.layers]
+    if kinds.count("embedding") > 1 or kinds.count("head") > 1:
+        raise FormatError("expected at most one embedding and one head layer", path="layers")
+    if "embedding" in kinds and kinds[0] != "embedding":
+        raise FormatError("the embedding must be the first layer", path="layers")
+    if "head" in kinds and kinds[-1] != "head":
+        raise FormatError("the head must be the last layer", path="layers")
+    for index, layer in enumerate(model.layers):
+        if layer.num_kv_heads and layer.num_heads % layer.num_kv_heads:
+            raise FormatError(
+                f"num_kv_heads {layer.num_kv_heads} does not divide num_heads {layer.num_heads}",
+                path=f"layers[{index}].num_kv_heads",
+            )
+    if model.num_heads % model.num_kv_heads:
+        raise FormatError(
+            f"num_kv_heads {model.num_kv_heads} does not divide num_heads {model.num_heads}",
+            path="num_kv_heads",
+        )
+
+
+def check_model_profile(profile: ModelProfile) -> None:
+    duplicate = _first_duplicate(lt.layer_type for lt in profile.layer_types)
+    if duplicate is not None:
+        raise FormatError(
+            f"layer type {profile.layer_types[duplicate].layer_type!r} appears twice",
+            path=f"layer_types[{duplicate}].layer_type",
+        )
+    for index, layer_type in enumerate(profile.layer_types):
+        duplicate = _first_duplicate(
+            (t.tp, t.sp, t.micro_batch, t.seq_len) for t in layer_type.timings
+        )
+        if duplicate is not None:
+            raise FormatError(
+                "a second timing for the same tp, sp, micro_batch and seq_len",
+                path=f"layer_types[{index}].timings[{duplicate}]",
+            )
+        duplicate = _first_duplicate((m.tp, m.sp, m.seq_len) for m in layer_type.memory)
+        if duplicate is not None:
+            raise FormatError(
+                "a second memory entry for the same tp, sp and seq_len",
+                path=f"layer_types[{index}].memory[{duplicate}]",
+            )
+
+
+def check_hardware_profile(profile: HardwareProfile) -> None:
+    if profile.backend == "nccl" and profile.device.kind != "cuda":
+        raise FormatError("backend 'nccl' needs device kind 'cuda'", path="backend")
+    for index, collective in enumerate(profile.collectives):
+        path = f"collectives[{index}]"
+        if collective.group_size > profile.world_size:
+            raise FormatError(
+                f"group_size {collective.group_size} exceeds the {profile.world_size} devices "
+                "of the profile",
+                path=f"{path}.group_size",
+            )
+        if collective.scope == "inter_node" and profile.num_nodes == 1:
+            raise FormatError(
+                "an inter_node measurement in a one-node profile", path=f"{path}.scope"
+            )
+        if collective.op == "p2p" and collective.group_size != 2:
+            raise FormatError("p2p is between exactly 2 devices", path=f"{path}.group_size")
+
+
+def check_run_report(report: RunReport) -> None:
+    if report.status == "failed" and not report.error:
+        raise FormatError("a failed run must say why", path="error")
+    for index, memory in enumerate(report.peak_memory):
+        if memory.rank >= report.world_size:
+            raise FormatError(
+                f"rank {memory.rank} is outside world_size {report.world_size}",
+                path=f"peak_memory[{index}].rank",
+            )
+    duplicate = _first_duplicate(memory.rank for memory in report.peak_memory)
+    if duplicate is not None:
+        raise FormatError("a second entry for the same rank", path=f"peak_memory[{duplicate}].rank")

@@ -1,0 +1,43 @@
+"""Upgrades of older file versions, one step at a time, on the raw JSON object.
+
+Each function takes the body of a version-N file (a dict, untrusted) and returns the body of
+version N+1. Anything it cannot understand is left for the version N+1 decoder to report.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from partita.formats.errors import FormatError
+
+_PLAN_V1_LAYER_KEYS = {"tp_degree": "tp", "sp_mode": "sp", "dp_mode": "dp", "checkpoint": "ckpt"}
+_PLAN_V1_DP_MODES = {"zero-1": "zero1", "zero-2": "zero2", "zero-3": "zero3"}
+
+
+def plan_v1_to_v2(body: dict[str, Any]) -> dict[str, Any]:
+    """Plan v1 (the pre-0.1 draft) named per-layer keys ``tp_degree``, ``sp_mode``, ``dp_mode``
+    and ``checkpoint``, spelled ZeRO stages ``zero-N`` and had no vocab strategy."""
+    layers = body.get("layers")
+    if not isinstance(layers, list):
+        return body
+    migrated = []
+    for index, layer in enumerate(layers):
+        if not isinstance(layer, dict):
+            raise FormatError("expected an object (plan version 1 layer)", path=f"layers[{index}]")
+        clashing = [
+            old for old, new in _PLAN_V1_LAYER_KEYS.items() if old in layer and new in layer
+        ]
+        if clashing:
+            old = clashing[0]
+            raise FormatError(
+                f"has both {old!r} (version 1) and {_PLAN_V1_LAYER_KEYS[old]!r} (version 2)",
+                path=f"layers[{index}]",
+            )
+        renamed = {_PLAN_V1_LAYER_KEYS.get(key, key): value for key, value in layer.items()}
+        dp = renamed.get("dp")
+        if isinstance(dp, str):
+            renamed["dp"] = _PLAN_V1_DP_MODES.get(dp, dp)
+        migrated.append(renamed)
+    upgraded = {**body, "layers": migrated}
+    upgraded.setdefault("vocab", {"tp": 1, "sp": False, "dp": "ddp"})
+    return upgraded

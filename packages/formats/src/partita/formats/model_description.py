@@ -1,0 +1,58 @@
+"""``partita.model_description``: a model's layers, shapes, parameters and analytic costs.
+
+Torch-free: the simulator reads it, ``partita.models`` writes it. ``layers`` are in execution
+order. Per-sample quantities are for one sample of ``seq_len`` tokens (or patches) in the
+element size ``activation_bytes_per_element``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from partita.formats.common import Family, LayerKind
+from partita.formats.schema import at_least
+
+FORMAT = "partita.model_description"
+VERSION = 1
+
+
+@dataclass(frozen=True)
+class LayerDescription:
+    name: str
+    kind: LayerKind
+    layer_type: str
+    hidden_size: int = field(metadata=at_least(1))
+    num_heads: int = field(metadata=at_least(0))
+    num_kv_heads: int = field(metadata=at_least(0))
+    ffn_size: int = field(metadata=at_least(0))
+    seq_len: int = field(metadata=at_least(1))
+    params: int = field(metadata=at_least(0))
+    forward_flops_per_sample: float = field(metadata=at_least(0))
+    backward_flops_per_sample: float = field(metadata=at_least(0))
+    activation_bytes_per_sample: float = field(metadata=at_least(0))
+    output_bytes_per_sample: float = field(metadata=at_least(0))
+
+
+@dataclass(frozen=True)
+class ModelDescription:
+    name: str
+    family: Family
+    hidden_size: int = field(metadata=at_least(1))
+    num_heads: int = field(metadata=at_least(1))
+    num_kv_heads: int = field(metadata=at_least(1))
+    ffn_size: int = field(metadata=at_least(1))
+    vocab_size: int = field(metadata=at_least(0))
+    num_labels: int = field(metadata=at_least(0))
+    seq_len: int = field(metadata=at_least(1))
+    activation_bytes_per_element: int = field(metadata=at_least(1))
+    layers: tuple[LayerDescription, ...]
+    source: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def blocks(self) -> tuple[LayerDescription, ...]:
+        """The layers a plan gives a strategy each (everything but embedding and head)."""
+        return tuple(layer for layer in self.layers if layer.kind == "block")
+
+    @property
+    def params(self) -> int:
+        return sum(layer.params for layer in self.layers)

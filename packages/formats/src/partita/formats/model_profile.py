@@ -1,0 +1,72 @@
+"""``partita.model_profile``: measured (or estimated) time and memory of each layer type.
+
+``tp`` is the layer's tensor-parallel (or, with ``sp = "ulysses"``, Ulysses) group size; for
+embedding and head layer types it is the vocab-parallel degree. ``origin`` says how each value
+was obtained, so the simulator and the user know what was measured and what was not.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal
+
+from partita.formats.common import Precision, SpMode
+from partita.formats.schema import at_least
+
+FORMAT = "partita.model_profile"
+VERSION = 1
+
+Origin = Literal[
+    "measured_tp_groups",  # measured with real tensor-parallel process groups
+    "measured_tp1_plus_comm",  # measured at tp 1; communication measured separately
+    "fitted",  # from a fit over measured points
+    "extrapolated",  # outside the measured range
+    "analytic",  # from FLOPs and bytes with stated efficiencies
+    "galvatron",  # imported from a Galvatron profile
+]
+
+
+@dataclass(frozen=True)
+class LayerTiming:
+    tp: int = field(metadata=at_least(1))
+    sp: SpMode
+    micro_batch: int = field(metadata=at_least(1))
+    seq_len: int = field(metadata=at_least(1))
+    forward_s: float = field(metadata=at_least(0))
+    backward_s: float = field(metadata=at_least(0))
+    spread: float = field(default=0.0, metadata=at_least(0))
+    origin: Origin = "measured_tp_groups"
+
+
+@dataclass(frozen=True)
+class LayerMemory:
+    tp: int = field(metadata=at_least(1))
+    sp: SpMode
+    seq_len: int = field(metadata=at_least(1))
+    param_bytes: int = field(metadata=at_least(0))
+    grad_bytes: int = field(metadata=at_least(0))
+    optimizer_bytes: int = field(metadata=at_least(0))
+    activation_bytes_per_sample: float = field(metadata=at_least(0))
+    checkpoint_activation_bytes_per_sample: float = field(metadata=at_least(0))
+    origin: Origin = "measured_tp_groups"
+
+
+@dataclass(frozen=True)
+class LayerTypeProfile:
+    layer_type: str
+    timings: tuple[LayerTiming, ...] = ()
+    memory: tuple[LayerMemory, ...] = ()
+
+
+@dataclass(frozen=True)
+class ModelProfile:
+    model: str
+    device: str
+    dtype: Precision
+    origin: Literal["measured", "analytic", "galvatron"]
+    layer_types: tuple[LayerTypeProfile, ...]
+    efficiencies: dict[str, float] = field(default_factory=dict)
+    tools: dict[str, str] = field(default_factory=dict)
+
+    def layer_type(self, name: str) -> LayerTypeProfile | None:
+        return next((lt for lt in self.layer_types if lt.layer_type == name), None)

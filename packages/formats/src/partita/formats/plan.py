@@ -1,0 +1,93 @@
+"""``partita.plan``: how to split one training iteration over the devices.
+
+Per block layer: ``tp`` is the size of the layer's model-parallel group inside its pipeline
+stage (tensor parallel for ``sp`` "none" and "megatron", the Ulysses group for "ulysses"); the
+rest of the stage's devices form the layer's data-parallel group, run in mode ``dp``. The
+embedding and head follow ``vocab``. ``pipeline.stage_num_layers`` gives each stage a run of
+consecutive block layers; the embedding lives on the first stage, the head on the last.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from partita.formats.common import DpMode, MeshAxis, Precision, Schedule, SpMode
+from partita.formats.schema import at_least
+
+FORMAT = "partita.plan"
+VERSION = 2
+
+
+@dataclass(frozen=True)
+class LayerStrategy:
+    tp: int = field(default=1, metadata=at_least(1))
+    sp: SpMode = "none"
+    dp: DpMode = "ddp"
+    ckpt: bool = False
+
+
+@dataclass(frozen=True)
+class VocabStrategy:
+    """Strategy of the embedding and the head: vocab-parallel degree, SP, data-parallel mode."""
+
+    tp: int = field(default=1, metadata=at_least(1))
+    sp: bool = False
+    dp: DpMode = "ddp"
+
+
+@dataclass(frozen=True)
+class PipelineConfig:
+    degree: int = field(metadata=at_least(1))
+    schedule: Schedule
+    stage_num_layers: tuple[int, ...] = field(metadata=at_least(1))
+
+
+@dataclass(frozen=True)
+class Provenance:
+    model: str = ""
+    model_description_sha256: str | None = None
+    hardware_profile_sha256: str | None = None
+    model_profile_sha256: str | None = None
+    tools: dict[str, str] = field(default_factory=dict)
+    created_by: str = ""
+
+
+@dataclass(frozen=True)
+class Predictions:
+    iteration_time_s: float = field(metadata=at_least(0))
+    throughput_samples_per_s: float = field(metadata=at_least(0))
+    peak_memory_bytes_per_stage: tuple[int, ...] = field(metadata=at_least(0))
+
+
+@dataclass(frozen=True)
+class Plan:
+    world_size: int = field(metadata=at_least(1))
+    mesh_axis_order: tuple[MeshAxis, ...]
+    global_batch_size: int = field(metadata=at_least(1))
+    num_micro_batches: int = field(metadata=at_least(1))
+    pipeline: PipelineConfig
+    layers: tuple[LayerStrategy, ...]
+    vocab: VocabStrategy = VocabStrategy()
+    precision: Precision = "fp32"
+    provenance: Provenance = Provenance()
+    predictions: Predictions | None = None
+
+    @property
+    def devices_per_stage(self) -> int:
+        return self.world_size // self.pipeline.degree
+
+    @property
+    def micro_batch_size(self) -> int:
+        return self.global_batch_size // self.num_micro_batches
+
+    def dp_degree(self, tp: int) -> int:
+        """Data-parallel group size of a layer whose model-parallel group has ``tp`` devices."""
+        return self.devices_per_stage // tp
+
+    def stage_of_layer(self, index: int) -> int:
+        end = 0
+        for stage, count in enumerate(self.pipeline.stage_num_layers):
+            end += count
+            if index < end:
+                return stage
+        raise IndexError(f"layer {index} is outside the plan's {len(self.layers)} layers")

@@ -1,0 +1,63 @@
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from support import EXAMPLES
+
+from partita.formats import SPECS, FormatError, LayerStrategy, Plan, load, loads
+
+
+def test_plan_version_1_is_migrated_forward(data_dir: Path) -> None:
+    plan = load(data_dir / "plan_v1.json", Plan)
+    assert plan.layers == (
+        LayerStrategy(tp=2, sp="megatron", dp="zero3", ckpt=True),
+        LayerStrategy(tp=1, sp="none", dp="ddp", ckpt=False),
+    )
+    assert plan.vocab.tp == 1  # v1 had no vocab strategy
+
+
+def test_migrated_plan_is_validated_like_a_current_one(data_dir: Path) -> None:
+    document = json.loads((data_dir / "plan_v1.json").read_text())
+    document["layers"][0]["tp_degree"] = 3
+    with pytest.raises(FormatError) as error:
+        loads(json.dumps(document), Plan, source="old.json")
+    message = str(error.value)
+    assert message.startswith("old.json: layers[0].tp: tp 3 does not divide")
+    assert message.endswith("(in the version 2 form of this version 1 file)")
+
+
+def test_version_1_layer_with_both_old_and_new_keys_is_refused(data_dir: Path) -> None:
+    document = json.loads((data_dir / "plan_v1.json").read_text())
+    document["layers"][1]["tp"] = 2
+    with pytest.raises(FormatError) as error:
+        loads(json.dumps(document), Plan, source="old.json")
+    assert str(error.value) == (
+        "old.json: layers[1]: has both 'tp_degree' (version 1) and 'tp' (version 2)"
+    )
+
+
+@pytest.mark.parametrize("spec", SPECS, ids=lambda s: s.name)
+def test_newer_version_is_refused_naming_the_supported_one(spec) -> None:  # type: ignore[no-untyped-def]
+    text = json.dumps({"format": spec.name, "version": spec.version + 1})
+    with pytest.raises(FormatError) as error:
+        loads(text, source="future.json")
+    assert str(error.value) == (
+        f"future.json: version: version {spec.version + 1} is newer than the supported "
+        f"version {spec.version} of {spec.name}; upgrade partita-formats to read it"
+    )
+
+
+@pytest.mark.parametrize("spec", SPECS, ids=lambda s: s.name)
+def test_every_older_version_has_a_migration(spec) -> None:  # type: ignore[no-untyped-def]
+    assert sorted(spec.migrations) == list(range(1, spec.version))
+
+
+def test_a_file_of_another_format_is_refused_by_name() -> None:
+    text = (EXAMPLES / "run_report.json").read_text()
+    with pytest.raises(FormatError) as error:
+        loads(text, Plan, source="r.json")
+    assert str(error.value) == (
+        "r.json: format: expected a partita.plan file, got partita.run_report"
+    )
