@@ -1,0 +1,21 @@
+"""How each layer type splits under tensor parallelism, as data the executor applies.
+
+Names are submodule paths inside one layer. Column-parallel projections split their output
+features (so attention heads and FFN columns are divided), row-parallel ones split their input
+features and sum the partial outputs. Under Megatron sequence parallelism the modules in
+``sequence_parallel`` (norms, dropouts) run on a sequence shard.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class TPLayout:
+    colwise: tuple[str, ...] = ()
+    rowwise: tuple[str, ...] = ()
+    vocab_embedding: tuple[str, ...] = ()  # nn.Embedding split along the vocabulary
+    vocab_head: tuple[str, ...] = ()  # nn.Linear producing logits, split along the vocabulary
+    sequence_parallel: tuple[str, ...] = ()
+    replicated_note: str = ""  # what stays whole, in words, for docs and `partita describe`
