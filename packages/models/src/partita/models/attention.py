@@ -4,7 +4,8 @@ Model code calls ``module.core(q, k, v, bias=..., causal=..., scale=..., dropout
 tensors shaped ``[batch, heads, seq, head_dim]``; the number of heads is whatever the local
 projections hold, so tensor parallelism needs no change here. ``bias`` is an additive float
 mask broadcastable to ``[batch, heads, seq_q, seq_k]`` (padding masks, T5's relative position
-bias, Swin's window bias). Ulysses sequence parallelism wraps a core; flash-attn replaces it where installed.
+bias, Swin's window bias). Ulysses sequence parallelism wraps a core; flash-attn replaces it
+where installed.
 """
 
 from __future__ import annotations
