@@ -40,6 +40,7 @@ ALLOWED_IMPORTS: dict[str, frozenset[str]] = {
             "partita.models",
             "torch",
             "transformers",
+            "huggingface_hub",
             "safetensors",
             "numpy",
             "tokenizers",

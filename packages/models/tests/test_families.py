@@ -18,6 +18,7 @@ from partita.models.attention import Attends, eager_attention, set_attention_cor
 from partita.models.families import FAMILIES, family_of
 from partita.models.hf_io import load_hf_checkpoint, save_hf_checkpoint
 from partita.models.layered import LayeredModel
+from partita.models.presets import preset_names
 
 FAMILY_NAMES = sorted(FAMILIES)
 BATCH = 2
@@ -80,6 +81,14 @@ def _earlier(model: LayeredModel, module: torch.nn.Module) -> list[torch.nn.Para
     return [p for earlier in model.layers[:index] for p in earlier.parameters()]
 
 
+@pytest.mark.parametrize("preset", preset_names())
+def test_description_params_equal_transformers_at_every_preset(preset: str) -> None:
+    config = resolve_config(preset)
+    with torch.device("meta"):  # real sizes, no memory
+        reference = family_of(config).reference_model(config)
+    assert describe_model(preset).params == sum(p.numel() for p in reference.parameters())
+
+
 @pytest.mark.parametrize("name", FAMILY_NAMES)
 def test_flops_formula_within_2_percent_of_torch_counter(name: str) -> None:
     model = build_model(_tiny(name), seed=0)
@@ -133,6 +142,9 @@ def test_tp_layout_names_existing_modules(name: str) -> None:
             assert isinstance(modules.get(path), torch.nn.Embedding), (layer_type, path)
         for path in layout.sequence_parallel:
             assert path in modules, (layer_type, path)
+        params = dict(layer.named_parameters())
+        for path in layout.head_parameters:
+            assert path in params, (layer_type, path)
 
 
 @pytest.mark.parametrize("name", FAMILY_NAMES)

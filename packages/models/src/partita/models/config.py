@@ -7,6 +7,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from huggingface_hub.errors import StrictDataclassError
 from transformers import AutoConfig, PretrainedConfig
 
 from partita.models.presets import all_presets, preset_names
@@ -52,6 +53,6 @@ def _config_from_dict(document: dict[str, Any], *, origin: str) -> PretrainedCon
         document.pop(key, None)
     try:
         config = AutoConfig.for_model(model_type, **document)
-    except (TypeError, ValueError) as error:
+    except (TypeError, ValueError, StrictDataclassError) as error:
         raise ValueError(f"{origin}: invalid {model_type} config: {error}") from None
     return config

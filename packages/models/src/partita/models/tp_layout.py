@@ -18,4 +18,7 @@ class TPLayout:
     vocab_embedding: tuple[str, ...] = ()  # nn.Embedding split along the vocabulary
     vocab_head: tuple[str, ...] = ()  # nn.Linear producing logits, split along the vocabulary
     sequence_parallel: tuple[str, ...] = ()
+    # Parameters whose last dimension indexes attention heads (T5's relative attention bias,
+    # Swin's relative position table): split with the heads.
+    head_parameters: tuple[str, ...] = ()
     replicated_note: str = ""  # what stays whole, in words, for docs and `partita describe`

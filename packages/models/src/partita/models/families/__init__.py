@@ -4,11 +4,14 @@ from __future__ import annotations
 
 from transformers import PretrainedConfig
 
-from partita.models.families import gpt
+from partita.models.families import bert, gpt, llama, swin, t5, vit
 from partita.models.families.base import Family
 
 # One entry per family module; keep the order of the support table.
-FAMILIES: dict[str, Family] = {family.name: family for family in (gpt.FAMILY,)}
+FAMILIES: dict[str, Family] = {
+    family.name: family
+    for family in (gpt.FAMILY, llama.FAMILY, bert.FAMILY, t5.FAMILY, vit.FAMILY, swin.FAMILY)
+}
 
 
 def family_for_model_type(model_type: str) -> Family:

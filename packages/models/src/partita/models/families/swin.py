@@ -1,0 +1,708 @@
+"""Swin Transformers (transformers ``swin``): shifted-window attention in stages of halving size.
+
+Each Swin block is one layer and so is each patch merging between stages; the hidden tensor is
+``[batch, tokens, channels]`` with a shape that changes between stages, and every layer knows
+its feature-map resolution from the config (the images must have the config's size).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from transformers import PretrainedConfig, PreTrainedModel, SwinConfig, SwinForImageClassification
+
+from partita.formats import LayerDescription, ModelDescription
+from partita.models.attention import Attends
+from partita.models.families._vision import (
+    FP32_BYTES,
+    KeyTriple,
+    activation,
+    check_classification,
+    check_image_geometry,
+    check_pixels,
+    check_seq_len,
+    image_batch,
+    pair,
+    pick,
+)
+from partita.models.families.base import Family, StateDict
+from partita.models.heads import merge_heads, split_heads
+from partita.models.layered import Activations, LayeredModel
+from partita.models.losses import classification_loss
+from partita.models.tp_layout import TPLayout
+from partita.models.validation import require_divisible, require_family_config, require_positive
+
+_NO_DROPOUT = {"hidden_dropout_prob": 0.0, "attention_probs_dropout_prob": 0.0}
+PRESETS: dict[str, dict[str, object]] = {
+    # Three stages: shifted windows in the first two, a window clamped to the 4x4 map (no
+    # shift) in the last.
+    "swin-tiny": {
+        "model_type": "swin",
+        "image_size": 32,
+        "patch_size": 2,
+        "embed_dim": 32,
+        "depths": [2, 2, 2],
+        "num_heads": [2, 4, 8],
+        "window_size": 4,
+        "num_labels": 10,
+        "drop_path_rate": 0.0,
+        **_NO_DROPOUT,
+    },
+    "swin-base": {
+        "model_type": "swin",
+        "image_size": 224,
+        "patch_size": 4,
+        "embed_dim": 128,
+        "depths": [2, 2, 18, 2],
+        "num_heads": [4, 8, 16, 32],
+        "window_size": 7,
+        "num_labels": 1000,
+    },
+}
+
+# transformers' patch-embedding and patch-merging norms keep LayerNorm's default epsilon.
+_DEFAULT_LN_EPS = 1e-5
+
+
+@dataclass(frozen=True)
+class Stage:
+    """One stage's geometry as transformers computes it at run time."""
+
+    index: int
+    depth: int
+    dim: int  # channels
+    heads: int
+    ffn: int
+    height: int  # feature map entering the stage
+    width: int
+    window: int  # clamped to the map's smaller side when that is not larger
+    shift: int  # of the odd blocks; 0 when the window was clamped
+
+    @property
+    def tokens(self) -> int:
+        return self.height * self.width
+
+    @property
+    def padded_tokens(self) -> int:
+        """Tokens after padding the map to a multiple of the window (attention runs on these)."""
+        return _round_up(self.height, self.window) * _round_up(self.width, self.window)
+
+    @property
+    def merged_tokens(self) -> int:
+        """Tokens after patch merging (an odd side is padded by one first)."""
+        return ((self.height + 1) // 2) * ((self.width + 1) // 2)
+
+
+def _round_up(size: int, multiple: int) -> int:
+    return -(-size // multiple) * multiple
+
+
+def _grid(config: SwinConfig) -> tuple[int, int]:
+    # transformers pads the image to a multiple of the patch, so partial patches count.
+    (height, width), (patch_h, patch_w) = pair(config.image_size), pair(config.patch_size)
+    return -(-height // patch_h), -(-width // patch_w)
+
+
+def stages(config: SwinConfig) -> list[Stage]:
+    height, width = _grid(config)
+    result = []
+    for index, (depth, heads) in enumerate(zip(config.depths, config.num_heads, strict=True)):
+        dim = int(config.embed_dim * 2**index)
+        clamped = min(height, width) <= config.window_size
+        result.append(
+            Stage(
+                index=index,
+                depth=depth,
+                dim=dim,
+                heads=heads,
+                ffn=int(config.mlp_ratio * dim),
+                height=height,
+                width=width,
+                window=min(height, width) if clamped else config.window_size,
+                shift=0 if clamped else config.window_size // 2,
+            )
+        )
+        height, width = (height + 1) // 2, (width + 1) // 2
+    return result
+
+
+def _drop_path_rates(config: SwinConfig) -> list[float]:
+    total = sum(config.depths)
+    return [config.drop_path_rate * i / max(total - 1, 1) for i in range(total)]
+
+
+class SwinEmbedding(nn.Module):
+    def __init__(self, config: SwinConfig) -> None:
+        super().__init__()
+        self.config = config
+        patch = pair(config.patch_size)
+        self.projection = nn.Conv2d(
+            config.num_channels, config.embed_dim, kernel_size=patch, stride=patch
+        )
+        self.norm = nn.LayerNorm(config.embed_dim, eps=_DEFAULT_LN_EPS)
+        self.position_embeddings = (
+            nn.Parameter(torch.zeros(1, _num_positions(config), config.embed_dim))
+            if config.use_absolute_embeddings
+            else None
+        )
+        self.dropout = nn.Dropout(config.hidden_dropout_prob)
+
+    def forward(self, acts: Activations) -> Activations:
+        pixels_bchw = acts["pixel_values"]
+        check_pixels(pixels_bchw, self.config, "swin")
+        # The batch stays float32 when the model runs in half precision.
+        pixels_bchw = pixels_bchw.to(self.projection.weight.dtype)
+        height, width = pixels_bchw.shape[-2:]
+        patch_h, patch_w = self.projection.kernel_size
+        pad_w, pad_h = (-width) % patch_w, (-height) % patch_h
+        if pad_w or pad_h:  # partial patches at the right and bottom see zeros
+            pixels_bchw = F.pad(pixels_bchw, (0, pad_w, 0, pad_h))
+        hidden_bsh = self.norm(self.projection(pixels_bchw).flatten(2).transpose(1, 2))
+        if self.position_embeddings is not None:
+            hidden_bsh = hidden_bsh + self.position_embeddings
+        return {"hidden": self.dropout(hidden_bsh)}
+
+
+def _num_positions(config: SwinConfig) -> int:
+    (height, width), (patch_h, patch_w) = pair(config.image_size), pair(config.patch_size)
+    return (height // patch_h) * (width // patch_w)
+
+
+def _relative_position_index(window: int) -> torch.Tensor:
+    """For each (query, key) pair of a window, its row in the relative position table."""
+    coords_h, coords_w = torch.meshgrid(torch.arange(window), torch.arange(window), indexing="ij")
+    coords_2n = torch.stack((coords_h.flatten(), coords_w.flatten()))
+    relative_nn2 = (coords_2n[:, :, None] - coords_2n[:, None, :]).permute(1, 2, 0) + window - 1
+    return (relative_nn2[..., 0] * (2 * window - 1) + relative_nn2[..., 1]).flatten()
+
+
+class WindowAttention(Attends):
+    """Self-attention inside each window, with a learned bias per relative position and head."""
+
+    def __init__(self, config: SwinConfig, dim: int, heads: int) -> None:
+        super().__init__()
+        window = config.window_size  # transformers sizes the table by the configured window
+        self.head_dim = dim // heads
+        self.q_proj = nn.Linear(dim, dim, bias=config.qkv_bias)
+        self.k_proj = nn.Linear(dim, dim, bias=config.qkv_bias)
+        self.v_proj = nn.Linear(dim, dim, bias=config.qkv_bias)
+        self.o_proj = nn.Linear(dim, dim)
+        # Last dimension indexes heads, so tensor parallelism splits it with the projections.
+        self.relative_position_bias_table = nn.Parameter(torch.zeros((2 * window - 1) ** 2, heads))
+        index = _relative_position_index(window)
+        self.relative_position_index = nn.Buffer(index, persistent=False)
+        self.attn_dropout = config.attention_probs_dropout_prob
+
+    def position_bias(self) -> torch.Tensor:
+        """[1, local heads, window area, window area]."""
+        area = int(self.relative_position_index.numel() ** 0.5)
+        bias_nnh = self.relative_position_bias_table[self.relative_position_index]
+        return bias_nnh.view(area, area, -1).permute(2, 0, 1).contiguous().unsqueeze(0)
+
+    def forward(self, x_wnc: torch.Tensor, mask_wnn: torch.Tensor | None) -> torch.Tensor:
+        """``x_wnc``: [batch * windows, window area, channels]; ``mask_wnn`` per window."""
+        q, k, v = (
+            split_heads(p(x_wnc), self.head_dim) for p in (self.q_proj, self.k_proj, self.v_proj)
+        )
+        bias = self.position_bias()
+        if mask_wnn is not None:  # same window mask for every image of the batch
+            windows, area = mask_wnn.shape[0], x_wnc.shape[1]
+            per_image = mask_wnn.unsqueeze(1).unsqueeze(0)
+            expanded = per_image.expand(x_wnc.shape[0] // windows, -1, -1, -1, -1)
+            bias = bias + expanded.reshape(-1, 1, area, area)
+        dropout_p = self.attn_dropout if self.training else 0.0
+        out_bhsd = self.core(q, k, v, bias=bias, scale=self.head_dim**-0.5, dropout_p=dropout_p)
+        return self.o_proj(merge_heads(out_bhsd))
+
+
+class SwinMLP(nn.Module):
+    def __init__(self, config: SwinConfig, dim: int, ffn: int) -> None:
+        super().__init__()
+        self.fc1 = nn.Linear(dim, ffn)
+        self.fc2 = nn.Linear(ffn, dim)
+        self.act = activation(config, "swin")
+
+    def forward(self, x_bsh: torch.Tensor) -> torch.Tensor:
+        return self.fc2(self.act(self.fc1(x_bsh)))
+
+
+class DropPath(nn.Module):
+    """Stochastic depth: drop a whole residual branch per sample (transformers' SwinDropPath)."""
+
+    def __init__(self, rate: float) -> None:
+        super().__init__()
+        self.rate = rate
+
+    def forward(self, x_bsh: torch.Tensor) -> torch.Tensor:
+        if self.rate == 0.0 or not self.training:
+            return x_bsh
+        keep = 1 - self.rate
+        shape = (x_bsh.shape[0],) + (1,) * (x_bsh.dim() - 1)
+        mask = torch.floor(torch.rand(shape, dtype=x_bsh.dtype, device=x_bsh.device) + keep)
+        return x_bsh.div(keep) * mask
+
+
+def window_partition(x_bhwc: torch.Tensor, window: int) -> torch.Tensor:
+    """[batch, height, width, c] -> [batch * windows, window, window, c], row-major windows."""
+    batch, height, width, channels = x_bhwc.shape
+    x = x_bhwc.view(batch, height // window, window, width // window, window, channels)
+    return x.transpose(2, 3).contiguous().view(-1, window, window, channels)
+
+
+def window_reverse(windows: torch.Tensor, window: int, height: int, width: int) -> torch.Tensor:
+    channels = windows.shape[-1]
+    x = windows.view(-1, height // window, width // window, window, window, channels)
+    return x.transpose(2, 3).contiguous().view(-1, height, width, channels)
+
+
+def shift_mask(
+    height: int, width: int, window: int, shift: int, like: torch.Tensor
+) -> torch.Tensor:
+    """[windows, area, area]: -100 between tokens that the cyclic shift brought together.
+
+    The rolled map has three regions per axis (unshifted, last window, wrapped-around shift);
+    tokens of a window may attend only to tokens of their own region, as in transformers.
+    """
+    rows = torch.arange(height, device=like.device)
+    cols = torch.arange(width, device=like.device)
+    row_region = (rows >= height - window).long() + (rows >= height - shift).long()
+    col_region = (cols >= width - window).long() + (cols >= width - shift).long()
+    region_1hw1 = (row_region[None, :, None, None] * 3 + col_region[None, None, :, None]).to(
+        like.dtype
+    )
+    region_wn = window_partition(region_1hw1, window).view(-1, window * window)
+    differs_wnn = region_wn.unsqueeze(1) - region_wn.unsqueeze(2)
+    return differs_wnn.masked_fill(differs_wnn != 0, -100.0).masked_fill(differs_wnn == 0, 0.0)
+
+
+class SwinBlock(nn.Module):
+    def __init__(self, config: SwinConfig, stage: Stage, shifted: bool, drop_path: float) -> None:
+        super().__init__()
+        self.stage = stage
+        self.shift = stage.shift if shifted else 0
+        eps = config.layer_norm_eps
+        self.layernorm_before = nn.LayerNorm(stage.dim, eps=eps)
+        self.attention = WindowAttention(config, stage.dim, stage.heads)
+        self.layernorm_after = nn.LayerNorm(stage.dim, eps=eps)
+        self.mlp = SwinMLP(config, stage.dim, stage.ffn)
+        self.dropout = nn.Dropout(config.hidden_dropout_prob)
+        self.drop_path = DropPath(drop_path)
+
+    def forward(self, acts: Activations) -> Activations:
+        x_bsc = acts["hidden"]
+        x_bsc = x_bsc + self.drop_path(self._attend(self.layernorm_before(x_bsc)))
+        x_bsc = self.dropout(self.mlp(self.layernorm_after(x_bsc))) + x_bsc
+        return {**acts, "hidden": x_bsc}
+
+    def _attend(self, x_bsc: torch.Tensor) -> torch.Tensor:
+        """Windowed attention on the (padded, cyclically shifted) feature map."""
+        stage, shift, window = self.stage, self.shift, self.stage.window
+        batch, _, channels = x_bsc.shape
+        x_bhwc = x_bsc.view(batch, stage.height, stage.width, channels)
+        # Zeros pad the map to whole windows; they take part in attention, as in transformers.
+        pad_w, pad_h = (-stage.width) % window, (-stage.height) % window
+        x_bhwc = F.pad(x_bhwc, (0, 0, 0, pad_w, 0, pad_h))
+        height, width = x_bhwc.shape[1:3]
+        if shift:
+            x_bhwc = torch.roll(x_bhwc, shifts=(-shift, -shift), dims=(1, 2))
+        windows_wnc = window_partition(x_bhwc, window).view(-1, window * window, channels)
+        mask = shift_mask(height, width, window, shift, x_bsc) if shift else None
+        out_wnc = self.dropout(self.attention(windows_wnc, mask))
+        out_bhwc = window_reverse(out_wnc.view(-1, window, window, channels), window, height, width)
+        if shift:
+            out_bhwc = torch.roll(out_bhwc, shifts=(shift, shift), dims=(1, 2))
+        if pad_w or pad_h:
+            out_bhwc = out_bhwc[:, : stage.height, : stage.width, :].contiguous()
+        return out_bhwc.view(batch, stage.tokens, channels)
+
+
+class SwinPatchMerging(nn.Module):
+    """Concatenates each 2x2 neighbourhood (4 x channels) and projects it to 2 x channels."""
+
+    def __init__(self, stage: Stage) -> None:
+        super().__init__()
+        self.stage = stage
+        self.norm = nn.LayerNorm(4 * stage.dim, eps=_DEFAULT_LN_EPS)
+        self.reduction = nn.Linear(4 * stage.dim, 2 * stage.dim, bias=False)
+
+    def forward(self, acts: Activations) -> Activations:
+        x_bsc = acts["hidden"]
+        batch, _, channels = x_bsc.shape
+        height, width = self.stage.height, self.stage.width
+        x_bhwc = x_bsc.view(batch, height, width, channels)
+        if height % 2 or width % 2:
+            x_bhwc = F.pad(x_bhwc, (0, 0, 0, width % 2, 0, height % 2))
+        # Order (0,0), (1,0), (0,1), (1,1) as in transformers, so its weights load unchanged.
+        merged = torch.cat([x_bhwc[:, r::2, c::2, :] for c in range(2) for r in range(2)], dim=-1)
+        merged_bsc = merged.view(batch, -1, 4 * channels)
+        return {**acts, "hidden": self.reduction(self.norm(merged_bsc))}
+
+
+class SwinHead(nn.Module):
+    def __init__(self, config: SwinConfig) -> None:
+        super().__init__()
+        self.layernorm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
+        self.classifier = nn.Linear(config.hidden_size, config.num_labels)
+
+    def forward(self, acts: Activations) -> Activations:
+        normed_bsc = self.layernorm(acts["hidden"])
+        pooled_bc = F.adaptive_avg_pool1d(normed_bsc.transpose(1, 2), 1).flatten(1)
+        return {"logits": self.classifier(pooled_bc)}
+
+
+def check_config(config: PretrainedConfig) -> None:
+    require_family_config(config, SwinConfig, "swin")
+    for name in ("embed_dim", "window_size"):
+        require_positive(getattr(config, name), name)
+    if not config.depths or len(config.depths) != len(config.num_heads):
+        raise ValueError(
+            f"swin: depths {list(config.depths)} and num_heads {list(config.num_heads)} "
+            "must be non-empty and of the same length"
+        )
+    check_image_geometry(config, "swin")
+    for stage in stages(config):
+        require_positive(stage.depth, f"depths[{stage.index}]")
+        require_positive(stage.ffn, f"mlp_ratio * channels of stage {stage.index}")
+        require_divisible(
+            stage.dim, stage.heads, f"stage {stage.index} channels", f"num_heads[{stage.index}]"
+        )
+        if min(stage.height, stage.width) < config.window_size:
+            # transformers sizes the position table for the configured window, which then
+            # does not match the clamped one and fails; we refuse what it cannot run.
+            raise ValueError(
+                f"swin: stage {stage.index} feature map {stage.height}x{stage.width} is smaller "
+                f"than window_size {config.window_size}; use a larger image or smaller window"
+            )
+    if config.use_absolute_embeddings and _num_positions(config) != stage_tokens(config):
+        raise ValueError(
+            "swin: use_absolute_embeddings needs image_size to be a multiple of patch_size"
+        )
+    check_classification(config, "swin")
+    activation(config, "swin")
+
+
+def stage_tokens(config: SwinConfig) -> int:
+    """Patch tokens entering the first stage: the description's seq_len."""
+    height, width = _grid(config)
+    return height * width
+
+
+def _layer_plan(config: SwinConfig) -> list[tuple[str, str, Stage | None, int]]:
+    """(name, layer_type, stage, block index in the stage or -1 for patch merging)."""
+    plan: list[tuple[str, str, Stage | None, int]] = [("embedding", "swin_embedding", None, 0)]
+    all_stages = stages(config)
+    for stage in all_stages:
+        for j in range(stage.depth):
+            plan.append(
+                (f"stages.{stage.index}.blocks.{j}", f"swin_block_stage{stage.index}", stage, j)
+            )
+        if stage.index < len(all_stages) - 1:
+            plan.append((f"stages.{stage.index}.merging", "swin_patch_merging", stage, -1))
+    plan.append(("head", "swin_head", None, 0))
+    return plan
+
+
+def build(config: PretrainedConfig) -> LayeredModel:
+    check_config(config)
+    rates = iter(_drop_path_rates(config))
+    plan = _layer_plan(config)
+    layers: list[nn.Module] = []
+    for _, layer_type, stage, block in plan:
+        if layer_type == "swin_embedding":
+            layers.append(SwinEmbedding(config))
+        elif layer_type == "swin_head":
+            layers.append(SwinHead(config))
+        elif block < 0:
+            layers.append(SwinPatchMerging(stage))  # type: ignore[arg-type]
+        else:
+            # Odd blocks of a stage use shifted windows; drop-path grows linearly with depth.
+            layers.append(SwinBlock(config, stage, block % 2 == 1, next(rates)))  # type: ignore[arg-type]
+    return LayeredModel(
+        family="swin",
+        layer_names=[name for name, *_ in plan],
+        layer_types=[layer_type for _, layer_type, *_ in plan],
+        layers=layers,
+        loss_fn=classification_loss,
+        config=config,
+    )
+
+
+def describe(config: PretrainedConfig, seq_len: int, name: str) -> ModelDescription:
+    check_config(config)
+    check_seq_len(seq_len, stage_tokens(config), "swin")
+    layers = []
+    for layer_name, layer_type, stage, block in _layer_plan(config):
+        identity = (layer_name, layer_type)
+        if layer_type == "swin_embedding":
+            layers.append(_describe_embedding(identity, config))
+        elif layer_type == "swin_head":
+            layers.append(_describe_head(identity, config))
+        elif block < 0:
+            layers.append(_describe_merging(identity, stage))  # type: ignore[arg-type]
+        else:
+            layers.append(_describe_block(identity, config, stage))  # type: ignore[arg-type]
+    first = stages(config)[0]
+    return ModelDescription(
+        name=name,
+        family="swin",
+        # The model-wide sizes are the first stage's; each layer carries its own stage's.
+        hidden_size=first.dim,
+        num_heads=first.heads,
+        num_kv_heads=first.heads,
+        ffn_size=first.ffn,
+        vocab_size=0,
+        num_labels=config.num_labels,
+        seq_len=seq_len,
+        activation_bytes_per_element=FP32_BYTES,
+        layers=tuple(layers),
+        source={
+            "model_type": "swin",
+            "image_size": "x".join(map(str, pair(config.image_size))),
+            "patch_size": "x".join(map(str, pair(config.patch_size))),
+            "window_size": str(config.window_size),
+            "final_hidden_size": str(config.hidden_size),
+        },
+    )
+
+
+# FLOPs count matmuls and convolutions (2 per multiply-add), attention scores and mixing dense
+# per window. Backward is twice forward except for the patch convolution, whose input (the
+# pixels) needs no gradient: only its weight gradient is computed. Activation estimates are
+# elements saved for backward; the profiler measures.
+
+
+def _describe_embedding(identity: tuple[str, str], config: SwinConfig) -> LayerDescription:
+    patch_h, patch_w = pair(config.patch_size)
+    image_h, image_w = pair(config.image_size)
+    kernel = config.num_channels * patch_h * patch_w  # inputs of one patch's projection
+    e, tokens = config.embed_dim, stage_tokens(config)
+    positions = _num_positions(config) * e if config.use_absolute_embeddings else 0
+    fwd = 2 * tokens * kernel * e
+    return _entry(
+        identity,
+        "embedding",
+        (e, 0, 0, tokens),
+        params=kernel * e + e + 2 * e + positions,
+        flops=(fwd, fwd),
+        # Pixels (for the weight gradient), the norm's input and output.
+        act=config.num_channels * image_h * image_w + 2 * tokens * e,
+        out=tokens * e,
+    )
+
+
+def _describe_block(
+    identity: tuple[str, str], config: SwinConfig, stage: Stage
+) -> LayerDescription:
+    d, f, heads = stage.dim, stage.ffn, stage.heads
+    tokens, padded, area = stage.tokens, stage.padded_tokens, stage.window**2
+    qkv_bias = 3 * d if config.qkv_bias else 0
+    table = (2 * config.window_size - 1) ** 2 * heads
+    params = 4 * d * d + qkv_bias + d + table + 4 * d + 2 * d * f + f + d
+    # Projections run on the padded windows, the MLP on the real tokens.
+    fwd = 2 * padded * 4 * d * d + 4 * padded * area * d + 4 * tokens * d * f
+    # Norm inputs/outputs and FFN activations per token; q/k/v/attention output and SDPA's
+    # per-head log-sum-exp per padded token.
+    act = tokens * (4 * d + 2 * f) + padded * (4 * d + heads)
+    return _entry(
+        identity,
+        "block",
+        (d, heads, f, tokens),
+        params=params,
+        flops=(fwd, 2 * fwd),
+        act=act,
+        out=tokens * d,
+    )
+
+
+def _describe_merging(identity: tuple[str, str], stage: Stage) -> LayerDescription:
+    d, merged = stage.dim, stage.merged_tokens
+    fwd = 2 * merged * 4 * d * 2 * d
+    return _entry(
+        identity,
+        "block",
+        (d, 0, 0, stage.tokens),  # sizes of what the layer receives
+        params=2 * 4 * d + 4 * d * 2 * d,
+        flops=(fwd, 2 * fwd),
+        act=2 * merged * 4 * d,  # the norm's input and output
+        out=merged * 2 * d,
+    )
+
+
+def _describe_head(identity: tuple[str, str], config: SwinConfig) -> LayerDescription:
+    last = stages(config)[-1]
+    c, labels = config.hidden_size, config.num_labels
+    fwd = 2 * c * labels
+    return _entry(
+        identity,
+        "head",
+        (c, 0, 0, last.tokens),
+        params=2 * c + c * labels + labels,
+        flops=(fwd, 2 * fwd),
+        act=2 * last.tokens * c + c,  # the norm's input and output, the pooled features
+        out=labels,
+    )
+
+
+def _entry(
+    identity: tuple[str, str],
+    kind: str,
+    sizes: tuple[int, int, int, int],
+    *,
+    params: int,
+    flops: tuple[float, float],
+    act: float,
+    out: float,
+) -> LayerDescription:
+    """``sizes`` is (hidden, heads, ffn, seq_len); ``act`` and ``out`` in elements."""
+    (name, layer_type), (hidden, heads, ffn, seq) = identity, sizes
+    return LayerDescription(
+        name=name,
+        kind=kind,  # type: ignore[arg-type]
+        layer_type=layer_type,
+        hidden_size=hidden,
+        num_heads=heads,
+        num_kv_heads=heads,
+        ffn_size=ffn,
+        seq_len=seq,
+        params=params,
+        forward_flops_per_sample=float(flops[0]),
+        backward_flops_per_sample=float(flops[1]),
+        activation_bytes_per_sample=float(act * FP32_BYTES),
+        output_bytes_per_sample=float(out * FP32_BYTES),
+    )
+
+
+# Megatron sequence parallelism needs norms and dropouts whose neighbours can work on a
+# sequence shard; Swin's window partition, cyclic shift and patch merging reshape the whole
+# feature map between its norms and projections, so no Swin module is listed.
+_NO_SP = "no sequence-parallel modules: windows and patch merging need the whole feature map"
+
+
+def tp_layouts(config: PretrainedConfig) -> dict[str, TPLayout]:
+    layouts = {
+        "swin_embedding": TPLayout(
+            replicated_note=f"patch convolution, its norm and positions replicated; {_NO_SP}"
+        ),
+        "swin_patch_merging": TPLayout(replicated_note=f"norm and reduction replicated; {_NO_SP}"),
+        "swin_head": TPLayout(
+            vocab_head=("classifier",),
+            replicated_note=f"final norm replicated, classifier split over labels; {_NO_SP}",
+        ),
+    }
+    for stage in range(len(config.depths)):
+        layouts[f"swin_block_stage{stage}"] = TPLayout(
+            colwise=("attention.q_proj", "attention.k_proj", "attention.v_proj", "mlp.fc1"),
+            rowwise=("attention.o_proj", "mlp.fc2"),
+            head_parameters=("attention.relative_position_bias_table",),
+            replicated_note=f"layer norms replicated; {_NO_SP}",
+        )
+    return layouts
+
+
+def synthetic_batch(
+    config: PretrainedConfig, batch_size: int, seq_len: int, generator: torch.Generator
+) -> Activations:
+    check_seq_len(seq_len, stage_tokens(config), "swin")
+    return image_batch(config, batch_size, generator)
+
+
+def reference_model(config: PretrainedConfig) -> PreTrainedModel:
+    return SwinForImageClassification(config)
+
+
+def reference_outputs(
+    model: PreTrainedModel, batch: Activations
+) -> tuple[torch.Tensor, torch.Tensor]:
+    out = model(pixel_values=batch["pixel_values"], labels=batch["labels"])
+    return out.logits, out.loss
+
+
+_QKV = ("attention.q_proj", "attention.k_proj", "attention.v_proj")
+_BLOCK_MODULES = (  # (ours, transformers in memory, transformers checkpoint), per block
+    ("layernorm_before", "layernorm_before", "layernorm_before"),
+    ("attention.q_proj", "attention.q_proj", "attention.self.query"),
+    ("attention.k_proj", "attention.k_proj", "attention.self.key"),
+    ("attention.v_proj", "attention.v_proj", "attention.self.value"),
+    ("attention.o_proj", "attention.o_proj", "attention.output.dense"),
+    ("layernorm_after", "layernorm_after", "layernorm_after"),
+    ("mlp.fc1", "mlp.fc1", "intermediate.dense"),
+    ("mlp.fc2", "mlp.fc2", "output.dense"),
+)
+
+
+def _block_keys(config: SwinConfig, ours: str, hf: str) -> list[KeyTriple]:
+    table = "relative_position_bias_table"
+    triples = [
+        (
+            f"{ours}attention.{table}",
+            f"{hf}attention.relative_position_bias.{table}",
+            f"{hf}attention.self.{table}",
+        )
+    ]
+    for module, current, legacy in _BLOCK_MODULES:
+        biased = config.qkv_bias or module not in _QKV
+        for param in ("weight", "bias") if biased else ("weight",):
+            triples.append(
+                (f"{ours}{module}.{param}", f"{hf}{current}.{param}", f"{hf}{legacy}.{param}")
+            )
+    return triples
+
+
+def _keys(config: SwinConfig) -> list[KeyTriple]:
+    pairs = [
+        ("projection.weight", "swin.embeddings.patch_embeddings.projection.weight"),
+        ("projection.bias", "swin.embeddings.patch_embeddings.projection.bias"),
+        ("norm.weight", "swin.embeddings.norm.weight"),
+        ("norm.bias", "swin.embeddings.norm.bias"),
+    ]
+    if config.use_absolute_embeddings:
+        pairs.append(("position_embeddings", "swin.embeddings.position_embeddings"))
+    triples = [(f"layers.0.{ours}", hf, hf) for ours, hf in pairs]
+    for index, (_, layer_type, stage, block) in enumerate(_layer_plan(config)):
+        ours, hf = f"layers.{index}.", f"swin.encoder.layers.{stage.index if stage else 0}."
+        if layer_type == "swin_head":
+            for ours_name, hf_name in (
+                ("layernorm", "swin.layernorm"),
+                ("classifier", "classifier"),
+            ):
+                for param in ("weight", "bias"):
+                    triples.append(
+                        (f"{ours}{ours_name}.{param}", f"{hf_name}.{param}", f"{hf_name}.{param}")
+                    )
+        elif layer_type == "swin_patch_merging":
+            for name in ("reduction.weight", "norm.weight", "norm.bias"):
+                triples.append(
+                    (f"{ours}{name}", f"{hf}downsample.{name}", f"{hf}downsample.{name}")
+                )
+        elif layer_type != "swin_embedding":
+            triples.extend(_block_keys(config, ours, f"{hf}blocks.{block}."))
+    return triples
+
+
+def from_hf_state_dict(hf: StateDict, config: PretrainedConfig) -> StateDict:
+    return {ours: pick(hf, current, legacy) for ours, current, legacy in _keys(config)}
+
+
+def to_hf_state_dict(ours: StateDict, config: PretrainedConfig) -> StateDict:
+    return {current: ours[name] for name, current, _ in _keys(config)}
+
+
+FAMILY = Family(
+    name="swin",
+    model_types=("swin",),
+    unit="samples",
+    check_config=check_config,
+    build=build,
+    describe=describe,
+    tp_layouts=tp_layouts,
+    synthetic_batch=synthetic_batch,
+    reference_model=reference_model,
+    reference_outputs=reference_outputs,
+    from_hf_state_dict=from_hf_state_dict,
+    to_hf_state_dict=to_hf_state_dict,
+    default_seq_len=stage_tokens,
+    presets=PRESETS,
+)

@@ -1,0 +1,149 @@
+"""LLaMA specifics beyond the generic family tests: config variants, masks, GQA sharding."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+
+from partita.models.api import build_model, describe_model, resolve_config, synthetic_batch
+from partita.models.families import family_of
+from partita.models.families.llama import PRESETS
+from partita.models.hf_io import load_hf_checkpoint, save_hf_checkpoint
+from partita.models.layered import Activations, LayeredModel
+
+TOLERANCE = {"rtol": 1e-6, "atol": 1e-6}
+
+
+def _config(**overrides: Any) -> dict[str, Any]:
+    return {**PRESETS["llama-tiny"], **overrides}
+
+
+def _assert_equal_to_transformers(source: dict[str, Any], batch: Activations) -> None:
+    config = resolve_config(source)
+    family = family_of(config)
+    torch.manual_seed(0)
+    reference = family.reference_model(config)
+    model = build_model(config)
+    model.load_state_dict(family.from_hf_state_dict(reference.state_dict(), config))
+    outputs = model(batch)
+    loss = model.loss(outputs, batch)
+    loss.backward()
+    ref_logits, ref_loss = family.reference_outputs(reference, batch)
+    ref_loss.backward()
+    torch.testing.assert_close(outputs["logits"], ref_logits, **TOLERANCE)
+    torch.testing.assert_close(loss, ref_loss, **TOLERANCE)
+    ref_grads = {k: p.grad for k, p in reference.named_parameters() if p.grad is not None}
+    mapped = family.from_hf_state_dict(ref_grads, config)
+    for key, param in model.named_parameters(remove_duplicate=False):
+        torch.testing.assert_close(param.grad, mapped[key], **TOLERANCE, msg=key)
+
+
+@pytest.mark.parametrize(
+    "overrides",
+    [
+        {"attention_bias": True, "mlp_bias": True},
+        {"tie_word_embeddings": True},
+        {"rope_theta": 500000.0},
+        {"head_dim": 32},  # wider than hidden_size // heads
+        {"num_key_value_heads": 1},  # multi-query
+        {"num_key_value_heads": 4},  # plain multi-head
+        {"pad_token_id": 0},  # the padding row gets no embedding gradient
+    ],
+)
+def test_config_variants_equal_transformers(overrides: dict[str, Any]) -> None:
+    source = _config(**overrides)
+    batch = synthetic_batch(source, batch_size=2, seq_len=16)
+    batch["input_ids"][0, :3] = 0
+    _assert_equal_to_transformers(source, batch)
+
+
+def test_padding_mask_and_positions_equal_transformers() -> None:
+    batch = synthetic_batch("llama-tiny", batch_size=2, seq_len=16)
+    mask = torch.ones_like(batch["input_ids"])
+    mask[1, -5:] = 0  # right padding: every query still sees a real key
+    batch["attention_mask"] = mask
+    batch["position_ids"] = torch.arange(7, 23).expand(2, -1)
+    _assert_equal_to_transformers(_config(), batch)
+
+
+def test_padding_mask_changes_the_output() -> None:
+    model = build_model("llama-tiny", seed=0)
+    batch = synthetic_batch("llama-tiny", batch_size=2, seq_len=16)
+    plain = model(batch)["logits"]
+    mask = torch.ones_like(batch["input_ids"])
+    mask[:, 3] = 0
+    masked = model({**batch, "attention_mask": mask})["logits"]
+    torch.testing.assert_close(masked[:, :3], plain[:, :3])  # causal: before the gap
+    assert not torch.allclose(masked[:, 3:], plain[:, 3:])
+
+
+def _shard_attention(model: LayeredModel, parts: int, x_bsh: torch.Tensor) -> torch.Tensor:
+    """Column/row-parallel split of block 1's attention by slicing weights, summed back."""
+    attn = model.layers[1].self_attn
+    positions_bs = torch.arange(x_bsh.shape[1]).expand(x_bsh.shape[0], -1)
+    total = torch.zeros_like(x_bsh)
+    for rank in range(parts):
+        shard = type(attn)(model.config)
+        for name in ("q_proj", "k_proj", "v_proj"):
+            full = getattr(attn, name).weight
+            rows = full.shape[0] // parts
+            getattr(shard, name).weight = torch.nn.Parameter(full[rank * rows : (rank + 1) * rows])
+        cols = attn.o_proj.weight.shape[1] // parts
+        shard.o_proj.weight = torch.nn.Parameter(
+            attn.o_proj.weight[:, rank * cols : (rank + 1) * cols]
+        )
+        total = total + shard(x_bsh, positions_bs, None)
+    return total
+
+
+def test_gqa_attention_splits_by_heads_without_stored_counts() -> None:
+    model = build_model("llama-tiny", seed=0)  # 4 query heads, 2 kv heads
+    x_bsh = torch.randn(2, 16, 64)
+    positions_bs = torch.arange(16).expand(2, -1)
+    full = model.layers[1].self_attn(x_bsh, positions_bs, None)
+    torch.testing.assert_close(_shard_attention(model, 2, x_bsh), full, rtol=1e-5, atol=1e-5)
+
+
+def test_tied_checkpoint_round_trip(tmp_path: Path) -> None:
+    model = build_model(_config(tie_word_embeddings=True), seed=0)
+    loaded = load_hf_checkpoint(save_hf_checkpoint(model, tmp_path / "tied"))
+    for key, tensor in model.state_dict().items():
+        assert torch.equal(tensor, loaded.state_dict()[key]), key
+    head = loaded.layers[-1].lm_head.weight
+    assert head is loaded.layers[0].embed_tokens.weight
+
+
+def test_half_precision_autocast_with_padding_stays_finite() -> None:
+    model = build_model("llama-tiny", seed=0)
+    batch = synthetic_batch("llama-tiny", batch_size=2, seq_len=16)
+    batch["attention_mask"] = torch.ones_like(batch["input_ids"])
+    batch["attention_mask"][1, -4:] = 0
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        logits = model(batch)["logits"]
+    assert torch.isfinite(logits).all()
+
+
+def test_real_presets_use_llama2_sizes() -> None:
+    seventy = describe_model("llama2-70b")
+    assert (seventy.num_heads, seventy.num_kv_heads, seventy.seq_len) == (64, 8, 4096)
+    assert len(seventy.blocks) == 80
+    assert round(seventy.params / 1e9) == 69
+    assert round(describe_model("llama2-7b").params / 1e9, 1) == 6.7
+
+
+def test_rope_scaling_is_refused() -> None:
+    with pytest.raises(ValueError, match="llama: rope scaling 'linear' is unsupported"):
+        build_model(_config(rope_scaling={"rope_type": "linear", "factor": 2.0}))
+
+
+def test_kv_heads_must_divide_heads() -> None:
+    with pytest.raises(ValueError, match="num_key_value_heads 3 does not divide"):
+        build_model(_config(num_key_value_heads=3))
+
+
+def test_activation_other_than_silu_is_refused() -> None:
+    with pytest.raises(ValueError, match="llama: hidden_act 'gelu' is unsupported"):
+        describe_model(_config(hidden_act="gelu"))
