@@ -134,7 +134,7 @@ FIELD_CASES = [
     (
         "model_profile.json",
         lambda d: d["layer_types"].append(d["layer_types"][0]),
-        "model_profile.json: layer_types[2].layer_type: layer type 'gpt_block' appears twice",
+        "model_profile.json: layer_types[3].layer_type: layer type 'gpt_block' appears twice",
     ),
     (
         "model_profile.json",

@@ -1,0 +1,132 @@
+"""Durations and sizes from profiles: one method per kind of operation.
+
+Layer times come from the model profile: a line through the measured micro-batch sizes (an
+exact point when there is one). A timing whose origin is ``measured_tp_groups`` already
+contains the tensor-parallel communication; for every other origin the workload adds it.
+Collective times come from the hardware profile's fits, ``latency + bytes / bandwidth``.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from dataclasses import dataclass, field
+
+from partita.formats import (
+    CollectiveProfile,
+    HardwareProfile,
+    LayerDescription,
+    LayerMemory,
+    LayerTiming,
+    ModelProfile,
+)
+
+TP_COMM_INCLUDED = "measured_tp_groups"
+
+
+@dataclass(frozen=True)
+class LayerTimes:
+    forward_s: float
+    backward_s: float
+    includes_tp_comm: bool
+
+
+@dataclass
+class CostModel:
+    hardware: HardwareProfile
+    model_profile: ModelProfile
+    warnings: list[str] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        self._collectives: dict[tuple[str, int], list[CollectiveProfile]] = defaultdict(list)
+        for entry in self.hardware.collectives:
+            self._collectives[(entry.op, entry.group_size)].append(entry)
+
+    # --- compute ---------------------------------------------------------------------------
+    def layer_times(
+        self, layer: LayerDescription, *, tp: int, sp: str, micro_batch: float
+    ) -> LayerTimes:
+        """Forward and backward seconds of ``layer`` on one device for its local micro-batch."""
+        points = self._timings(layer, tp=tp, sp=sp)
+        forward = _line_at([(t.micro_batch, t.forward_s) for t in points], micro_batch)
+        backward = _line_at([(t.micro_batch, t.backward_s) for t in points], micro_batch)
+        included = all(t.origin == TP_COMM_INCLUDED for t in points)
+        return LayerTimes(forward_s=forward, backward_s=backward, includes_tp_comm=included)
+
+    def _timings(self, layer: LayerDescription, *, tp: int, sp: str) -> list[LayerTiming]:
+        profile = self.model_profile.layer_type(layer.layer_type)
+        if profile is None:
+            raise ValueError(
+                f"the model profile has no layer type {layer.layer_type!r} "
+                f"(needed by layer {layer.name!r})"
+            )
+        matching = [
+            t for t in profile.timings if t.tp == tp and t.sp == sp and t.seq_len == layer.seq_len
+        ]
+        if not matching:
+            have = sorted({f"tp {t.tp}/{t.sp}/seq {t.seq_len}" for t in profile.timings})
+            raise ValueError(
+                f"the model profile has no timing for layer type {layer.layer_type!r} at tp {tp}, "
+                f"sp {sp}, seq {layer.seq_len} (it has: {', '.join(have) or 'none'})"
+            )
+        return matching
+
+    # --- memory ------------------------------------------------------------------------------
+    def layer_memory(self, layer: LayerDescription, *, tp: int, sp: str) -> LayerMemory:
+        profile = self.model_profile.layer_type(layer.layer_type)
+        entries = [] if profile is None else list(profile.memory)
+        for entry in entries:
+            if entry.tp == tp and entry.sp == sp and entry.seq_len == layer.seq_len:
+                return entry
+        raise ValueError(
+            f"the model profile has no memory entry for layer type {layer.layer_type!r} at tp "
+            f"{tp}, sp {sp}, seq {layer.seq_len}"
+        )
+
+    # --- communication -------------------------------------------------------------------------
+    def collective(
+        self, op: str, nbytes: float, *, group_size: int, placement: str, scope: str
+    ) -> float:
+        """Seconds for one ``op`` of ``nbytes`` (per rank) over ``group_size`` ranks."""
+        if group_size <= 1 or nbytes <= 0:
+            return 0.0
+        candidates = self._collectives.get((op, group_size), [])
+        if not candidates:
+            have = sorted(g for (o, g) in self._collectives if o == op)
+            raise ValueError(
+                f"the hardware profile has no {op} measurement for groups of {group_size} "
+                f"(it has: {', '.join(map(str, have)) or 'none'})"
+            )
+        entry = _best_entry(candidates, placement=placement, scope=scope)
+        if (entry.placement, entry.scope) != (placement, scope):
+            self._warn(
+                f"no {op} x{group_size} {placement}/{scope} in the hardware profile; used "
+                f"{entry.placement}/{entry.scope}"
+            )
+        return entry.latency_s + nbytes / entry.bandwidth_bytes_per_s
+
+    def _warn(self, message: str) -> None:
+        if message not in self.warnings:
+            self.warnings.append(message)
+
+
+def _best_entry(
+    candidates: list[CollectiveProfile], *, placement: str, scope: str
+) -> CollectiveProfile:
+    def rank(entry: CollectiveProfile) -> tuple[int, int]:
+        return (entry.scope != scope, entry.placement != placement)
+
+    return min(candidates, key=rank)
+
+
+def _line_at(points: list[tuple[int, float]], x: float) -> float:
+    """Value at ``x`` of the line through the two nearest measured points (or proportional)."""
+    exact = [y for px, y in points if px == x]
+    if exact:
+        return exact[0]
+    if len(points) == 1:
+        px, py = points[0]
+        return py * x / px
+    nearest = sorted(points, key=lambda p: (abs(p[0] - x), p[0]))[:2]
+    (x0, y0), (x1, y1) = sorted(nearest)
+    slope = (y1 - y0) / (x1 - x0)
+    return max(0.0, y0 + slope * (x - x0))

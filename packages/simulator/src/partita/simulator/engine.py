@@ -1,0 +1,206 @@
+"""The discrete-event simulation of one iteration; the only module that touches simpy.
+
+Each stage replays its schedule on a compute stream. A forward waits for the previous
+stage's activations, a backward for the next stage's gradients; transfers run on the sending
+stage's p2p stream. During the last backward on a stage each layer's gradient sync starts as
+soon as that layer's backward ends and runs on the stage's data-parallel stream, so it
+overlaps with the backward of earlier layers (ZeRO-3 reduce-scatters after every backward).
+A compute task that starts while gradient syncs are pending, and a sync that starts while
+compute runs, take longer by the hardware profile's overlap factors (for their whole
+duration: a coarse but cheap model of contention).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import simpy
+
+from partita.formats import OverlapSlowdown
+from partita.formats.schedules import Action, Schedule
+from partita.simulator.result import Event, Stream
+from partita.simulator.workload import StageWork
+
+
+@dataclass
+class _StageState:
+    work: StageWork
+    static_bytes: float
+    dp_stream: simpy.Resource
+    send_stream: simpy.Resource
+    memory_now: float = 0.0
+    timeline: list[tuple[float, float]] = field(default_factory=list)
+    events: list[Event] = field(default_factory=list)
+    syncs: list[simpy.Process] = field(default_factory=list)
+    compute_busy_s: float = 0.0
+    computing: bool = False
+    dp_active: int = 0
+
+
+@dataclass(frozen=True)
+class EngineOutput:
+    stage_end_s: tuple[float, ...]
+    compute_busy_s: tuple[float, ...]
+    peak_bytes: tuple[float, ...]
+    timelines: tuple[tuple[tuple[float, float], ...], ...]
+    events: tuple[Event, ...]
+
+
+class Engine:
+    def __init__(
+        self,
+        *,
+        stages: list[StageWork],
+        schedule: Schedule,
+        static_bytes: list[float],
+        overlap: OverlapSlowdown,
+        record_events: bool = True,
+    ) -> None:
+        assert len(stages) == len(schedule) == len(static_bytes)
+        self.env = simpy.Environment()
+        self.schedule = schedule
+        self.overlap = overlap
+        self.record_events = record_events
+        self.states = [
+            _StageState(
+                work=work,
+                static_bytes=static,
+                dp_stream=simpy.Resource(self.env, capacity=1),
+                send_stream=simpy.Resource(self.env, capacity=1),
+                memory_now=static,
+                timeline=[(0.0, static)],
+            )
+            for work, static in zip(stages, static_bytes, strict=True)
+        ]
+        num_micro_batches = sum(a.kind == "F" for a in schedule[0])
+        self.activation_ready = [
+            [self.env.event() for _ in range(num_micro_batches)] for _ in stages
+        ]
+        self.gradient_ready = [[self.env.event() for _ in range(num_micro_batches)] for _ in stages]
+
+    def run(self) -> EngineOutput:
+        done = [self.env.process(self._stage(index)) for index in range(len(self.states))]
+        self.env.run(simpy.AllOf(self.env, done))
+        return EngineOutput(
+            stage_end_s=tuple(p.value for p in done),
+            compute_busy_s=tuple(s.compute_busy_s for s in self.states),
+            peak_bytes=tuple(max(b for _, b in s.timeline) for s in self.states),
+            timelines=tuple(tuple(s.timeline) for s in self.states),
+            events=tuple(e for s in self.states for e in sorted(s.events, key=lambda e: e.start_s)),
+        )
+
+    # --- one stage ------------------------------------------------------------------------
+    def _stage(self, index: int):  # type: ignore[no-untyped-def]
+        state = self.states[index]
+        actions = self.schedule[index]
+        last_backward = max(i for i, a in enumerate(actions) if a.kind == "B")
+        for position, action in enumerate(actions):
+            if action.kind == "F":
+                yield from self._forward(index, action)
+            else:
+                yield from self._backward(index, action, final=position == last_backward)
+        yield self.env.all_of(state.syncs)
+        yield from self._compute(index, "optimizer step", state.work.optimizer_step_s, None)
+        return self.env.now
+
+    def _forward(self, index: int, action: Action):  # type: ignore[no-untyped-def]
+        state, m = self.states[index], action.micro_batch
+        if index > 0:
+            yield self.activation_ready[index][m]
+        self._memory(state, +state.work.activation_bytes)
+        yield from self._compute(index, f"F{m}", state.work.forward_s, m)
+        if index < len(self.states) - 1:
+            self.env.process(
+                self._send(
+                    index,
+                    f"send F{m}",
+                    state.work.send_forward_s,
+                    self.activation_ready[index + 1][m],
+                    m,
+                )
+            )
+
+    def _backward(self, index: int, action: Action, *, final: bool):  # type: ignore[no-untyped-def]
+        state, m = self.states[index], action.micro_batch
+        if index < len(self.states) - 1:
+            yield self.gradient_ready[index][m]
+        transient = max((layer.transient_bytes for layer in state.work.layers), default=0.0)
+        self._memory(state, +transient)
+        for layer in reversed(state.work.layers):
+            yield from self._compute(index, f"B{m}", layer.backward_s, m, merge=True)
+            if final or layer.grad_sync_every_micro_batch:
+                for op, seconds in layer.grad_sync:
+                    state.dp_active += 1  # counted from now, so the next compute sees it
+                    sync = self._grad_sync(index, f"{op} {layer.name}", seconds, m)
+                    state.syncs.append(self.env.process(sync))
+        self._memory(state, -transient - state.work.activation_bytes)
+        if index > 0:
+            self.env.process(
+                self._send(
+                    index,
+                    f"send B{m}",
+                    state.work.send_backward_s,
+                    self.gradient_ready[index - 1][m],
+                    m,
+                )
+            )
+
+    # --- streams ------------------------------------------------------------------------------
+    def _compute(  # type: ignore[no-untyped-def]
+        self, index: int, name: str, seconds: float, m: int | None, *, merge: bool = False
+    ):
+        state = self.states[index]
+        if state.dp_active:
+            seconds *= self.overlap.compute
+        start = self.env.now
+        state.computing = True
+        yield self.env.timeout(seconds)
+        state.computing = False
+        state.compute_busy_s += seconds
+        self._record(index, "compute", name, start, m, merge=merge)
+
+    def _send(self, index: int, name: str, seconds: float, arrived: simpy.Event, m: int):  # type: ignore[no-untyped-def]
+        state = self.states[index]
+        with state.send_stream.request() as slot:
+            yield slot
+            start = self.env.now
+            yield self.env.timeout(seconds)
+            self._record(index, "p2p", name, start, m)
+        arrived.succeed()
+
+    def _grad_sync(self, index: int, name: str, seconds: float, m: int):  # type: ignore[no-untyped-def]
+        state = self.states[index]
+        with state.dp_stream.request() as slot:
+            yield slot
+            if state.computing:
+                seconds *= self.overlap.communication
+            start = self.env.now
+            yield self.env.timeout(seconds)
+            self._record(index, "dp_comm", name, start, m)
+        state.dp_active -= 1
+
+    # --- bookkeeping --------------------------------------------------------------------------
+    def _memory(self, state: _StageState, delta: float) -> None:
+        state.memory_now += delta
+        state.timeline.append((self.env.now, state.memory_now))
+
+    def _record(
+        self,
+        index: int,
+        stream: Stream,
+        name: str,
+        start: float,
+        m: int | None,
+        *,
+        merge: bool = False,
+    ) -> None:
+        """Keep an event; the per-layer pieces of one backward become one event."""
+        if not self.record_events or self.env.now == start:
+            return
+        events = self.states[index].events
+        compute = [e for e in events[-4:] if e.stream == "compute"]
+        last = compute[-1] if compute else None
+        if merge and last is not None and last.name == name and last.end_s == start:
+            events.remove(last)
+            start = last.start_s
+        events.append(Event(index, stream, name, start, self.env.now, m))

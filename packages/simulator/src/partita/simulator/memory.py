@@ -1,0 +1,29 @@
+"""Peak memory of one device per stage, from the stage's work and the schedule."""
+
+from __future__ import annotations
+
+from partita.simulator.result import MemoryBreakdown
+from partita.simulator.workload import StageWork
+
+
+def static_bytes(work: StageWork) -> float:
+    """Parameters, gradients and optimizer states held for the whole iteration."""
+    return sum(
+        layer.param_bytes + layer.grad_bytes + layer.optimizer_bytes for layer in work.layers
+    )
+
+
+def peak_breakdown(work: StageWork, *, in_flight: int) -> MemoryBreakdown:
+    """The peak: ``in_flight`` micro-batches' activations plus the largest transient buffer.
+
+    The transient (a checkpointed layer's recomputed activations, ZeRO-3's gathered
+    parameters) lives during a backward, when the micro-batch being processed is still
+    counted among those in flight.
+    """
+    return MemoryBreakdown(
+        parameters=sum(layer.param_bytes for layer in work.layers),
+        gradients=sum(layer.grad_bytes for layer in work.layers),
+        optimizer_states=sum(layer.optimizer_bytes for layer in work.layers),
+        activations=in_flight * work.activation_bytes,
+        transient=max((layer.transient_bytes for layer in work.layers), default=0.0),
+    )

@@ -1,0 +1,72 @@
+"""What a simulation returns: times, memory and the events behind them (plain data)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal
+
+Stream = Literal["compute", "tp_comm", "dp_comm", "p2p"]
+
+
+@dataclass(frozen=True)
+class Event:
+    """One task that ran on one stage's stream, in seconds from the iteration start."""
+
+    stage: int
+    stream: Stream
+    name: str  # e.g. "F3" (forward of micro-batch 3), "B3", "dp_sync blocks.7", "send F3"
+    start_s: float
+    end_s: float
+    micro_batch: int | None = None
+
+    @property
+    def duration_s(self) -> float:
+        return self.end_s - self.start_s
+
+
+@dataclass(frozen=True)
+class MemoryBreakdown:
+    """Peak bytes on one device of a stage, by what holds them."""
+
+    parameters: float
+    gradients: float
+    optimizer_states: float
+    activations: float  # at the peak: micro-batches in flight times their activations
+    transient: float  # recomputation of a checkpointed layer, gathered ZeRO-3 parameters
+
+    @property
+    def total(self) -> float:
+        return (
+            self.parameters
+            + self.gradients
+            + self.optimizer_states
+            + self.activations
+            + self.transient
+        )
+
+
+@dataclass(frozen=True)
+class StageResult:
+    stage: int
+    devices: int
+    busy_s: float  # compute stream busy time
+    bubble_s: float  # iteration time minus compute busy time
+    memory: MemoryBreakdown
+    memory_timeline: tuple[tuple[float, float], ...]  # (time s, bytes) at each change
+
+
+@dataclass(frozen=True)
+class SimulationResult:
+    iteration_time_s: float
+    global_batch_size: int
+    stages: tuple[StageResult, ...]
+    events: tuple[Event, ...] = ()
+    warnings: tuple[str, ...] = field(default=())
+
+    @property
+    def throughput_samples_per_s(self) -> float:
+        return self.global_batch_size / self.iteration_time_s if self.iteration_time_s else 0.0
+
+    @property
+    def peak_memory_bytes(self) -> tuple[float, ...]:
+        return tuple(stage.memory.total for stage in self.stages)

@@ -1,0 +1,253 @@
+"""Plan + model description + cost model -> the work of each pipeline stage, as plain data.
+
+Per layer: forward and backward compute on one device for its local micro-batch (backward
+includes the recomputed forward when the layer is checkpointed); the blocking
+tensor-parallel collectives that the profile did not already include; a redistribution when
+the layout changes from the previous layer; ZeRO-3's parameter gathers; and the
+data-parallel gradient synchronisation, which the engine overlaps with backward. Per stage:
+p2p sends per micro-batch, static memory and the optimizer step.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from partita.formats import LayerDescription, ModelDescription, Plan
+from partita.formats.common import BYTES_PER_ELEMENT
+from partita.simulator.cost import CostModel
+from partita.simulator.placement import GroupPlacement, group_placement
+
+# Bytes per parameter read and written by one AdamW step (fp32 param, grad, two moments).
+OPTIMIZER_STEP_BYTES_PER_PARAM_BYTE = 4.0
+ZERO_FACTORS = {  # share of (parameters, gradients, optimizer states) each device keeps
+    "ddp": (False, False, False),
+    "zero1": (False, False, True),
+    "zero2": (False, True, True),
+    "zero3": (True, True, True),
+}
+
+
+@dataclass(frozen=True)
+class Strategy:
+    tp: int
+    sp: str
+    dp: str
+    ckpt: bool
+
+
+@dataclass(frozen=True)
+class LayerWork:
+    name: str
+    forward_s: float  # compute and blocking communication, one micro-batch
+    backward_s: float
+    grad_sync: tuple[tuple[str, float], ...]  # (collective, seconds), overlappable
+    grad_sync_every_micro_batch: bool  # ZeRO-3 reduce-scatters after every backward
+    activation_bytes: float  # kept per micro-batch in flight, one device
+    transient_bytes: float  # recomputation or gathered ZeRO-3 parameters during backward
+    param_bytes: float  # one device, after sharding
+    grad_bytes: float
+    optimizer_bytes: float
+
+
+@dataclass(frozen=True)
+class StageWork:
+    stage: int
+    devices: int
+    layers: tuple[LayerWork, ...]
+    send_forward_s: float  # activations to the next stage, one micro-batch
+    send_backward_s: float  # gradients to the previous stage, one micro-batch
+    optimizer_step_s: float
+
+    @property
+    def forward_s(self) -> float:
+        return sum(layer.forward_s for layer in self.layers)
+
+    @property
+    def backward_s(self) -> float:
+        return sum(layer.backward_s for layer in self.layers)
+
+    @property
+    def activation_bytes(self) -> float:
+        return sum(layer.activation_bytes for layer in self.layers)
+
+
+def stage_layers(
+    plan: Plan, model: ModelDescription
+) -> list[list[tuple[LayerDescription, Strategy]]]:
+    """Each stage's layers with their strategies; embedding first, head last."""
+    vocab = Strategy(tp=plan.vocab.tp, sp="none", dp=plan.vocab.dp, ckpt=False)
+    blocks = iter(zip(model.blocks, plan.layers, strict=True))
+    stages: list[list[tuple[LayerDescription, Strategy]]] = []
+    for count in plan.pipeline.stage_num_layers:
+        stages.append(
+            [(layer, Strategy(s.tp, s.sp, s.dp, s.ckpt)) for layer, s in _take(blocks, count)]
+        )
+    for layer in model.layers:
+        if layer.kind == "embedding":
+            stages[0].insert(0, (layer, vocab))
+        elif layer.kind == "head":
+            stages[-1].append((layer, vocab))
+    return stages
+
+
+def _take(iterator, count):  # type: ignore[no-untyped-def]
+    return [next(iterator) for _ in range(count)]
+
+
+@dataclass(frozen=True)
+class WorkloadBuilder:
+    plan: Plan
+    model: ModelDescription
+    cost: CostModel
+
+    @property
+    def element_bytes(self) -> int:
+        return BYTES_PER_ELEMENT[self.plan.precision]
+
+    def build(self) -> list[StageWork]:
+        stages = stage_layers(self.plan, self.model)
+        return [self._stage(index, layers) for index, layers in enumerate(stages)]
+
+    def _placement(self, axis: str, tp: int) -> GroupPlacement:
+        hardware = self.cost.hardware
+        return group_placement(
+            self.plan,
+            axis=axis,  # type: ignore[arg-type]
+            tp=tp,
+            devices_per_node=hardware.devices_per_node,
+            num_nodes=hardware.num_nodes,
+        )
+
+    def _collective(self, op: str, nbytes: float, group: GroupPlacement) -> float:
+        return self.cost.collective(
+            op, nbytes, group_size=group.size, placement=group.placement, scope=group.scope
+        )
+
+    def _stage(self, index: int, layers: list[tuple[LayerDescription, Strategy]]) -> StageWork:
+        works = []
+        previous: Strategy | None = None
+        for layer, strategy in layers:
+            works.append(self._layer(layer, strategy, previous))
+            previous = strategy
+        last_layer, last_strategy = layers[-1]
+        first_layer, first_strategy = layers[0]
+        degree = self.plan.pipeline.degree
+        send_forward = self._p2p(last_layer, last_strategy) if index < degree - 1 else 0.0
+        send_backward = self._p2p(first_layer, first_strategy) if index > 0 else 0.0
+        return StageWork(
+            stage=index,
+            devices=self.plan.devices_per_stage,
+            layers=tuple(works),
+            send_forward_s=send_forward,
+            send_backward_s=send_backward,
+            optimizer_step_s=self._optimizer_step(works),
+        )
+
+    def _local_batch(self, strategy: Strategy) -> float:
+        return self.plan.micro_batch_size / self.plan.dp_degree(strategy.tp)
+
+    def _hidden_bytes(self, layer: LayerDescription, strategy: Strategy) -> float:
+        return layer.seq_len * layer.hidden_size * self.element_bytes * self._local_batch(strategy)
+
+    def _p2p(self, layer: LayerDescription, strategy: Strategy) -> float:
+        scale = self.element_bytes / self.model.activation_bytes_per_element
+        nbytes = layer.output_bytes_per_sample * scale * self._local_batch(strategy)
+        if strategy.sp != "none":
+            nbytes /= strategy.tp  # the sequence stays split across the group
+        pp = self._placement("pp", strategy.tp)
+        return self._collective("p2p", nbytes, GroupPlacement(2, pp.placement, pp.scope))
+
+    def _layer(
+        self, layer: LayerDescription, strategy: Strategy, previous: Strategy | None
+    ) -> LayerWork:
+        batch = self._local_batch(strategy)
+        times = self.cost.layer_times(layer, tp=strategy.tp, sp=strategy.sp, micro_batch=batch)
+        tp_comm = 0.0 if times.includes_tp_comm else self._tp_comm(layer, strategy)
+        redistribute = self._redistribution(layer, strategy, previous)
+        memory = self.cost.layer_memory(layer, tp=strategy.tp, sp=strategy.sp)
+        dp_group = self._placement("dp", strategy.tp)
+        gather = (
+            self._collective("all_gather", memory.param_bytes, dp_group)
+            if strategy.dp == "zero3"
+            else 0.0
+        )
+        forward = times.forward_s + tp_comm + redistribute + gather
+        backward = times.backward_s + tp_comm + redistribute + gather
+        if strategy.ckpt:
+            backward += times.forward_s + tp_comm
+        shard_params, shard_grads, shard_optimizer = ZERO_FACTORS[strategy.dp]
+        dp = dp_group.size
+        full_activations = memory.activation_bytes_per_sample * batch
+        kept = memory.checkpoint_activation_bytes_per_sample * batch if strategy.ckpt else 0.0
+        return LayerWork(
+            name=layer.name,
+            forward_s=forward,
+            backward_s=backward,
+            grad_sync=self._grad_sync(strategy, memory.param_bytes, memory.grad_bytes, dp_group),
+            grad_sync_every_micro_batch=strategy.dp == "zero3",
+            activation_bytes=kept if strategy.ckpt else full_activations,
+            transient_bytes=(full_activations if strategy.ckpt else 0.0)
+            + (memory.param_bytes * (1 - 1 / dp) if strategy.dp == "zero3" else 0.0),
+            param_bytes=memory.param_bytes / (dp if shard_params else 1),
+            grad_bytes=memory.grad_bytes / (dp if shard_grads else 1),
+            optimizer_bytes=memory.optimizer_bytes / (dp if shard_optimizer else 1),
+        )
+
+    def _tp_comm(self, layer: LayerDescription, strategy: Strategy) -> float:
+        if strategy.tp == 1:
+            return 0.0
+        group = self._placement("tp", strategy.tp)
+        hidden = self._hidden_bytes(layer, strategy)
+        if layer.kind != "block":  # vocab-parallel embedding or head: one all-reduce
+            return self._collective("all_reduce", hidden, group)
+        attentions, ffns = _sublayers(layer)
+        if strategy.sp == "ulysses":  # q, k, v in and the output back, per attention
+            return 4 * attentions * self._collective("all_to_all", hidden / strategy.tp, group)
+        count = attentions + ffns
+        if strategy.sp == "megatron":
+            gather = self._collective("all_gather", hidden, group)
+            scatter = self._collective("reduce_scatter", hidden, group)
+            return count * (gather + scatter)
+        return count * self._collective("all_reduce", hidden, group)
+
+    def _redistribution(
+        self, layer: LayerDescription, strategy: Strategy, previous: Strategy | None
+    ) -> float:
+        if previous is None or (previous.tp, previous.sp) == (strategy.tp, strategy.sp):
+            return 0.0
+        wider = max(previous.tp, strategy.tp)
+        group = self._placement("tp", wider)
+        return self._collective("all_gather", self._hidden_bytes(layer, strategy), group)
+
+    def _grad_sync(
+        self, strategy: Strategy, param_bytes: float, grad_bytes: float, group: GroupPlacement
+    ) -> tuple[tuple[str, float], ...]:
+        if group.size == 1:
+            return ()
+        reduce_scatter = ("reduce_scatter", self._collective("reduce_scatter", grad_bytes, group))
+        all_reduce = ("all_reduce", self._collective("all_reduce", grad_bytes, group))
+        gather = ("all_gather", self._collective("all_gather", param_bytes, group))
+        return {
+            "ddp": (all_reduce,),
+            "zero1": (all_reduce, gather),
+            "zero2": (reduce_scatter, gather),
+            "zero3": (reduce_scatter,),
+        }[strategy.dp]
+
+    def _optimizer_step(self, layers: list[LayerWork]) -> float:
+        bandwidth = self.cost.hardware.device.memory_bandwidth_bytes_per_s
+        if not bandwidth:
+            return 0.0
+        touched = sum(layer.optimizer_bytes for layer in layers)
+        return OPTIMIZER_STEP_BYTES_PER_PARAM_BYTE * touched / bandwidth
+
+
+def _sublayers(layer: LayerDescription) -> tuple[int, int]:
+    """(attentions, FFNs) whose outputs a tensor-parallel group must combine.
+
+    The description does not list sub-layers; T5 decoder blocks have a cross-attention.
+    """
+    attentions = 0
+    if layer.num_heads:
+        attentions = 2 if "decoder" in layer.layer_type and layer.layer_type.startswith("t5") else 1
+    return attentions, 1 if layer.ffn_size else 0

@@ -1,0 +1,168 @@
+"""Hand-made profiles with round numbers, so expected results can be computed by hand."""
+
+from __future__ import annotations
+
+from partita.formats import (
+    CollectiveProfile,
+    ComputeThroughput,
+    Device,
+    HardwareProfile,
+    LayerDescription,
+    LayerMemory,
+    LayerStrategy,
+    LayerTiming,
+    LayerTypeProfile,
+    ModelDescription,
+    ModelProfile,
+    OverlapSlowdown,
+    PipelineConfig,
+    Plan,
+)
+
+SEQ = 16
+HIDDEN = 32
+OPS = ("all_reduce", "all_gather", "reduce_scatter", "all_to_all")
+MiB = 2**20
+NO_SLOWDOWN = OverlapSlowdown()
+DEFAULT_STRATEGY = LayerStrategy()
+
+
+def description(num_blocks: int) -> ModelDescription:
+    """Blocks only (no embedding or head), so each stage's work is exactly its blocks."""
+    block = dict(
+        kind="block",
+        layer_type="block",
+        hidden_size=HIDDEN,
+        num_heads=4,
+        num_kv_heads=4,
+        ffn_size=4 * HIDDEN,
+        seq_len=SEQ,
+        params=1000,
+        forward_flops_per_sample=1.0,
+        backward_flops_per_sample=2.0,
+        activation_bytes_per_sample=1.0,
+        output_bytes_per_sample=float(SEQ * HIDDEN * 4),
+    )
+    layers = tuple(LayerDescription(name=f"blocks.{i}", **block) for i in range(num_blocks))  # type: ignore[arg-type]
+    return ModelDescription(
+        name="synthetic",
+        family="gpt",
+        hidden_size=HIDDEN,
+        num_heads=4,
+        num_kv_heads=4,
+        ffn_size=4 * HIDDEN,
+        vocab_size=0,
+        num_labels=0,
+        seq_len=SEQ,
+        activation_bytes_per_element=4,
+        layers=layers,
+    )
+
+
+def model_profile(
+    *,
+    forward_s: float = 1.0,
+    backward_s: float = 2.0,
+    activation_bytes: float = MiB,
+    tps: tuple[int, ...] = (1, 2),
+    origin: str = "measured_tp_groups",
+) -> ModelProfile:
+    """Per-layer times proportional to the per-device micro-batch, divided by tp."""
+    timings = tuple(
+        LayerTiming(
+            tp=tp,
+            sp="none",
+            micro_batch=mb,
+            seq_len=SEQ,
+            forward_s=forward_s * mb / tp,
+            backward_s=backward_s * mb / tp,
+            origin=origin,
+        )  # type: ignore[arg-type]
+        for tp in tps
+        for mb in (1, 2, 4)
+    )
+    memory = tuple(
+        LayerMemory(
+            tp=tp,
+            sp="none",
+            seq_len=SEQ,
+            param_bytes=4000 // tp,
+            grad_bytes=4000 // tp,
+            optimizer_bytes=8000 // tp,
+            activation_bytes_per_sample=activation_bytes / tp,
+            checkpoint_activation_bytes_per_sample=activation_bytes / 8 / tp,
+        )
+        for tp in tps
+    )
+    return ModelProfile(
+        model="synthetic",
+        device="test",
+        dtype="fp32",
+        origin="measured",
+        layer_types=(LayerTypeProfile(layer_type="block", timings=timings, memory=memory),),
+    )
+
+
+def hardware(
+    *,
+    world: int,
+    latency_s: float = 0.0,
+    p2p_latency_s: float = 0.0,
+    bandwidth: float = 1e18,
+    overlap: OverlapSlowdown = NO_SLOWDOWN,
+) -> HardwareProfile:
+    sizes = [g for g in (2, 4, 8, 16) if g <= world]
+    collectives = [
+        CollectiveProfile(
+            op=op,
+            group_size=g,
+            placement=placement,
+            scope="intra_node",  # type: ignore[arg-type]
+            latency_s=latency_s,
+            bandwidth_bytes_per_s=bandwidth,
+        )
+        for op in OPS
+        for g in sizes
+        for placement in ("consecutive", "strided")
+    ]
+    collectives += [
+        CollectiveProfile(
+            op="p2p",
+            group_size=2,
+            placement=placement,
+            scope="intra_node",  # type: ignore[arg-type]
+            latency_s=p2p_latency_s,
+            bandwidth_bytes_per_s=bandwidth,
+        )
+        for placement in ("consecutive", "strided")
+    ]
+    return HardwareProfile(
+        name="synthetic",
+        origin="measured",
+        backend="gloo",
+        num_nodes=1,
+        devices_per_node=world,
+        device=Device(kind="cpu", name="test", memory_bytes=2**34),
+        compute=(ComputeThroughput(dtype="fp32", flops_per_s=1e9),),
+        collectives=tuple(collectives),
+        overlap=overlap,
+    )
+
+
+def plan(
+    *,
+    world: int,
+    stages: tuple[int, ...],
+    micro_batches: int,
+    global_batch: int,
+    schedule: str = "gpipe",
+    strategy: LayerStrategy = DEFAULT_STRATEGY,
+) -> Plan:
+    return Plan(
+        world_size=world,
+        mesh_axis_order=("pp", "dp", "tp"),
+        global_batch_size=global_batch,
+        num_micro_batches=micro_batches,
+        pipeline=PipelineConfig(degree=len(stages), schedule=schedule, stage_num_layers=stages),  # type: ignore[arg-type]
+        layers=tuple(strategy for _ in range(sum(stages))),
+    )

@@ -1,0 +1,203 @@
+"""The event simulation against cases computed by hand."""
+
+from __future__ import annotations
+
+import pytest
+import synthetic as syn
+
+from partita.formats import LayerStrategy, OverlapSlowdown
+from partita.simulator.simulation import estimate, simulate
+
+
+def _run(plan, *, hw=None, profile=None):  # type: ignore[no-untyped-def]
+    return simulate(
+        plan,
+        hardware=hw or syn.hardware(world=plan.world_size),
+        model_profile=profile or syn.model_profile(),
+        model=syn.description(len(plan.layers)),
+    )
+
+
+def test_two_stage_gpipe_has_the_known_bubble() -> None:
+    # f = 1 s, b = 2 s per stage and micro-batch: (M + P - 1)(f + b) = 5 * 3.
+    result = _run(syn.plan(world=2, stages=(1, 1), micro_batches=4, global_batch=4))
+    assert result.iteration_time_s == pytest.approx(15.0)
+    for stage in result.stages:
+        assert stage.busy_s == pytest.approx(12.0)
+        assert stage.bubble_s == pytest.approx(3.0)
+    assert result.throughput_samples_per_s == pytest.approx(4 / 15)
+
+
+def test_compute_events_follow_the_schedule() -> None:
+    result = _run(
+        syn.plan(world=2, stages=(1, 1), micro_batches=3, global_batch=3, schedule="1f1b")
+    )
+    names = [
+        [e.name for e in result.events if e.stage == s and e.stream == "compute"] for s in (0, 1)
+    ]
+    assert names == [["F0", "F1", "B0", "F2", "B1", "B2"], ["F0", "B0", "F1", "B1", "F2", "B2"]]
+
+
+@pytest.mark.parametrize(
+    ("schedule", "expected"), [("1f1b", [4, 3, 2, 1]), ("gpipe", [8, 8, 8, 8])]
+)
+def test_peak_activations_follow_micro_batches_in_flight(
+    schedule: str, expected: list[int]
+) -> None:
+    result = _run(
+        syn.plan(world=4, stages=(1, 1, 1, 1), micro_batches=8, global_batch=8, schedule=schedule)
+    )
+    assert [s.memory.activations / syn.MiB for s in result.stages] == expected
+    for stage, in_flight in zip(result.stages, expected, strict=True):
+        assert max(b for _, b in stage.memory_timeline) == pytest.approx(
+            16000 + in_flight * syn.MiB
+        )
+
+
+def _dp_plan():  # type: ignore[no-untyped-def]
+    return syn.plan(world=4, stages=(2, 2), micro_batches=2, global_batch=4)
+
+
+def test_gradient_sync_shorter_than_backward_is_hidden() -> None:
+    # Pipeline alone: (M + P - 1)(f + b) = 3 * (2 + 4) = 18 s. Each layer's sync (0.5 s) runs
+    # during the previous layer's backward (2 s); only the last layer's is exposed.
+    result = _run(_dp_plan(), hw=syn.hardware(world=4, latency_s=0.5))
+    assert result.iteration_time_s == pytest.approx(18.5)
+
+
+def test_gradient_sync_longer_than_backward_is_exposed() -> None:
+    # Syncs of 3 s: 16-19 and 19-22 on the first stage, whose backward ends at 18.
+    result = _run(_dp_plan(), hw=syn.hardware(world=4, latency_s=3.0))
+    assert result.iteration_time_s == pytest.approx(22.0)
+    syncs = [e for e in result.events if e.stream == "dp_comm" and e.stage == 0]
+    assert [t for e in syncs for t in (e.start_s, e.end_s)] == pytest.approx([16, 19, 19, 22])
+
+
+def test_overlap_slows_compute_and_communication_running_together() -> None:
+    plain = _run(_dp_plan(), hw=syn.hardware(world=4, latency_s=0.5))
+    slowed = _run(
+        _dp_plan(),
+        hw=syn.hardware(
+            world=4, latency_s=0.5, overlap=OverlapSlowdown(compute=1.5, communication=2.0)
+        ),
+    )
+    # Last stage, last backward from 10: blocks.3 (2 s, alone) to 12; blocks.2 starts with
+    # blocks.3's sync pending: 2 s x 1.5 to 15 (that sync: 0.5 s x 2, 12-13). The first stage
+    # gets the gradient at 15 (not 14): blocks.1 to 17, blocks.0 slowed to 20, its sync alone
+    # 20-20.5; blocks.1's sync runs 17-18 at half speed.
+    assert plain.iteration_time_s == pytest.approx(18.5)
+    assert slowed.iteration_time_s == pytest.approx(20.5)
+    syncs = [e for e in slowed.events if e.stream == "dp_comm" and e.stage == 0]
+    assert [t for e in syncs for t in (e.start_s, e.end_s)] == pytest.approx([17, 18, 20, 20.5])
+
+
+@pytest.mark.parametrize(
+    ("mode", "params", "grads", "optimizer", "transient"),
+    [
+        ("ddp", 8000, 8000, 16000, 0),
+        ("zero1", 8000, 8000, 8000, 0),
+        ("zero2", 8000, 4000, 8000, 0),
+        ("zero3", 4000, 4000, 8000, 2000),
+    ],
+)
+def test_zero_stages_shard_what_they_should(
+    mode: str, params: int, grads: int, optimizer: int, transient: int
+) -> None:
+    plan = syn.plan(
+        world=2, stages=(2,), micro_batches=1, global_batch=2, strategy=LayerStrategy(dp=mode)
+    )  # type: ignore[arg-type]
+    memory = _run(plan).stages[0].memory
+    assert (memory.parameters, memory.gradients, memory.optimizer_states, memory.transient) == (
+        params,
+        grads,
+        optimizer,
+        transient,
+    )
+
+
+def test_checkpointing_keeps_only_layer_inputs_and_recomputes() -> None:
+    base = syn.plan(world=1, stages=(2,), micro_batches=1, global_batch=1)
+    ckpt = syn.plan(
+        world=1, stages=(2,), micro_batches=1, global_batch=1, strategy=LayerStrategy(ckpt=True)
+    )
+    plain_result, ckpt_result = _run(base), _run(ckpt)
+    assert plain_result.stages[0].memory.activations == 2 * syn.MiB
+    assert ckpt_result.stages[0].memory.activations == 2 * syn.MiB / 8
+    assert ckpt_result.stages[0].memory.transient == syn.MiB  # one layer recomputed
+    assert ckpt_result.iteration_time_s == pytest.approx(plain_result.iteration_time_s + 2.0)
+
+
+@pytest.mark.parametrize(
+    ("origin", "expected"), [("measured_tp_groups", 3.0), ("measured_tp1_plus_comm", 4.0)]
+)
+def test_tensor_parallel_communication_added_unless_measured(origin: str, expected: float) -> None:
+    # tp 2, one layer, 2 samples per device: compute 1 + 2 s; two all-reduces of 0.25 s per pass.
+    plan = syn.plan(
+        world=2, stages=(1,), micro_batches=1, global_batch=2, strategy=LayerStrategy(tp=2)
+    )
+    result = _run(
+        plan, hw=syn.hardware(world=2, latency_s=0.25), profile=syn.model_profile(origin=origin)
+    )
+    assert result.iteration_time_s == pytest.approx(expected)
+
+
+@pytest.mark.parametrize("schedule", ["gpipe", "1f1b"])
+@pytest.mark.parametrize(("stages", "micro_batches"), [((2, 2), 4), ((1, 1, 1, 1), 8), ((3,), 2)])
+def test_analytic_estimate_agrees_with_the_simulation(
+    schedule: str, stages: tuple[int, ...], micro_batches: int
+) -> None:
+    plan = syn.plan(
+        world=len(stages),
+        stages=stages,
+        micro_batches=micro_batches,
+        global_batch=micro_batches,
+        schedule=schedule,
+    )
+    hw = syn.hardware(world=len(stages), p2p_latency_s=0.01)
+    simulated = _run(plan, hw=hw)
+    analytic, memory = estimate(
+        plan, hardware=hw, model_profile=syn.model_profile(), model=syn.description(sum(stages))
+    )
+    assert analytic == pytest.approx(simulated.iteration_time_s, rel=0.01)
+    assert [m.total for m in memory] == [s.memory.total for s in simulated.stages]
+
+
+def test_plan_for_other_devices_than_the_profile_is_refused() -> None:
+    with pytest.raises(
+        ValueError, match="the plan is for 4 devices but the hardware profile 'synthetic' has 2"
+    ):
+        _run(
+            syn.plan(world=4, stages=(1,), micro_batches=1, global_batch=4),
+            hw=syn.hardware(world=2),
+        )
+
+
+def test_profile_missing_a_tp_degree_names_it() -> None:
+    plan = syn.plan(
+        world=4, stages=(1,), micro_batches=1, global_batch=4, strategy=LayerStrategy(tp=4)
+    )
+    with pytest.raises(
+        ValueError,
+        match=r"no timing for layer type 'block' at tp 4, sp none, "
+        r"seq 16 \(it has: tp 1/none/seq 16, tp 2/none/seq 16\)",
+    ):
+        _run(plan)
+
+
+def test_hardware_profile_missing_a_group_size_names_it() -> None:
+    plan = syn.plan(world=4, stages=(1,), micro_batches=1, global_batch=4)
+    hw = syn.hardware(world=4)
+    hw = type(hw)(
+        **{
+            **hw.__dict__,
+            "collectives": tuple(
+                c for c in hw.collectives if not (c.op == "all_reduce" and c.group_size == 4)
+            ),
+        }
+    )
+    with pytest.raises(
+        ValueError,
+        match="no all_reduce measurement for groups of 4 "
+        r"\(it has: 2\)",
+    ):
+        _run(plan, hw=hw)
