@@ -42,6 +42,7 @@ ALLOWED_IMPORTS: dict[str, frozenset[str]] = {
             "transformers",
             "huggingface_hub",
             "safetensors",
+            "flash_attn",  # optional extra, imported only where installed on a GPU
             "numpy",
             "tokenizers",
         }
