@@ -27,7 +27,7 @@ NO_SLOWDOWN = OverlapSlowdown()
 DEFAULT_STRATEGY = LayerStrategy()
 
 
-def description(num_blocks: int) -> ModelDescription:
+def description(num_blocks: int, *, flops_per_sample: float = 1.0) -> ModelDescription:
     """Blocks only (no embedding or head), so each stage's work is exactly its blocks."""
     block = dict(
         kind="block",
@@ -38,8 +38,8 @@ def description(num_blocks: int) -> ModelDescription:
         ffn_size=4 * HIDDEN,
         seq_len=SEQ,
         params=1000,
-        forward_flops_per_sample=1.0,
-        backward_flops_per_sample=2.0,
+        forward_flops_per_sample=flops_per_sample,
+        backward_flops_per_sample=2 * flops_per_sample,
         activation_bytes_per_sample=1.0,
         output_bytes_per_sample=float(SEQ * HIDDEN * 4),
     )

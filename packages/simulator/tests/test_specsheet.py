@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import json
 import re
 import subprocess
@@ -14,12 +15,18 @@ import pytest
 from partita.formats import (
     CollectiveProfile,
     HardwareProfile,
+    LayerStrategy,
     ModelDescription,
     ModelProfile,
+    PipelineConfig,
+    Plan,
     load,
     save,
 )
+from partita.formats.common import MeshAxis
+from partita.simulator.placement import group_placement
 from partita.simulator.specsheet import (
+    COLLECTIVE_OPS,
     DEFAULT_OVERLAP_COMMUNICATION,
     DEFAULT_OVERLAP_COMPUTE,
     LAYER_OVERHEAD_S,
@@ -35,6 +42,7 @@ REPO = Path(__file__).resolve().parents[3]
 EXAMPLE_DESCRIPTION = REPO / "docs" / "examples" / "model_description.json"
 SIMULATOR_SOURCE = REPO / "packages" / "simulator" / "src" / "partita" / "simulator"
 
+AXES: tuple[MeshAxis, ...] = ("pp", "dp", "tp")
 GB = 10**9
 INTRA_BW, INTRA_LAT = 100e9, 1e-6
 INTER_BW, INTER_LAT = 10e9, 4e-6
@@ -225,9 +233,11 @@ def test_hardware_profile_copies_the_spec() -> None:
 
 def test_group_sizes() -> None:
     assert collective_group_sizes(two_by_four()) == (2, 4, 8)
-    assert collective_group_sizes(two_by_four().with_changes(num_nodes=3)) == (2, 4, 8, 12)
+    # World 12: powers of two, then the divisors 3, 6 and 12 that plans' groups can have.
+    twelve = (2, 3, 4, 6, 8, 12)
+    assert collective_group_sizes(two_by_four().with_changes(num_nodes=3)) == twelve
     six = two_by_four().with_changes(devices_per_node=6, num_nodes=2)
-    assert collective_group_sizes(six) == (2, 4, 6, 8, 12)
+    assert collective_group_sizes(six) == twelve
     assert collective_group_sizes(two_by_four().with_changes(devices_per_node=1, num_nodes=1)) == ()
 
 
@@ -276,6 +286,46 @@ def test_scopes_of_consecutive_and_strided_groups() -> None:
         (8, "strided"): ["inter_node"],
     }
     assert {c.scope for c in profile.collectives if c.op == "p2p"} == {"intra_node", "inter_node"}
+
+
+def _divisors(n: int) -> list[int]:
+    return [d for d in range(1, n + 1) if n % d == 0]
+
+
+@pytest.mark.parametrize(("per_node", "nodes"), [(4, 2), (8, 12), (3, 4), (2, 1), (1, 4)])
+def test_every_group_the_simulator_places_has_an_exact_entry(per_node: int, nodes: int) -> None:
+    spec = two_by_four().with_changes(devices_per_node=per_node, num_nodes=nodes)
+    world = spec.world_size
+    have = {
+        (c.op, c.group_size, c.placement, c.scope)
+        for c in hardware_profile_from_spec(spec).collectives
+    }
+    for order in itertools.permutations(AXES):
+        for pp in _divisors(world):
+            for tp in _divisors(world // pp):
+                plan = Plan(
+                    world_size=world,
+                    mesh_axis_order=order,
+                    global_batch_size=world,
+                    num_micro_batches=1,
+                    pipeline=PipelineConfig(degree=pp, schedule="1f1b", stage_num_layers=(1,) * pp),
+                    layers=(LayerStrategy(tp=tp),) * pp,
+                )
+                for axis in AXES:
+                    group = group_placement(
+                        plan, axis=axis, tp=tp, devices_per_node=per_node, num_nodes=nodes
+                    )
+                    if group.size < 2:
+                        continue
+                    ops = ("p2p",) if axis == "pp" else COLLECTIVE_OPS[:-1]
+                    for op in ops:
+                        size = 2 if op == "p2p" else group.size
+                        assert (op, size, group.placement, group.scope) in have, (
+                            order,
+                            pp,
+                            tp,
+                            axis,
+                        )
 
 
 def test_one_node_has_no_inter_node_entries() -> None:

@@ -1,5 +1,7 @@
 """The discrete-event simulation of one iteration; the only module that touches simpy.
 
+Event names follow the conventions in :mod:`partita.simulator.trace`.
+
 Each stage replays its schedule on a compute stream. A forward waits for the previous
 stage's activations, a backward for the next stage's gradients; transfers run on the sending
 stage's p2p stream. During the last backward on a stage each layer's gradient sync starts as
@@ -12,7 +14,9 @@ duration: a coarse but cheap model of contention).
 
 from __future__ import annotations
 
+from collections.abc import Generator
 from dataclasses import dataclass, field
+from typing import Any
 
 import simpy
 
@@ -20,6 +24,8 @@ from partita.formats import OverlapSlowdown
 from partita.formats.schedules import Action, Schedule
 from partita.simulator.result import Event, Stream
 from partita.simulator.workload import StageWork
+
+Process = Generator[simpy.Event, Any, Any]  # a simpy process body
 
 
 @dataclass
@@ -82,7 +88,7 @@ class Engine:
         done = [self.env.process(self._stage(index)) for index in range(len(self.states))]
         self.env.run(simpy.AllOf(self.env, done))
         return EngineOutput(
-            stage_end_s=tuple(p.value for p in done),
+            stage_end_s=tuple(float(p.value or 0.0) for p in done),
             compute_busy_s=tuple(s.compute_busy_s for s in self.states),
             peak_bytes=tuple(max(b for _, b in s.timeline) for s in self.states),
             timelines=tuple(tuple(s.timeline) for s in self.states),
@@ -90,7 +96,7 @@ class Engine:
         )
 
     # --- one stage ------------------------------------------------------------------------
-    def _stage(self, index: int):  # type: ignore[no-untyped-def]
+    def _stage(self, index: int) -> Process:
         state = self.states[index]
         actions = self.schedule[index]
         last_backward = max(i for i, a in enumerate(actions) if a.kind == "B")
@@ -100,10 +106,10 @@ class Engine:
             else:
                 yield from self._backward(index, action, final=position == last_backward)
         yield self.env.all_of(state.syncs)
-        yield from self._compute(index, "optimizer step", state.work.optimizer_step_s, None)
+        yield from self._compute(index, "optimizer", state.work.optimizer_step_s, None)
         return self.env.now
 
-    def _forward(self, index: int, action: Action):  # type: ignore[no-untyped-def]
+    def _forward(self, index: int, action: Action) -> Process:
         state, m = self.states[index], action.micro_batch
         if index > 0:
             yield self.activation_ready[index][m]
@@ -120,7 +126,7 @@ class Engine:
                 )
             )
 
-    def _backward(self, index: int, action: Action, *, final: bool):  # type: ignore[no-untyped-def]
+    def _backward(self, index: int, action: Action, *, final: bool) -> Process:
         state, m = self.states[index], action.micro_batch
         if index < len(self.states) - 1:
             yield self.gradient_ready[index][m]
@@ -131,7 +137,8 @@ class Engine:
             if final or layer.grad_sync_every_micro_batch:
                 for op, seconds in layer.grad_sync:
                     state.dp_active += 1  # counted from now, so the next compute sees it
-                    sync = self._grad_sync(index, f"{op} {layer.name}", seconds, m)
+                    kind = "dp_gather" if op == "all_gather" else "dp_sync"
+                    sync = self._grad_sync(index, f"{kind} {layer.name}", seconds, m)
                     state.syncs.append(self.env.process(sync))
         self._memory(state, -transient - state.work.activation_bytes)
         if index > 0:
@@ -159,7 +166,7 @@ class Engine:
         state.compute_busy_s += seconds
         self._record(index, "compute", name, start, m, merge=merge)
 
-    def _send(self, index: int, name: str, seconds: float, arrived: simpy.Event, m: int):  # type: ignore[no-untyped-def]
+    def _send(self, index: int, name: str, seconds: float, arrived: simpy.Event, m: int) -> Process:
         state = self.states[index]
         with state.send_stream.request() as slot:
             yield slot
@@ -168,7 +175,7 @@ class Engine:
             self._record(index, "p2p", name, start, m)
         arrived.succeed()
 
-    def _grad_sync(self, index: int, name: str, seconds: float, m: int):  # type: ignore[no-untyped-def]
+    def _grad_sync(self, index: int, name: str, seconds: float, m: int) -> Process:
         state = self.states[index]
         with state.dp_stream.request() as slot:
             yield slot

@@ -9,28 +9,27 @@ collective costs, and :func:`model_profile_from_description` an analytic
     spec = load_cluster_spec("h100-sxm").with_changes(num_nodes=16)
     faster = spec.with_changes(inter_node_bandwidth_bytes_per_s=2 * 50e9)
 
-Spec file (JSON, one object) read by :func:`load_cluster_spec`; unknown keys are errors:
+Spec file (JSON, one object) read by :func:`load_cluster_spec`; unknown keys are errors.
+Required keys (unless ``preset`` is given):
 
-=================================== ========= ================================================
-key                                 required  meaning
-=================================== ========= ================================================
-``preset``                          no        start from this preset; the other keys override it
-``name``                            yes       human-readable cluster name
-``device_name``                     yes       e.g. ``"NVIDIA H100 SXM5 80GB"``
-``device_kind``                     no        ``"cuda"`` (default) or ``"cpu"``
-``devices_per_node``                yes       integer >= 1
-``num_nodes``                       yes       integer >= 1
-``memory_bytes``                    yes       integer > 0, memory of one device
-``memory_bandwidth_bytes_per_s``    no        number > 0 or null (default null: unknown)
-``peak_flops_per_s``                yes       object dtype (fp32, bf16, fp16) -> dense FLOP/s
-``intra_node_bandwidth_bytes_per_s`` yes      number > 0, per device and direction (NVLink)
-``intra_node_latency_s``            yes       number >= 0, one ring step inside a node
-``inter_node_bandwidth_bytes_per_s`` yes      number > 0, per device and direction (its NIC)
-``inter_node_latency_s``            yes       number >= 0, one ring step across nodes
-``backend``                         no        ``"nccl"`` (default) or ``"gloo"``
-``overlap_compute``                 no        number >= 1 (default 1.1), see OverlapSlowdown
-``overlap_communication``           no        number >= 1 (default 1.2)
-=================================== ========= ================================================
+- ``name``: human-readable cluster name
+- ``device_name``: e.g. ``"NVIDIA H100 SXM5 80GB"``
+- ``devices_per_node``, ``num_nodes``: integers >= 1
+- ``memory_bytes``: integer > 0, memory of one device
+- ``peak_flops_per_s``: object dtype (``fp32``, ``bf16``, ``fp16``) -> dense FLOP/s of one device
+- ``intra_node_bandwidth_bytes_per_s``: number > 0, per device and direction (e.g. NVLink)
+- ``intra_node_latency_s``: number >= 0, one ring step inside a node
+- ``inter_node_bandwidth_bytes_per_s``: number > 0, per device and direction (its NIC)
+- ``inter_node_latency_s``: number >= 0, one ring step across nodes
+
+Optional keys:
+
+- ``preset``: start from this preset (``PRESETS``); the other keys override its fields
+- ``memory_bandwidth_bytes_per_s``: number > 0 or null (default null: unknown)
+- ``device_kind``: ``"cuda"`` (default) or ``"cpu"``
+- ``backend``: ``"nccl"`` (default, needs ``cuda``) or ``"gloo"``
+- ``overlap_compute``, ``overlap_communication``: numbers >= 1 (defaults 1.1 and 1.2), the
+  hardware profile's ``OverlapSlowdown``
 
 With ``preset``, only the keys to change are needed: ``{"preset": "h100-sxm", "num_nodes": 16}``.
 """
@@ -332,9 +331,15 @@ def hardware_profile_from_spec(spec: ClusterSpec) -> HardwareProfile:
 
 
 def collective_group_sizes(spec: ClusterSpec) -> tuple[int, ...]:
-    """Powers of two up to the world size, the world size itself and a node's devices."""
+    """Powers of two up to the world size, every divisor of it, and a node's devices.
+
+    Every pipeline, data- and tensor-parallel group of a plan divides the world size, so a
+    world of 96 still finds its groups of 3, 6, 12, 24 and 48.
+    """
     world = spec.world_size
-    sizes = {2**k for k in range(1, world.bit_length())} | {world, spec.devices_per_node}
+    powers = {2**k for k in range(1, world.bit_length())}
+    divisors = {size for size in range(2, world + 1) if world % size == 0}
+    sizes = powers | divisors | {spec.devices_per_node}
     return tuple(sorted(size for size in sizes if 2 <= size <= world))
 
 
@@ -357,9 +362,10 @@ def _scopes(
     """Every scope a group of this size and placement can have on the cluster.
 
     Consecutive groups are aligned to multiples of their size, so they stay in a node when they
-    fit and the node size is a multiple of theirs. A strided group (ranks ``stride`` apart)
-    spans nodes when the cluster has several, and stays in one node when ``2 * size`` devices fit
-    there (stride >= 2). A p2p pair, e.g. between pipeline stages, can be anywhere.
+    fit and the node size is a multiple of theirs. A strided group (ranks ``stride >= 2``
+    apart) spans nodes when the cluster has several, and stays in one node when its span
+    ``(size - 1) * 2 + 1`` fits there. A p2p pair, e.g. between pipeline stages, can be
+    anywhere. (``placement.group_placement`` decides the scope the same way.)
     """
     per_node, several = spec.devices_per_node, spec.num_nodes > 1
     if op == "p2p":
@@ -368,7 +374,7 @@ def _scopes(
         intra = group_size <= per_node
         inter = several and (group_size > per_node or per_node % group_size != 0)
     else:
-        intra = not several or 2 * group_size <= per_node
+        intra = not several or 2 * group_size - 1 <= per_node
         inter = several
     found: list[Scope] = []
     if intra:

@@ -10,12 +10,16 @@ p2p sends per micro-batch, static memory and the optimizer step.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass
+from typing import TypeVar
 
 from partita.formats import LayerDescription, ModelDescription, Plan
 from partita.formats.common import BYTES_PER_ELEMENT
 from partita.simulator.cost import CostModel
 from partita.simulator.placement import GroupPlacement, group_placement
+
+T = TypeVar("T")
 
 # Bytes per parameter read and written by one AdamW step (fp32 param, grad, two moments).
 OPTIMIZER_STEP_BYTES_PER_PARAM_BYTE = 4.0
@@ -90,7 +94,7 @@ def stage_layers(
     return stages
 
 
-def _take(iterator, count):  # type: ignore[no-untyped-def]
+def _take(iterator: Iterator[T], count: int) -> list[T]:
     return [next(iterator) for _ in range(count)]
 
 

@@ -1,0 +1,50 @@
+"""``partita simulate``: predict one iteration of a plan, with a trace and plots on request."""
+
+from __future__ import annotations
+
+import argparse
+
+from partita.formats.cli import EXIT_OK, Command
+
+
+def _add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--plan", required=True, metavar="P", help="plan file")
+    parser.add_argument("--hardware", required=True, metavar="H", help="hardware profile")
+    parser.add_argument("--model-profile", required=True, metavar="M", help="model profile")
+    parser.add_argument("--model", required=True, metavar="DESC", help="model description")
+    parser.add_argument("--trace", metavar="FILE", help="write a Chrome trace (Perfetto)")
+    parser.add_argument("--plot", metavar="PNG", help="write the pipeline timeline")
+    parser.add_argument("--memory-plot", metavar="PNG", help="write the memory per stage")
+
+
+def _run(args: argparse.Namespace) -> int:
+    from partita.formats import HardwareProfile, ModelDescription, ModelProfile, Plan, load
+    from partita.simulator.plots import plot_memory, plot_timeline
+    from partita.simulator.report import summary
+    from partita.simulator.simulation import simulate
+    from partita.simulator.trace import write_chrome_trace
+
+    hardware = load(args.hardware, HardwareProfile)
+    result = simulate(
+        load(args.plan, Plan),
+        hardware=hardware,
+        model_profile=load(args.model_profile, ModelProfile),
+        model=load(args.model, ModelDescription),
+    )
+    print(summary(result, device_memory_bytes=hardware.device.memory_bytes))
+    if args.trace:
+        print(f"trace: {write_chrome_trace(result, args.trace)} (open in ui.perfetto.dev)")
+    if args.plot:
+        print(f"timeline: {plot_timeline(result, args.plot)}")
+    if args.memory_plot:
+        budget = hardware.device.memory_bytes
+        print(f"memory: {plot_memory(result, args.memory_plot, budget_bytes=budget)}")
+    return EXIT_OK
+
+
+COMMAND = Command(
+    name="simulate",
+    help="predict iteration time and memory of a plan with the event simulation",
+    add_arguments=_add_arguments,
+    run=_run,
+)

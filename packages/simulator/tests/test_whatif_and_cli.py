@@ -1,0 +1,163 @@
+"""What-if studies and the `partita simulate` / `partita whatif` commands."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import synthetic as syn
+
+from partita.formats import LayerStrategy, load, save
+from partita.simulator.specsheet import load_cluster_spec
+from partita.simulator.whatif import Study, scale_plan
+
+REPO = Path(__file__).resolve().parents[3]
+EXAMPLES = REPO / "docs" / "examples"
+
+
+def _study(**kw):  # type: ignore[no-untyped-def]
+    plan = syn.plan(
+        world=8, stages=(2, 2), micro_batches=4, global_batch=64, strategy=LayerStrategy(tp=2)
+    )
+    cluster = load_cluster_spec("h100-sxm").with_changes(num_nodes=1)
+    # 1 TFLOP per sample and layer: compute-bound, so more devices help.
+    model = syn.description(4, flops_per_sample=1e12)
+    return Study(plan=plan, models=[model], cluster=cluster, **kw)
+
+
+def test_scale_plan_changes_only_data_parallelism() -> None:
+    plan = syn.plan(world=8, stages=(2, 2), micro_batches=4, global_batch=32)
+    bigger = scale_plan(plan, world_size=16)
+    assert (bigger.world_size, bigger.devices_per_stage, bigger.layers) == (16, 8, plan.layers)
+    with pytest.raises(ValueError, match=r"world size 6 is not a multiple|does not divide"):
+        scale_plan(plan, world_size=6)
+
+
+def test_more_devices_more_throughput_and_less_memory() -> None:
+    points = _study().run({"world_size": [8, 16, 32]})
+    assert [p.world_size for p in points] == [8, 16, 32]
+    rates = [p.prediction.throughput_samples_per_s for p in points]  # type: ignore[union-attr]
+    memory = [p.prediction.peak_memory_bytes for p in points]  # type: ignore[union-attr]
+    assert rates[0] < rates[1] < rates[2]
+    assert memory[0] >= memory[1] >= memory[2]
+
+
+def test_faster_network_never_slows_down() -> None:
+    points = _study().run(
+        {"world_size": [16], "inter_bandwidth_x": [1, 4], "devices_per_node": [4]}
+    )
+    slow, fast = (p.prediction.iteration_time_s for p in points)  # type: ignore[union-attr]
+    assert fast <= slow
+
+
+def test_impossible_points_are_reported_not_raised() -> None:
+    points = _study().run({"world_size": [8, 10]})
+    assert points[0].error is None
+    assert points[1].prediction is None
+    assert "world_size 10" in str(points[1].error)
+
+
+def test_memory_axis_decides_what_fits() -> None:
+    points = _study().run({"memory_gb": [80, 1e-6]})
+    assert [p.fits for p in points] == [True, False]
+
+
+def test_unknown_axis_is_refused() -> None:
+    with pytest.raises(ValueError, match="unknown what-if axis 'gpus'"):
+        _study().run({"gpus": [8]})
+
+
+def _partita() -> str:
+    script = shutil.which("partita", path=str(Path(sys.executable).parent))
+    assert script is not None
+    return script
+
+
+def _run(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [_partita(), *args], capture_output=True, text=True, timeout=120, check=False
+    )
+
+
+def test_simulate_command_writes_trace_and_plots(tmp_path: Path) -> None:
+    result = _run(
+        "simulate",
+        "--plan",
+        str(EXAMPLES / "plan.json"),
+        "--hardware",
+        str(EXAMPLES / "hardware_profile.json"),
+        "--model-profile",
+        str(EXAMPLES / "model_profile.json"),
+        "--model",
+        str(EXAMPLES / "model_description.json"),
+        "--trace",
+        str(tmp_path / "trace.json"),
+        "--plot",
+        str(tmp_path / "timeline.png"),
+        "--memory-plot",
+        str(tmp_path / "memory.png"),
+    )
+    assert result.returncode == 0, result.stderr
+    assert "samples/s" in result.stdout and "bubble" in result.stdout
+    trace = json.loads((tmp_path / "trace.json").read_text())
+    names = {e["name"] for e in trace["traceEvents"] if e["ph"] == "X"}
+    assert {"F0", "B3", "send F0"} <= names
+    for png in ("timeline.png", "memory.png"):
+        assert (tmp_path / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_simulate_command_bad_plan_is_one_line(tmp_path: Path) -> None:
+    plan = load(EXAMPLES / "plan.json")
+    save(
+        type(plan)(
+            **{**plan.__dict__, "world_size": 8, "pipeline": plan.pipeline, "global_batch_size": 16}
+        ),
+        tmp_path / "plan8.json",
+    )
+    result = _run(
+        "simulate",
+        "--plan",
+        str(tmp_path / "plan8.json"),
+        "--hardware",
+        str(EXAMPLES / "hardware_profile.json"),
+        "--model-profile",
+        str(EXAMPLES / "model_profile.json"),
+        "--model",
+        str(EXAMPLES / "model_description.json"),
+    )
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines() == [
+        "partita simulate: error: the plan is for 8 devices but the hardware profile "
+        "'example 4-rank gloo CPU host' has 4 (1 node(s) x 4)"
+    ]
+
+
+def test_whatif_command_table_json_and_plot(tmp_path: Path) -> None:
+    plan = syn.plan(world=8, stages=(2, 2), micro_batches=4, global_batch=64)
+    save(plan, tmp_path / "plan.json")
+    save(syn.description(4), tmp_path / "model.json")
+    result = _run(
+        "whatif",
+        "--plan",
+        str(tmp_path / "plan.json"),
+        "--model",
+        str(tmp_path / "model.json"),
+        "--cluster",
+        "h100-sxm",
+        "--world-sizes",
+        "8,16,32",
+        "--json",
+        str(tmp_path / "p.json"),
+        "--plot",
+        str(tmp_path / "throughput.png"),
+    )
+    assert result.returncode == 0, result.stderr
+    points = json.loads((tmp_path / "p.json").read_text())
+    assert [p["world_size"] for p in points] == [8, 16, 32]
+    assert all(p["prediction"] is not None for p in points)
+    assert (tmp_path / "throughput.png").stat().st_size > 5000
+    assert "per device" in result.stdout
