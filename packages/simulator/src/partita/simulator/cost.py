@@ -40,6 +40,14 @@ class CostModel:
         self._collectives: dict[tuple[str, int], list[CollectiveProfile]] = defaultdict(list)
         for entry in self.hardware.collectives:
             self._collectives[(entry.op, entry.group_size)].append(entry)
+        # The search asks for the same few entries thousands of times: index them once.
+        self._timing_index: dict[tuple[str, int, str, int], list[LayerTiming]] = defaultdict(list)
+        self._memory_index: dict[tuple[str, int, str, int], LayerMemory] = {}
+        for layer_type in self.model_profile.layer_types:
+            for t in layer_type.timings:
+                self._timing_index[(layer_type.layer_type, t.tp, t.sp, t.seq_len)].append(t)
+            for m in layer_type.memory:
+                self._memory_index[(layer_type.layer_type, m.tp, m.sp, m.seq_len)] = m
 
     # --- compute ---------------------------------------------------------------------------
     def layer_times(
@@ -53,15 +61,15 @@ class CostModel:
         return LayerTimes(forward_s=forward, backward_s=backward, includes_tp_comm=included)
 
     def _timings(self, layer: LayerDescription, *, tp: int, sp: str) -> list[LayerTiming]:
+        matching = self._timing_index.get((layer.layer_type, tp, sp, layer.seq_len))
+        if matching:
+            return matching
         profile = self.model_profile.layer_type(layer.layer_type)
         if profile is None:
             raise ValueError(
                 f"the model profile has no layer type {layer.layer_type!r} "
                 f"(needed by layer {layer.name!r})"
             )
-        matching = [
-            t for t in profile.timings if t.tp == tp and t.sp == sp and t.seq_len == layer.seq_len
-        ]
         if not matching:
             have = sorted({f"tp {t.tp}/{t.sp}/seq {t.seq_len}" for t in profile.timings})
             raise ValueError(
@@ -72,11 +80,9 @@ class CostModel:
 
     # --- memory ------------------------------------------------------------------------------
     def layer_memory(self, layer: LayerDescription, *, tp: int, sp: str) -> LayerMemory:
-        profile = self.model_profile.layer_type(layer.layer_type)
-        entries = [] if profile is None else list(profile.memory)
-        for entry in entries:
-            if entry.tp == tp and entry.sp == sp and entry.seq_len == layer.seq_len:
-                return entry
+        entry = self._memory_index.get((layer.layer_type, tp, sp, layer.seq_len))
+        if entry is not None:
+            return entry
         raise ValueError(
             f"the model profile has no memory entry for layer type {layer.layer_type!r} at tp "
             f"{tp}, sp {sp}, seq {layer.seq_len}"

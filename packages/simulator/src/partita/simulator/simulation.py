@@ -9,11 +9,17 @@ from partita.simulator.cost import CostModel
 from partita.simulator.engine import Engine
 from partita.simulator.memory import peak_breakdown, static_bytes
 from partita.simulator.result import MemoryBreakdown, SimulationResult, StageResult
-from partita.simulator.workload import StageWork, WorkloadBuilder
+from partita.simulator.workload import LayerWork, StageWork, WorkloadBuilder
 
 
 def build_workload(
-    plan: Plan, *, hardware: HardwareProfile, model_profile: ModelProfile, model: ModelDescription
+    plan: Plan,
+    *,
+    hardware: HardwareProfile,
+    model_profile: ModelProfile,
+    model: ModelDescription,
+    cost: CostModel | None = None,
+    cache: dict[tuple[object, ...], LayerWork] | None = None,
 ) -> tuple[list[StageWork], CostModel]:
     """Validate the inputs against each other and turn the plan into per-stage work."""
     validate_plan(plan, model=model)
@@ -23,8 +29,8 @@ def build_workload(
             f"{hardware.name!r} has {hardware.world_size} "
             f"({hardware.num_nodes} node(s) x {hardware.devices_per_node})"
         )
-    cost = CostModel(hardware=hardware, model_profile=model_profile)
-    return WorkloadBuilder(plan=plan, model=model, cost=cost).build(), cost
+    cost = cost or CostModel(hardware=hardware, model_profile=model_profile)
+    return WorkloadBuilder(plan=plan, model=model, cost=cost, cache=cache).build(), cost
 
 
 def simulate(
@@ -72,10 +78,21 @@ def simulate(
 
 
 def estimate(
-    plan: Plan, *, hardware: HardwareProfile, model_profile: ModelProfile, model: ModelDescription
+    plan: Plan,
+    *,
+    hardware: HardwareProfile,
+    model_profile: ModelProfile,
+    model: ModelDescription,
+    cost: CostModel | None = None,
+    cache: dict[tuple[object, ...], LayerWork] | None = None,
 ) -> tuple[float, tuple[MemoryBreakdown, ...]]:
-    """The closed-form iteration time and peak memory per stage (no event simulation)."""
-    stages, _ = build_workload(plan, hardware=hardware, model_profile=model_profile, model=model)
+    """The closed-form iteration time and peak memory per stage (no event simulation).
+
+    ``cost`` and ``cache`` let a caller pricing many plans share profile lookups.
+    """
+    stages, _ = build_workload(
+        plan, hardware=hardware, model_profile=model_profile, model=model, cost=cost, cache=cache
+    )
     schedule = build_schedule(plan.pipeline.schedule, len(stages), plan.num_micro_batches)
     memory = tuple(
         peak_breakdown(work, in_flight=max_in_flight(actions))

@@ -11,7 +11,7 @@ p2p sends per micro-batch, static memory and the optimizer step.
 from __future__ import annotations
 
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from typing import TypeVar
 
 from partita.formats import LayerDescription, ModelDescription, Plan
@@ -75,6 +75,20 @@ class StageWork:
         return sum(layer.activation_bytes for layer in self.layers)
 
 
+def layer_signature(layer: LayerDescription) -> tuple[object, ...]:
+    """What a layer's work depends on: everything but its name."""
+    return (
+        layer.layer_type,
+        layer.kind,
+        layer.seq_len,
+        layer.hidden_size,
+        layer.num_heads,
+        layer.num_kv_heads,
+        layer.ffn_size,
+        layer.output_bytes_per_sample,
+    )
+
+
 def stage_layers(
     plan: Plan, model: ModelDescription
 ) -> list[list[tuple[LayerDescription, Strategy]]]:
@@ -103,6 +117,20 @@ class WorkloadBuilder:
     plan: Plan
     model: ModelDescription
     cost: CostModel
+    # Shared between builders of plans with the same shape (the search prices thousands):
+    # a layer's work depends on its description, strategy and previous layout, and on the
+    # plan only through the shape in ``_shape``.
+    cache: dict[tuple[object, ...], LayerWork] | None = field(default=None, compare=False)
+
+    def _shape(self) -> tuple[object, ...]:
+        plan = self.plan
+        return (
+            plan.world_size,
+            plan.pipeline.degree,
+            plan.micro_batch_size,
+            plan.mesh_axis_order,
+            plan.precision,
+        )
 
     @property
     def element_bytes(self) -> int:
@@ -131,7 +159,7 @@ class WorkloadBuilder:
         works = []
         previous: Strategy | None = None
         for layer, strategy in layers:
-            works.append(self._layer(layer, strategy, previous))
+            works.append(self.layer_work(layer, strategy, previous))
             previous = strategy
         last_layer, last_strategy = layers[-1]
         first_layer, first_strategy = layers[0]
@@ -161,7 +189,26 @@ class WorkloadBuilder:
         pp = self._placement("pp", strategy.tp)
         return self._collective("p2p", nbytes, GroupPlacement(2, pp.placement, pp.scope))
 
-    def _layer(
+    def layer_work(
+        self, layer: LayerDescription, strategy: Strategy, previous: Strategy | None
+    ) -> LayerWork:
+        work = self.layer_cost(layer, strategy, previous)
+        return work if work.name == layer.name else replace(work, name=layer.name)
+
+    def layer_cost(
+        self, layer: LayerDescription, strategy: Strategy, previous: Strategy | None
+    ) -> LayerWork:
+        """Like :meth:`layer_work`, but a cached result may carry an identical layer's name."""
+        if self.cache is None:
+            return self._layer_work(layer, strategy, previous)
+        layout = None if previous is None else (previous.tp, previous.sp)
+        key = (self._shape(), layer_signature(layer), strategy, layout)
+        work = self.cache.get(key)
+        if work is None:
+            work = self.cache[key] = self._layer_work(layer, strategy, previous)
+        return work
+
+    def _layer_work(
         self, layer: LayerDescription, strategy: Strategy, previous: Strategy | None
     ) -> LayerWork:
         batch = self._local_batch(strategy)

@@ -1,0 +1,81 @@
+"""The search with its baselines: what ``partita plan`` runs.
+
+The same search code, restricted, prices the baselines (best uniform plan, plain data
+parallelism, ZeRO-3, Megatron-style 3D), so the user sees what the layer-wise plan buys. A
+uniform plan belongs to every space it satisfies, so a searched plan that the event simulation
+finds slower than the best uniform one is replaced by it: the answer is never worse than the
+baseline it is compared with.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+
+from partita.formats.text_table import human_bytes
+from partita.simulator.search.engine import Candidate, SearchOutcome, SearchProblem, search
+from partita.simulator.search.space import SearchSpace
+
+BASELINES = ("uniform", "dp", "zero3", "3d")
+
+
+@dataclass(frozen=True)
+class PlanningResult:
+    best: Candidate
+    runners_up: list[Candidate]
+    baselines: dict[str, Candidate | None]
+    considered: int
+    elapsed_s: float
+
+
+def plan_search(problem: SearchProblem, *, baselines: bool = True) -> PlanningResult:
+    """Search ``problem.space``; raise ValueError naming the least memory if nothing fits."""
+    outcome = search(problem)
+    found: dict[str, SearchOutcome] = {}
+    if baselines:
+        for name in BASELINES:
+            space = SearchSpace(name=name, schedules=problem.space.schedules)
+            found[name] = search(replace(problem, space=space))
+    if outcome.best is None:
+        raise ValueError(_infeasible(problem, outcome))
+    best, runners_up = outcome.best, outcome.runners_up
+    uniform = found.get("uniform")
+    if (
+        problem.space.name in ("full", "nosp")
+        and uniform is not None
+        and uniform.best is not None
+        and uniform.best.iteration_time_s < best.iteration_time_s
+        and _within_space(uniform.best, problem.space)
+    ):
+        best, runners_up = uniform.best, [outcome.best, *runners_up][:3]
+    elapsed = outcome.elapsed_s + sum(o.elapsed_s for o in found.values())
+    considered = outcome.considered + sum(o.considered for o in found.values())
+    return PlanningResult(
+        best=best,
+        runners_up=runners_up,
+        baselines={name: o.best for name, o in found.items()},
+        considered=considered,
+        elapsed_s=elapsed,
+    )
+
+
+def _within_space(candidate: Candidate, space: SearchSpace) -> bool:
+    plan = candidate.plan
+    if space.name == "nosp" and any(layer.sp != "none" for layer in plan.layers):
+        return False
+    return plan.pipeline.schedule in space.schedules
+
+
+def _infeasible(problem: SearchProblem, outcome: SearchOutcome) -> str:
+    budget = human_bytes(problem.memory_bytes)
+    if outcome.least_memory_bytes is None:
+        return (
+            f"no plan in the {problem.space.name!r} space can be priced for "
+            f"{problem.world_size} devices and global batch {problem.global_batch} "
+            "(check that the model profile covers the tensor-parallel degrees)"
+        )
+    least = human_bytes(outcome.least_memory_bytes)
+    return (
+        f"no plan in the {problem.space.name!r} space fits {budget} per device; the leanest "
+        f"needs {least} (try --memory-gb {outcome.least_memory_bytes / 2**30:.3g}, more devices "
+        "or a smaller global batch)"
+    )

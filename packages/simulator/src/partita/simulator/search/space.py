@@ -1,0 +1,93 @@
+"""Which strategies the search may give a layer, and the named restrictions of that space."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from partita.formats import LayerDescription, ModelProfile
+from partita.formats.common import DP_MODES, SCHEDULES
+from partita.simulator.workload import Strategy
+
+SPACES = ("full", "uniform", "3d", "nosp", "dp", "zero3")
+
+
+@dataclass(frozen=True)
+class SearchSpace:
+    """``full``: everything per layer. ``uniform``: one strategy for all layers. ``3d``:
+    Megatron-style (uniform tp with or without Megatron-SP, DDP or ZeRO-1, uniform
+    checkpointing). ``nosp``: per layer, without sequence parallelism. ``dp``: plain data
+    parallelism. ``zero3``: ZeRO-3 data parallelism."""
+
+    name: str = "full"
+    schedules: tuple[str, ...] = SCHEDULES
+
+    def __post_init__(self) -> None:
+        if self.name not in SPACES:
+            raise ValueError(f"unknown search space {self.name!r} (known: {', '.join(SPACES)})")
+        for schedule in self.schedules:
+            if schedule not in SCHEDULES:
+                raise ValueError(f"unknown schedule {schedule!r} (known: {', '.join(SCHEDULES)})")
+
+    @property
+    def per_layer(self) -> bool:
+        return self.name in ("full", "nosp")
+
+    @property
+    def allows_pipeline(self) -> bool:
+        return self.name not in ("dp", "zero3")
+
+    def dp_modes(self) -> tuple[str, ...]:
+        return {"3d": ("ddp", "zero1"), "dp": ("ddp",), "zero3": ("zero3",)}.get(
+            self.name, DP_MODES
+        )
+
+    def sp_modes(self) -> tuple[str, ...]:
+        return {
+            "3d": ("none", "megatron"),
+            "nosp": ("none",),
+            "dp": ("none",),
+            "zero3": ("none",),
+        }.get(self.name, ("none", "megatron", "ulysses"))
+
+    def allows_tp(self) -> bool:
+        return self.name not in ("dp", "zero3")
+
+
+def layer_candidates(
+    layer: LayerDescription,
+    *,
+    devices_per_stage: int,
+    micro_batch: int,
+    space: SearchSpace,
+    profile: ModelProfile,
+) -> list[Strategy]:
+    """Strategies valid for ``layer`` that the model profile can price."""
+    timed = profile.layer_type(layer.layer_type)
+    if timed is None:
+        raise ValueError(f"the model profile has no layer type {layer.layer_type!r}")
+    priced = {(t.tp, t.sp) for t in timed.timings if t.seq_len == layer.seq_len}
+    candidates = []
+    for tp, sp in sorted(priced):
+        if devices_per_stage % tp or not _fits_layer(layer, tp, sp):
+            continue
+        if (tp > 1 and not space.allows_tp()) or sp not in space.sp_modes():
+            continue
+        if micro_batch % (devices_per_stage // tp):
+            continue
+        for dp in space.dp_modes():
+            for ckpt in (False, True):
+                candidates.append(Strategy(tp=tp, sp=sp, dp=dp, ckpt=ckpt))
+    return candidates
+
+
+def _fits_layer(layer: LayerDescription, tp: int, sp: str) -> bool:
+    if tp == 1:
+        return sp == "none"
+    sizes = [layer.num_heads, layer.num_kv_heads]
+    if sp == "ulysses":
+        sizes.append(layer.seq_len)
+    else:
+        sizes += [layer.hidden_size, layer.ffn_size]
+        if sp == "megatron":
+            sizes.append(layer.seq_len)
+    return all(size % tp == 0 for size in sizes if size)

@@ -1,0 +1,209 @@
+"""The plan search: optimal within its cost model, never behind its uniform baseline."""
+
+from __future__ import annotations
+
+import itertools
+import json
+import shutil
+import subprocess
+import sys
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+import synthetic as syn
+
+from partita.formats import LayerStrategy, Plan, load, validate_plan
+from partita.simulator.search.engine import SearchProblem, _Searcher, search
+from partita.simulator.search.planner import plan_search
+from partita.simulator.search.space import SearchSpace
+from partita.simulator.simulation import estimate, simulate
+
+MiB = syn.MiB
+
+
+def _problem(
+    *, world: int, blocks: int, budget: float, batch: int, space: str = "full", hw=None
+) -> SearchProblem:  # type: ignore[no-untyped-def]
+    return SearchProblem(
+        hardware=hw or syn.hardware(world=world, latency_s=1e-3, p2p_latency_s=1e-3),
+        model_profile=syn.model_profile(),
+        model=syn.description(blocks),
+        world_size=world,
+        memory_bytes=budget,
+        global_batch=batch,
+        space=SearchSpace(space),
+    )
+
+
+@pytest.mark.parametrize(
+    ("world", "blocks", "budget", "batch"),
+    [(1, 4, 2.6 * MiB, 1), (2, 4, 3 * MiB, 4), (4, 6, 4 * MiB, 8), (4, 4, 64 * MiB, 8)],
+)
+def test_never_worse_than_the_best_uniform_plan(
+    world: int, blocks: int, budget: float, batch: int
+) -> None:
+    result = plan_search(_problem(world=world, blocks=blocks, budget=budget, batch=batch))
+    uniform = result.baselines["uniform"]
+    assert uniform is not None
+    assert result.best.iteration_time_s <= uniform.iteration_time_s * (1 + 1e-12)
+    problem = _problem(world=world, blocks=blocks, budget=budget, batch=batch)
+    simulated = simulate(
+        result.best.plan,
+        hardware=problem.hardware,
+        model_profile=problem.model_profile,
+        model=problem.model,
+    )
+    assert simulated.iteration_time_s == pytest.approx(result.best.iteration_time_s)
+    assert max(simulated.peak_memory_bytes) <= budget
+
+
+def test_tight_memory_checkpoints_only_some_layers_and_beats_uniform() -> None:
+    # One device, 4 layers of 1 MiB activations (1/8 MiB when checkpointed, plus one layer's
+    # 1 MiB recomputed during backward). 2.6 MiB: 3 checkpointed layers fit (2.375 MiB + 64 KB
+    # of weights); none checkpointed needs 4 MiB; uniform must checkpoint all 4.
+    result = plan_search(_problem(world=1, blocks=4, budget=2.6 * MiB, batch=1))
+    assert sorted(layer.ckpt for layer in result.best.plan.layers) == [False, True, True, True]
+    uniform = result.baselines["uniform"]
+    assert uniform is not None and all(layer.ckpt for layer in uniform.plan.layers)
+    assert result.best.iteration_time_s < uniform.iteration_time_s
+
+
+def test_exhaustive_enumeration_finds_nothing_better() -> None:
+    # Free data-parallel and p2p communication: the closed form equals the DP's objective,
+    # so for every pipeline shape the search tries, no per-layer assignment beats its pick.
+    hw = syn.hardware(world=2)
+    problem = _problem(world=2, blocks=2, budget=1.6 * MiB, batch=4, space="nosp", hw=hw)
+    best = search(problem).best
+    assert best is not None
+    searched, _ = estimate(
+        best.plan, hardware=hw, model_profile=problem.model_profile, model=problem.model
+    )
+    searcher = _Searcher(problem)
+    exhaustive, too_big = [], 0
+    for shape in searcher._shapes():
+        options = [shape.options[sig].strategies for sig in shape.signatures]
+        for combo in itertools.product(*options):
+            plan = replace(
+                shape.template, layers=tuple(LayerStrategy(s.tp, s.sp, s.dp, s.ckpt) for s in combo)
+            )  # type: ignore[arg-type]
+            seconds, memory = estimate(
+                plan, hardware=hw, model_profile=problem.model_profile, model=problem.model
+            )
+            if max(m.total for m in memory) <= problem.memory_bytes:
+                exhaustive.append(seconds)
+            else:
+                too_big += 1
+    assert len(exhaustive) > 100 and too_big > 100  # the budget binds
+    assert searched <= min(exhaustive) * (1 + 1e-9)
+
+
+def test_restricted_spaces_stay_inside_their_restriction() -> None:
+    for space, check in [
+        ("uniform", lambda p: len(set(p.layers)) == 1),
+        (
+            "dp",
+            lambda p: (
+                p.pipeline.degree == 1
+                and all((x.tp, x.sp, x.dp) == (1, "none", "ddp") for x in p.layers)
+            ),
+        ),
+        ("zero3", lambda p: all(x.dp == "zero3" and x.tp == 1 for x in p.layers)),
+        (
+            "3d",
+            lambda p: (
+                len({(x.tp, x.sp, x.dp) for x in p.layers}) == 1
+                and all(x.dp in ("ddp", "zero1") and x.sp != "ulysses" for x in p.layers)
+            ),
+        ),
+    ]:
+        best = search(_problem(world=4, blocks=4, budget=64 * MiB, batch=8, space=space)).best
+        assert best is not None and check(best.plan), space
+
+
+def test_infeasible_budget_names_the_least_memory() -> None:
+    with pytest.raises(ValueError) as error:
+        plan_search(_problem(world=1, blocks=4, budget=0.1 * MiB, batch=1))
+    message = str(error.value)
+    assert "no plan in the 'full' space fits 102.40 KiB per device; the leanest needs" in message
+    assert "1." in message and "MiB" in message
+
+
+def test_unknown_space_and_world_mismatch_are_refused() -> None:
+    with pytest.raises(ValueError, match="unknown search space 'megatron'"):
+        SearchSpace("megatron")
+    with pytest.raises(ValueError, match="world size 8 does not match the hardware profile"):
+        search(replace(_problem(world=4, blocks=4, budget=MiB, batch=8), world_size=8))
+
+
+def test_searched_plan_validates_and_carries_predictions() -> None:
+    problem = _problem(world=4, blocks=6, budget=4 * MiB, batch=8)
+    plan = plan_search(problem).best.plan
+    validate_plan(plan, world_size=4, model=problem.model)
+    assert plan.predictions is not None
+    assert len(plan.predictions.peak_memory_bytes_per_stage) == plan.pipeline.degree
+
+
+REPO = Path(__file__).resolve().parents[3]
+EXAMPLES = REPO / "docs" / "examples"
+
+
+def _partita() -> str:
+    script = shutil.which("partita", path=str(Path(sys.executable).parent))
+    assert script is not None
+    return script
+
+
+def test_plan_command_writes_a_plan_that_partita_show_accepts(tmp_path: Path) -> None:
+    out = tmp_path / "plan.json"
+    args = [
+        "--hardware",
+        str(EXAMPLES / "hardware_profile.json"),
+        "--model-profile",
+        str(EXAMPLES / "model_profile.json"),
+        "--model",
+        str(EXAMPLES / "model_description.json"),
+        "--world-size",
+        "4",
+        "--global-batch",
+        "8",
+    ]
+    result = subprocess.run(
+        [_partita(), "plan", *args, "--memory-gb", "0.004", "--out", str(out)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr
+    assert "baselines from the same search" in result.stdout
+    plan = load(out, Plan)
+    assert plan.provenance.model == "gpt-tiny" and plan.provenance.hardware_profile_sha256
+    shown = subprocess.run(
+        [
+            _partita(),
+            "show",
+            str(out),
+            "--model",
+            str(EXAMPLES / "model_description.json"),
+            "--world-size",
+            "4",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert shown.returncode == 0, shown.stderr
+    assert json.loads(out.read_text())["predictions"]["iteration_time_s"] > 0
+    tight = subprocess.run(
+        [_partita(), "plan", *args, "--memory-gb", "0.0005", "--out", str(tmp_path / "none.json")],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+    assert tight.returncode == 2
+    assert len(tight.stderr.strip().splitlines()) == 1
+    assert "the leanest needs" in tight.stderr
+    assert not (tmp_path / "none.json").exists()
