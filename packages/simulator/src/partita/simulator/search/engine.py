@@ -41,6 +41,7 @@ SHORTLIST = 48  # plans re-priced by the closed-form estimate after the proxy
 SHORTLIST_UNIFORM = 4
 MAX_MICRO_BATCH_COUNTS = 6
 MESH_ORDER = ("pp", "dp", "tp")
+ALTERNATE_MESH_ORDER = ("pp", "tp", "dp")
 
 
 @dataclass(frozen=True)
@@ -152,7 +153,7 @@ def _distinct_plans(
 
 def _key(plan: Plan) -> tuple[object, ...]:
     """What distinguishes one searched plan from another (plans hold dicts: unhashable)."""
-    return (plan.pipeline, plan.num_micro_batches, plan.layers, plan.vocab)
+    return (plan.pipeline, plan.num_micro_batches, plan.layers, plan.vocab, plan.mesh_axis_order)
 
 
 def _simulated(problem: SearchProblem, candidate: Candidate) -> Candidate:
@@ -236,7 +237,19 @@ class _Searcher:
         leanest = sorted(ranked, key=lambda x: x[1])[:SHORTLIST_UNIFORM]
         shortlist = fitting[:SHORTLIST] + uniform + ([] if fitting else leanest)
         self.considered = len(proxied)
-        return [self._estimated(plan) for _, _, plan in _distinct_plans(shortlist)]
+        return [
+            self._estimated(variant)
+            for _, _, plan in _distinct_plans(shortlist)
+            for variant in self._device_orders(plan)
+        ]
+
+    def _device_orders(self, plan: Plan) -> list[Plan]:
+        """The plan with tensor-parallel groups on consecutive devices (the default), and,
+        where placement can matter (several nodes), with data-parallel groups there instead.
+        Only shortlisted plans are tried both ways: the proxy does not see placement."""
+        if self.problem.hardware.num_nodes == 1:
+            return [plan]
+        return [plan, replace(plan, mesh_axis_order=ALTERNATE_MESH_ORDER)]  # type: ignore[arg-type]
 
     def uniform_best(self, fitting: list[Candidate]) -> list[Candidate]:
         return [c for c in fitting if is_uniform(c.plan)][:1]
