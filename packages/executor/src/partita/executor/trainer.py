@@ -1,0 +1,175 @@
+"""The training loop under a plan: build, parallelize, step, measure.
+
+Every rank builds the same model from the same seed, applies the plan, and takes its share
+of each global batch (its data-parallel slice; tensor-parallel peers share one). The loss is
+normalised by the global number of labelled tokens, so the gradients equal one process's on
+the whole batch, whatever the split.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from dataclasses import dataclass, field
+
+import torch
+import torch.distributed as dist
+
+from partita.executor.data_parallel import make_optimizer, wrap_data_parallel
+from partita.executor.groups import LayerGroups, ParallelGroups
+from partita.executor.parallel_model import ParallelModel, layer_setups
+from partita.formats import Plan
+from partita.models.api import ModelSource, build_model, resolve_config, synthetic_batch
+from partita.models.families import family_of
+from partita.models.layered import Activations
+from partita.models.losses import IGNORE_INDEX
+
+
+@dataclass(frozen=True)
+class TrainSettings:
+    steps: int = 5
+    lr: float = 1e-3
+    adam_eps: float = 1e-8
+    seed: int = 0
+    seq_len: int | None = None
+
+
+@dataclass
+class TrainResult:
+    losses: list[float] = field(default_factory=list)
+    step_times_s: list[float] = field(default_factory=list)
+    items_per_step: int = 0
+    peak_memory_bytes: int = 0
+    unit: str = "tokens"
+
+
+def check_supported(plan: Plan) -> None:
+    """What this executor runs today: one pipeline stage and one strategy for every block."""
+    if plan.pipeline.degree != 1:
+        raise ValueError("pipeline.degree: pipeline parallelism is not supported yet (use 1)")
+    first = plan.layers[0]
+    for index, layer in enumerate(plan.layers):
+        if layer != first:
+            raise ValueError(
+                f"layers[{index}]: layer-wise strategies are not supported yet; give every "
+                "layer the same tp, sp, dp and ckpt"
+            )
+    if plan.vocab.tp not in (1, first.tp):
+        raise ValueError(f"vocab.tp: must be 1 or the layers' tp {first.tp}")
+    if plan.vocab.dp != first.dp:
+        raise ValueError(f"vocab.dp: must equal the layers' data-parallel mode {first.dp!r}")
+    if plan.vocab.sp:
+        raise ValueError("vocab.sp: a sequence-parallel embedding and head are not supported yet")
+
+
+@dataclass
+class Trainer:
+    plan: Plan
+    source: ModelSource
+    settings: TrainSettings
+    groups: ParallelGroups
+
+    def __post_init__(self) -> None:
+        check_supported(self.plan)
+        self.config = resolve_config(self.source)
+        self.family = family_of(self.config)
+        model = build_model(self.config, seed=self.settings.seed)
+        self.tied = bool(model.tied)
+        setups = layer_setups(model, self.plan, self.groups)
+        self.block_groups: LayerGroups = setups[1].groups
+        self.parallel = ParallelModel(model, setups)
+        mode = self.plan.layers[0].dp
+        self.wrapped = wrap_data_parallel(
+            self.parallel,
+            self.parallel.layers,
+            mode=mode,
+            groups=self.block_groups,
+            tied=self.tied,
+        )
+        self.optimizer = make_optimizer(
+            self.wrapped,
+            mode=mode,
+            groups=self.block_groups,
+            lr=self.settings.lr,
+            eps=self.settings.adam_eps,
+        )
+        self.partial = self.parallel.partial_gradient_params()
+
+    def global_batch(self, step: int) -> Activations:
+        return synthetic_batch(
+            self.config,
+            batch_size=self.plan.global_batch_size,
+            seq_len=self.settings.seq_len,
+            seed=self.settings.seed * 100_003 + step,
+        )
+
+    def local_batch(self, batch: Activations) -> Activations:
+        dp, rank = self.block_groups.dp_size, self.block_groups.dp_rank
+        size = self.plan.global_batch_size // dp
+        return {k: v[rank * size : (rank + 1) * size] for k, v in batch.items()}
+
+    def step(self, batch: Activations) -> float:
+        local = self.local_batch(batch)
+        self.optimizer.zero_grad(set_to_none=True)
+        with self._autocast():
+            outputs = self.wrapped(local)
+            loss = self.parallel.loss(outputs, local)
+        count = (local["labels"] != IGNORE_INDEX).sum().to(torch.float64)
+        total = count.clone()
+        dist.all_reduce(total, group=self.block_groups.dp)
+        # DP averages gradients over dp ranks; weighting by count * dp / total makes the sum
+        # of per-token losses over the whole batch what is differentiated.
+        weight = (count * self.block_groups.dp_size / total).to(loss.dtype)
+        (loss * weight).backward()
+        self._sum_partial_gradients()
+        self.optimizer.step()
+        logged = (loss.detach().to(torch.float64) * count).reshape(1)
+        dist.all_reduce(logged, group=self.block_groups.dp)
+        return float(logged / total)
+
+    def _autocast(self) -> contextlib.AbstractContextManager[object]:
+        """bf16/fp16 compute with the fp32 parameters as master weights."""
+        if self.plan.precision == "fp32":
+            return contextlib.nullcontext()
+        dtype = torch.bfloat16 if self.plan.precision == "bf16" else torch.float16
+        device = next(self.parallel.parameters()).device.type
+        return torch.autocast(device_type=device, dtype=dtype)
+
+    def _sum_partial_gradients(self) -> None:
+        for param, group in self.partial:
+            if param.grad is None:
+                continue
+            grad = param.grad.to_local() if hasattr(param.grad, "to_local") else param.grad
+            dist.all_reduce(grad, group=group)
+
+    def run(self, device: torch.device) -> TrainResult:
+        from partita.executor.memory import PeakMemory
+
+        result = TrainResult(unit=self.family.unit)
+        memory = PeakMemory(device)
+        for step in range(self.settings.steps):
+            batch = self.global_batch(step)
+            dist.barrier()
+            start = time.perf_counter()
+            with memory:
+                loss = self.step(batch)
+            dist.barrier()
+            result.step_times_s.append(time.perf_counter() - start)
+            result.losses.append(loss)
+        labels = batch["labels"]
+        result.items_per_step = int(labels.numel()) if result.unit == "tokens" else labels.shape[0]
+        result.peak_memory_bytes = int(memory.peak_bytes)
+        return result
+
+    def full_parameters(self) -> dict[str, torch.Tensor]:
+        """Every parameter gathered whole, under the single-process model's names."""
+        full = {}
+        for name, param in self.parallel.named_parameters():
+            tensor = param.full_tensor() if hasattr(param, "full_tensor") else param.detach()
+            if name in self.parallel.shard_dims:
+                dim, group = self.parallel.shard_dims[name]
+                parts = [torch.empty_like(tensor) for _ in range(dist.get_world_size(group))]
+                dist.all_gather(parts, tensor.contiguous(), group=group)
+                tensor = torch.cat(parts, dim=dim)
+            full[name] = tensor.detach().clone()
+        return full

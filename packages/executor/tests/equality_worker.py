@@ -1,0 +1,111 @@
+"""Runs under torchrun: trains each case under its plan and compares with one process.
+
+argv: cases.json results.json. Each case: {"name", "model", "plan" (a plan as JSON text),
+"steps"}. Rank 0 trains the same model on the whole batch in one process and writes, per
+case, the largest relative differences of the losses and the parameters.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import traceback
+from pathlib import Path
+from datetime import timedelta
+
+import torch
+import torch.distributed as dist
+
+from partita.executor.groups import ParallelGroups
+from partita.executor.trainer import Trainer, TrainSettings
+from partita.formats import Plan, loads
+from partita.models.api import build_model
+
+# Some gradients are zero in exact arithmetic (a key bias shifts every score of a query
+# equally); in floating point they are round-off of ~1e-9 that differs with the summation
+# order, and AdamW with eps 1e-8 turns it into updates of up to lr / 10. eps 1e-6 keeps the
+# comparison about parallelism rather than about the sign of round-off.
+ADAM_EPS = 1e-6
+
+
+def reference(
+    trainer: Trainer, settings: TrainSettings
+) -> tuple[list[float], dict[str, torch.Tensor]]:
+    model = build_model(trainer.config, seed=settings.seed)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=settings.lr, eps=settings.adam_eps)
+    losses = []
+    for step in range(settings.steps):
+        batch = trainer.global_batch(step)
+        optimizer.zero_grad(set_to_none=True)
+        loss = model.loss(model(batch), batch)
+        loss.backward()
+        optimizer.step()
+        losses.append(float(loss))
+    return losses, {k: v.detach() for k, v in model.named_parameters()}
+
+
+RTOL, ATOL = 1e-5, 1e-5
+
+
+def excess_error(ours: torch.Tensor, reference: torch.Tensor) -> float:
+    """How far ``ours`` is outside ``allclose(rtol=1e-5, atol=1e-5)``, in units of atol
+    (<= 1 means equal). The atol covers parameters that start at zero and whose exact
+    gradient is zero (attention key biases), which only round-off moves: about 1e-6 per
+    step with eps 1e-6. A sharding or synchronisation error moves parameters by ~lr = 1e-3."""
+    excess = (ours - reference).abs() - RTOL * reference.abs()
+    return float(excess.max() / ATOL)
+
+
+def run_case(case: dict, groups: ParallelGroups) -> dict:
+    settings = TrainSettings(steps=case["steps"], seed=case.get("seed", 0), adam_eps=ADAM_EPS)
+    trainer = Trainer(plan=groups.plan, source=case["model"], settings=settings, groups=groups)
+    if case.get("sabotage") == "skip_partial_gradient_sum":
+        # Proves the comparison can fail: sequence-parallel norms keep partial gradients.
+        trainer._sum_partial_gradients = lambda: None  # type: ignore[method-assign]
+    result = trainer.run(torch.device("cpu"))
+    params = trainer.full_parameters()
+    if dist.get_rank() != 0:
+        return {}
+    ref_losses, ref_params = reference(trainer, settings)
+    loss_error = max(abs(a - b) / abs(b) for a, b in zip(result.losses, ref_losses, strict=True))
+    missing = sorted(set(ref_params) ^ set(params))
+    param_error = max(
+        (
+            float((params[k] - ref_params[k]).abs().max() / (ref_params[k].abs().max() + 1e-12))
+            for k in ref_params
+            if k in params
+        ),
+        default=0.0,
+    )
+    return {
+        "losses": result.losses,
+        "reference": ref_losses,
+        "loss_error": loss_error,
+        "param_error": param_error,
+        "missing": missing,
+    }
+
+
+def main() -> None:
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", timeout=timedelta(seconds=120))
+    cases = json.loads(Path(sys.argv[1]).read_text())
+    results = {}
+    for case in cases:
+        plan = loads(case["plan"], Plan)
+        groups = ParallelGroups(plan=plan, rank=dist.get_rank(), device_type="cpu")
+        try:
+            results[case["name"]] = run_case(case, groups)
+        except Exception:  # reported per case, so one failure does not hide the others
+            results[case["name"]] = {"error": traceback.format_exc(limit=6)}
+        dist.barrier()
+    if dist.get_rank() == 0:
+        with open(sys.argv[2], "w") as handle:
+            json.dump(results, handle, indent=1)
+    dist.destroy_process_group()
+
+
+if __name__ == "__main__":
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
+    main()
