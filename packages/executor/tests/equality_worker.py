@@ -11,8 +11,8 @@ import json
 import os
 import sys
 import traceback
-from pathlib import Path
 from datetime import timedelta
+from pathlib import Path
 
 import torch
 import torch.distributed as dist

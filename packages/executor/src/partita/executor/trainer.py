@@ -9,20 +9,25 @@ the whole batch, whatever the split.
 from __future__ import annotations
 
 import contextlib
+import re
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from datetime import timedelta
 
 import torch
 import torch.distributed as dist
 
 from partita.executor.data_parallel import make_optimizer, wrap_data_parallel
 from partita.executor.groups import LayerGroups, ParallelGroups
+from partita.executor.memory import PeakMemory
 from partita.executor.parallel_model import ParallelModel, layer_setups
 from partita.formats import Plan
 from partita.models.api import ModelSource, build_model, resolve_config, synthetic_batch
 from partita.models.families import family_of
 from partita.models.layered import Activations
 from partita.models.losses import IGNORE_INDEX
+from partita.models.text_data import TextBatches, tokenize_file
 
 
 @dataclass(frozen=True)
@@ -32,6 +37,12 @@ class TrainSettings:
     adam_eps: float = 1e-8
     seed: int = 0
     seq_len: int | None = None
+    data: str = "synthetic"  # or the path of a UTF-8 text file (GPT and LLaMA)
+    rank_timeout: timedelta = timedelta(seconds=60)
+
+
+class LostRankError(RuntimeError):
+    """Another rank died or hung; the message names it."""
 
 
 @dataclass
@@ -40,6 +51,7 @@ class TrainResult:
     step_times_s: list[float] = field(default_factory=list)
     items_per_step: int = 0
     peak_memory_bytes: int = 0
+    memory_method: str = ""
     unit: str = "tokens"
 
 
@@ -94,14 +106,37 @@ class Trainer:
             eps=self.settings.adam_eps,
         )
         self.partial = self.parallel.partial_gradient_params()
+        self._text: TextBatches | None = None
 
     def global_batch(self, step: int) -> Activations:
+        """The whole batch of ``step`` (every rank makes the same one)."""
+        if self.settings.data != "synthetic":
+            return self._text_batch(step)
         return synthetic_batch(
             self.config,
             batch_size=self.plan.global_batch_size,
             seq_len=self.settings.seq_len,
             seed=self.settings.seed * 100_003 + step,
         )
+
+    def _text_batch(self, step: int) -> Activations:
+        if self.family.name not in ("gpt", "llama"):
+            raise ValueError(
+                f"--data: text files feed GPT and LLaMA models, not {self.family.name}"
+            )
+        if self._text is None:
+            tokens = tokenize_file(
+                self.settings.data, kind="bytes", vocab_size=self.config.vocab_size
+            )
+            seq = self.settings.seq_len or min(self.family.default_seq_len(self.config), 128)
+            self._text = TextBatches(
+                tokens,
+                seq_len=seq,
+                batch_size=self.plan.global_batch_size,
+                seed=self.settings.seed,
+            )
+        self._text.position = step
+        return next(self._text)
 
     def local_batch(self, batch: Activations) -> Activations:
         dp, rank = self.block_groups.dp_size, self.block_groups.dp_rank
@@ -142,24 +177,51 @@ class Trainer:
             grad = param.grad.to_local() if hasattr(param.grad, "to_local") else param.grad
             dist.all_reduce(grad, group=group)
 
-    def run(self, device: torch.device) -> TrainResult:
-        from partita.executor.memory import PeakMemory
-
+    def run(
+        self, device: torch.device, on_step: Callable[..., object] | None = None
+    ) -> TrainResult:
+        """Train ``settings.steps`` steps; peak memory is measured over the second step (the
+        first creates the optimizer states; later steps repeat the second)."""
         result = TrainResult(unit=self.family.unit)
-        memory = PeakMemory(device)
+        measured = min(1, self.settings.steps - 1)
         for step in range(self.settings.steps):
             batch = self.global_batch(step)
-            dist.barrier()
-            start = time.perf_counter()
-            with memory:
-                loss = self.step(batch)
-            dist.barrier()
-            result.step_times_s.append(time.perf_counter() - start)
+            self._all_ranks_alive()
+            if step == measured:
+                memory = PeakMemory(device, baseline=[self.wrapped, self.optimizer])
+                with memory:  # the memory window's own bookkeeping stays outside the timing
+                    elapsed, loss = self._timed_step(batch)
+                result.peak_memory_bytes = memory.peak_bytes
+                result.memory_method = memory.method
+            else:
+                elapsed, loss = self._timed_step(batch)
+            result.step_times_s.append(elapsed)
             result.losses.append(loss)
-        labels = batch["labels"]
-        result.items_per_step = int(labels.numel()) if result.unit == "tokens" else labels.shape[0]
-        result.peak_memory_bytes = int(memory.peak_bytes)
+            result.items_per_step = _items(batch, result.unit)
+            if on_step is not None:
+                on_step(step, loss, elapsed, result.items_per_step)
         return result
+
+    def _timed_step(self, batch: Activations) -> tuple[float, float]:
+        start = time.perf_counter()
+        loss = self.step(batch)
+        dist.barrier()
+        return time.perf_counter() - start, loss
+
+    def _all_ranks_alive(self) -> None:
+        """A barrier that, on gloo, names the ranks that did not arrive (hung or lost)."""
+        if dist.get_backend() != "gloo":
+            dist.barrier()
+            return
+        try:
+            dist.monitored_barrier(timeout=self.settings.rank_timeout, wait_all_ranks=True)
+        except RuntimeError as error:
+            lost = re.search(r"Ranks? ([\d, ]+) failed to pass monitoredBarrier", str(error))
+            who = f"rank(s) {lost.group(1).strip()}" if lost else "a rank"
+            raise LostRankError(
+                f"{who} did not reach step start within "
+                f"{self.settings.rank_timeout.total_seconds():.0f} s (hung or lost)"
+            ) from None
 
     def full_parameters(self) -> dict[str, torch.Tensor]:
         """Every parameter gathered whole, under the single-process model's names."""
@@ -173,3 +235,8 @@ class Trainer:
                 tensor = torch.cat(parts, dim=dim)
             full[name] = tensor.detach().clone()
         return full
+
+
+def _items(batch: Activations, unit: str) -> int:
+    labels = batch["labels"]
+    return int(labels.numel()) if unit == "tokens" else int(labels.shape[0])

@@ -22,15 +22,19 @@ def resolve_config(source: ModelSource) -> PretrainedConfig:
 
 
 def build_model(source: ModelSource, *, seed: int | None = None) -> LayeredModel:
-    """The layered torch model, randomly initialised (with ``seed`` if given)."""
+    """The layered torch model, initialised as transformers initialises the same model
+    (with ``seed`` if given): the reference model is built and its weights copied, so a
+    fresh model trains like its transformers twin (torch's default init does not)."""
     config = resolve_config(source)
     family = family_of(config)
     family.check_config(config)
-    if seed is not None:
-        with torch.random.fork_rng(devices=[]):
+    with torch.random.fork_rng(devices=[]):
+        if seed is not None:
             torch.manual_seed(seed)
-            return family.build(config)
-    return family.build(config)
+        reference = family.reference_model(config)
+        model = family.build(config)
+    model.load_state_dict(family.from_hf_state_dict(reference.state_dict(), config))
+    return model
 
 
 def describe_model(

@@ -1,0 +1,187 @@
+"""`partita train` end to end on gloo: a run report, bad plans refused before launch, and a
+rank that dies or hangs ends the job in bounded time with a message naming it."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from partita.formats import (
+    LayerStrategy,
+    PipelineConfig,
+    Plan,
+    RunReport,
+    VocabStrategy,
+    load,
+    save,
+)
+
+
+def _partita() -> str:
+    script = shutil.which("partita", path=str(Path(sys.executable).parent))
+    assert script is not None
+    return script
+
+
+def _plan(path: Path, *, world: int, strategy: LayerStrategy) -> Path:
+    vocab_tp = strategy.tp if strategy.sp == "none" else 1
+    return save(
+        Plan(
+            world_size=world,
+            mesh_axis_order=("pp", "dp", "tp"),
+            global_batch_size=8,
+            num_micro_batches=1,
+            pipeline=PipelineConfig(degree=1, schedule="gpipe", stage_num_layers=(4,)),
+            layers=tuple(strategy for _ in range(4)),
+            vocab=VocabStrategy(tp=vocab_tp, dp=strategy.dp),
+        ),
+        path,
+    )
+
+
+def test_train_writes_a_run_report(tmp_path: Path) -> None:
+    plan = _plan(tmp_path / "plan.json", world=4, strategy=LayerStrategy(tp=2, sp="megatron"))
+    run = tmp_path / "run"
+    done = subprocess.run(
+        [
+            _partita(),
+            "train",
+            "--plan",
+            str(plan),
+            "--model",
+            "gpt-tiny",
+            "--steps",
+            "3",
+            "--run-dir",
+            str(run),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    report = load(run / "run_report.json", RunReport)
+    assert report.status == "completed" and report.world_size == 4
+    assert [s.step for s in report.steps] == [0, 1, 2]
+    assert all(s.loss is not None and s.loss > 0 for s in report.steps)
+    assert sorted(m.rank for m in report.peak_memory) == [0, 1, 2, 3]
+    assert all(m.peak_bytes > 100_000 for m in report.peak_memory)
+    assert report.throughput_per_s > 0
+    assert (run / "plan.json").is_file()
+
+
+def test_plan_for_another_world_size_is_refused_before_launch(tmp_path: Path) -> None:
+    plan = _plan(tmp_path / "plan.json", world=4, strategy=LayerStrategy())
+    done = subprocess.run(
+        [
+            _partita(),
+            "train",
+            "--plan",
+            str(plan),
+            "--model",
+            "gpt-tiny",
+            "--nproc",
+            "2",
+            "--run-dir",
+            str(tmp_path / "run"),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert done.returncode == 2
+    assert done.stderr.strip().splitlines() == [
+        f"partita train: error: {plan}: world_size: the plan is for 4 devices but 2 are running"
+    ]
+    assert not (tmp_path / "run").exists()
+
+
+def test_plan_that_does_not_fit_the_model_is_refused(tmp_path: Path) -> None:
+    plan = _plan(tmp_path / "plan.json", world=4, strategy=LayerStrategy(tp=4, sp="ulysses"))
+    done = subprocess.run(
+        [_partita(), "train", "--plan", str(plan), "--model", "llama-tiny"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert done.returncode == 2
+    assert (
+        "layers: the plan has 4 layer strategies but model 'llama-tiny' has 2 block" in done.stderr
+    )
+    assert len(done.stderr.strip().splitlines()) == 1
+
+
+def _worker_pids() -> dict[int, int]:
+    """rank -> pid of the running partita workers (from their environment)."""
+    found = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            command = (entry / "cmdline").read_bytes()
+            environ = (entry / "environ").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if b"partita.executor.worker" not in command:
+            continue
+        for item in environ:
+            if item.startswith(b"RANK="):
+                found[int(item[5:])] = int(entry.name)
+    return found
+
+
+@pytest.mark.parametrize("fault", ["killed", "hung"])
+def test_a_lost_rank_stops_the_job_and_is_named(tmp_path: Path, fault: str) -> None:
+    plan = _plan(tmp_path / "plan.json", world=2, strategy=LayerStrategy())
+    process = subprocess.Popen(
+        [
+            _partita(),
+            "train",
+            "--plan",
+            str(plan),
+            "--model",
+            "gpt-tiny",
+            "--steps",
+            "100000",
+            "--timeout",
+            "10",
+            "--run-dir",
+            str(tmp_path / "run"),
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    )
+    try:
+        deadline = time.monotonic() + 120
+        pids: dict[int, int] = {}
+        while time.monotonic() < deadline and len(pids) < 2:
+            time.sleep(1.0)
+            pids = _worker_pids()
+        assert len(pids) == 2, "workers did not start"
+        time.sleep(8.0)  # well into training
+        os.kill(pids[1], signal.SIGKILL if fault == "killed" else signal.SIGSTOP)
+        start = time.monotonic()
+        _, stderr = process.communicate(timeout=150)
+        elapsed = time.monotonic() - start
+    finally:
+        if process.poll() is None:
+            os.killpg(process.pid, signal.SIGKILL)
+        for pid in _worker_pids().values():
+            os.kill(pid, signal.SIGKILL)
+    assert process.returncode != 0
+    assert elapsed < 90
+    last = [line for line in stderr.splitlines() if line.startswith("partita train: error:")]
+    assert last, stderr[-2000:]
+    assert "rank 1" in last[-1] or "rank(s) 1" in last[-1], last[-1]
