@@ -71,12 +71,7 @@ def run_case(case: dict, groups: ParallelGroups) -> dict:
     loss_error = max(abs(a - b) / abs(b) for a, b in zip(result.losses, ref_losses, strict=True))
     missing = sorted(set(ref_params) ^ set(params))
     param_error = max(
-        (
-            float((params[k] - ref_params[k]).abs().max() / (ref_params[k].abs().max() + 1e-12))
-            for k in ref_params
-            if k in params
-        ),
-        default=0.0,
+        (excess_error(params[k], ref_params[k]) for k in ref_params if k in params), default=0.0
     )
     return {
         "losses": result.losses,

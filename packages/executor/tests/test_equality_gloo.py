@@ -150,7 +150,6 @@ def test_world4_gloo_losses_and_parameters_equal_one_process(
 
 
 def test_the_comparison_fails_when_synchronisation_is_missing(results: dict[str, dict]) -> None:
-    # Without summing the sequence-parallel norms' partial gradients, the same criteria
-    # that every real case passes must fail (AdamW's scale invariance keeps the margin small:
-    # the gradients are halved, not wrong in direction).
-    assert results["sabotaged"]["param_error"] > 1.0
+    # Without summing the sequence-parallel norms' partial gradients the parameters leave the
+    # tolerance by far (about 600 x atol here; real cases stay below 0.3 x atol).
+    assert results["sabotaged"]["param_error"] > 10.0

@@ -25,6 +25,12 @@ def _add_arguments(parser: argparse.ArgumentParser) -> None:
         help="full, uniform, 3d, nosp, dp or zero3 (restricts the search)",
     )
     parser.add_argument("--precision", default="fp32", choices=("fp32", "bf16", "fp16"))
+    parser.add_argument(
+        "--max-pipeline-degree",
+        type=int,
+        metavar="P",
+        help="largest pipeline degree to consider (1: no pipeline)",
+    )
     parser.add_argument("--out", required=True, metavar="FILE", help="where to write the plan")
 
 
@@ -54,7 +60,11 @@ def _run(args: argparse.Namespace) -> int:
         world_size=args.world_size,
         memory_bytes=args.memory_gb * 2**30,
         global_batch=args.global_batch,
-        space=SearchSpace(name=args.space, schedules=tuple(args.schedules.split(","))),
+        space=SearchSpace(
+            name=args.space,
+            schedules=tuple(args.schedules.split(",")),
+            max_pipeline_degree=args.max_pipeline_degree,
+        ),
         precision=args.precision,
     )
     result = plan_search(problem)

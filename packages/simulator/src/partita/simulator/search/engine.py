@@ -324,6 +324,8 @@ class _Searcher:
         if not self.problem.space.allows_pipeline:
             return [1]
         limit = min(self.problem.world_size, len(self.blocks))
+        if self.problem.space.max_pipeline_degree is not None:
+            limit = min(limit, self.problem.space.max_pipeline_degree)
         return [d for d in range(1, limit + 1) if self.problem.world_size % d == 0]
 
     def _micro_batch_counts(self, degree: int) -> list[int]:
@@ -444,6 +446,8 @@ class _Searcher:
             peak = float((peaks + transient).max())
             layer = LayerStrategy(strategy.tp, strategy.sp, strategy.dp, strategy.ckpt)  # type: ignore[arg-type]
             plan = replace(template, layers=tuple(layer for _ in self.blocks))
+            if self.problem.space.name == "uniform":  # uniform includes the embedding and head
+                plan = replace(plan, vocab=replace(plan.vocab, dp=strategy.dp))  # type: ignore[arg-type]
             slowest = float(per_micro_batch.max())
             proxy = float(per_micro_batch.sum()) + (template.num_micro_batches - 1) * slowest
             yield plan, proxy, peak

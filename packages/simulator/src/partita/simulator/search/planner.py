@@ -33,7 +33,7 @@ def plan_search(problem: SearchProblem, *, baselines: bool = True) -> PlanningRe
     found: dict[str, SearchOutcome] = {}
     if baselines:
         for name in BASELINES:
-            space = SearchSpace(name=name, schedules=problem.space.schedules)
+            space = replace(problem.space, name=name)
             found[name] = search(replace(problem, space=space))
     if outcome.best is None:
         raise ValueError(_infeasible(problem, outcome))

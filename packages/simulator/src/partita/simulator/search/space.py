@@ -20,6 +20,7 @@ class SearchSpace:
 
     name: str = "full"
     schedules: tuple[str, ...] = SCHEDULES
+    max_pipeline_degree: int | None = None  # e.g. 1 for an executor without pipelines
 
     def __post_init__(self) -> None:
         if self.name not in SPACES:
