@@ -171,8 +171,10 @@ def main(argv: list[str] | None = None) -> int:
         "--memory-plot",
         str(folder / "memory.png"),
     )
+    from partita.models.text_data import sample_text_path
+
     step(
-        "train with it",
+        "train with it, on the sample text shipped with partita-models",
         "train",
         "--plan",
         str(folder / "plan.json"),
@@ -180,6 +182,10 @@ def main(argv: list[str] | None = None) -> int:
         MODEL,
         "--steps",
         str(args.steps),
+        "--data",
+        str(sample_text_path()),
+        "--lr",
+        "5e-3",
         "--run-dir",
         str(folder / "train"),
     )
