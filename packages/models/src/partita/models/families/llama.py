@@ -10,6 +10,7 @@ from transformers import LlamaConfig, LlamaForCausalLM, PretrainedConfig, PreTra
 
 from partita.formats import LayerDescription, ModelDescription
 from partita.models.attention import Attends
+from partita.models.families._text import causal_lm_batch
 from partita.models.families.base import Family, StateDict
 from partita.models.heads import merge_heads, repeat_kv, split_heads
 from partita.models.layered import Activations, LayeredModel, TiedParameters
@@ -422,13 +423,6 @@ def tp_layouts(config: PretrainedConfig) -> dict[str, TPLayout]:
     }
 
 
-def synthetic_batch(
-    config: PretrainedConfig, batch_size: int, seq_len: int, generator: torch.Generator
-) -> Activations:
-    input_ids = torch.randint(0, config.vocab_size, (batch_size, seq_len), generator=generator)
-    return {"input_ids": input_ids, "labels": input_ids.clone()}
-
-
 def reference_model(config: PretrainedConfig) -> PreTrainedModel:
     return LlamaForCausalLM(config)
 
@@ -482,7 +476,7 @@ FAMILY = Family(
     build=build,
     describe=describe,
     tp_layouts=tp_layouts,
-    synthetic_batch=synthetic_batch,
+    synthetic_batch=causal_lm_batch,
     reference_model=reference_model,
     reference_outputs=reference_outputs,
     from_hf_state_dict=from_hf_state_dict,
