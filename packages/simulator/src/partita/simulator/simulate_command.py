@@ -37,7 +37,10 @@ def _run(args: argparse.Namespace) -> int:
     if args.plot:
         print(f"timeline: {plot_timeline(result, args.plot)}")
     if args.memory_plot:
-        budget = hardware.device.memory_bytes
+        # A device far larger than the peak would flatten the bars to nothing: draw its line
+        # only when it is within sight of the data.
+        device = hardware.device.memory_bytes
+        budget = device if device <= 4 * max(result.peak_memory_bytes) else None
         print(f"memory: {plot_memory(result, args.memory_plot, budget_bytes=budget)}")
     return EXIT_OK
 
