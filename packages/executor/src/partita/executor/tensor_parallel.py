@@ -12,8 +12,8 @@ autograd pair from :mod:`partita.executor.comm`, with the layer's group passed e
   to trade sequence for heads with all-to-alls around it.
 
 Under sequence parallelism every parameter that stays whole sees only part of the sequence,
-so its gradient is a partial sum: :func:`sequence_parallel_grads` lists them for the trainer
-to all-reduce over the group after backward.
+so its gradient is a partial sum: ``ParallelModel.partial_gradient_params`` lists them for
+the trainer to all-reduce over the group after backward.
 """
 
 from __future__ import annotations
@@ -183,8 +183,3 @@ def _current_core(layer: nn.Module):  # type: ignore[no-untyped-def]
 
     cores = [m.core for m in layer.modules() if isinstance(m, Attends)]
     return cores[0] if cores else sdpa_attention
-
-
-def sequence_parallel_grads(layer: nn.Module, record: ShardRecord) -> list[nn.Parameter]:
-    """Parameters of a sequence-parallel layer that stayed whole (their grads are partial)."""
-    return [p for p in layer.parameters() if id(p) not in record.dims]

@@ -12,8 +12,9 @@ from __future__ import annotations
 
 import functools
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field, replace
+from typing import TypeVar
 
 import numpy as np
 
@@ -36,6 +37,7 @@ from partita.simulator.search.space import SearchSpace, layer_candidates
 from partita.simulator.simulation import estimate, simulate
 from partita.simulator.workload import LayerWork, Strategy, WorkloadBuilder, layer_signature
 
+T = TypeVar("T")
 RESCORED = 6  # plans re-scored by the event simulation
 SHORTLIST = 48  # plans re-priced by the closed-form estimate after the proxy
 SHORTLIST_UNIFORM = 4
@@ -118,7 +120,7 @@ def _finish(
             least_memory_bytes=max(least.peak_memory_bytes) if least else None,
             least_memory_plan=least.plan if least else None,
         )
-    pool = _distinct(fitting[:RESCORED] + searcher.uniform_best(fitting))
+    pool = _distinct(fitting[:RESCORED] + searcher.uniform_best(fitting), lambda c: c.plan)
     rescored = sorted((_simulated(problem, c) for c in pool), key=lambda c: c.iteration_time_s)
     rescored = [c for c in rescored if max(c.peak_memory_bytes) <= problem.memory_bytes]
     best = rescored[0]
@@ -130,24 +132,15 @@ def _finish(
     )
 
 
-def _distinct(candidates: list[Candidate]) -> list[Candidate]:
-    seen, kept = set(), []
-    for candidate in candidates:
-        if _key(candidate.plan) not in seen:
-            seen.add(_key(candidate.plan))
-            kept.append(candidate)
-    return kept
-
-
-def _distinct_plans(
-    entries: list[tuple[float, float, Plan]],
-) -> list[tuple[float, float, Plan]]:
+def _distinct(items: list[T], plan_of: Callable[[T], Plan]) -> list[T]:
+    """``items`` without repeated plans, first occurrence kept."""
     seen: set[tuple[object, ...]] = set()
     kept = []
-    for entry in entries:
-        if _key(entry[2]) not in seen:
-            seen.add(_key(entry[2]))
-            kept.append(entry)
+    for item in items:
+        key = _key(plan_of(item))
+        if key not in seen:
+            seen.add(key)
+            kept.append(item)
     return kept
 
 
@@ -239,7 +232,7 @@ class _Searcher:
         self.considered = len(proxied)
         return [
             self._estimated(variant)
-            for _, _, plan in _distinct_plans(shortlist)
+            for _, _, plan in _distinct(shortlist, lambda entry: entry[2])
             for variant in self._device_orders(plan)
         ]
 
