@@ -48,7 +48,14 @@ ALLOWED_IMPORTS: dict[str, frozenset[str]] = {
         }
     ),
     "profiler": frozenset(
-        {"partita.formats", "partita.models", "partita.profiler", "torch", "numpy"}
+        {
+            "partita.formats",
+            "partita.models",
+            "partita.executor",  # measures what the executor runs: its TP layers, memory method
+            "partita.profiler",
+            "torch",
+            "numpy",
+        }
     ),
     "executor": frozenset(
         {"partita.formats", "partita.models", "partita.executor", "torch", "numpy"}

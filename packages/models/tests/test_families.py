@@ -170,3 +170,9 @@ def test_hf_save_and_load_round_trip(name: str, tmp_path: Path) -> None:
     hf_logits, _ = family.reference_outputs(hf_model, batch)
     torch.testing.assert_close(model(batch)["logits"], hf_logits, **TOLERANCE)
     assert AutoModel.from_pretrained(tmp_path / "out", local_files_only=True) is not None
+
+
+@pytest.mark.parametrize("preset", ["gpt-tiny", "llama-tiny", "bert-tiny", "t5-tiny", "vit-tiny"])
+def test_only_blocks_holding_the_vocabulary_table_are_marked_vocab_parallel(preset: str) -> None:
+    marked = [layer.name for layer in describe_model(preset).layers if layer.vocab_parallel]
+    assert marked == (["decoder_embedding"] if preset.startswith("t5") else [])

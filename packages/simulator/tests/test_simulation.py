@@ -201,3 +201,33 @@ def test_hardware_profile_missing_a_group_size_names_it() -> None:
         r"\(it has: 2\)",
     ):
         _run(plan, hw=hw)
+
+
+def test_a_block_sharing_the_vocabulary_table_follows_the_vocab_strategy() -> None:
+    # T5's decoder input embedding shares the embedding's table: the executor runs it under
+    # plan.vocab's tp without sequence parallelism, so the simulator must price it that way.
+    import dataclasses
+
+    from partita.formats import VocabStrategy
+    from partita.simulator.workload import stage_layers
+
+    model = syn.description(3)
+    bridge = dataclasses.replace(model.layers[1], vocab_parallel=True)
+    model = dataclasses.replace(model, layers=(model.layers[0], bridge, model.layers[2]))
+    plan = dataclasses.replace(
+        syn.plan(
+            world=2,
+            stages=(3,),
+            micro_batches=1,
+            global_batch=2,
+            strategy=LayerStrategy(tp=2, sp="megatron", dp="zero2", ckpt=True),
+        ),
+        vocab=VocabStrategy(tp=1, dp="zero2"),
+    )
+    (stage,) = stage_layers(plan, model)
+    strategies = [(s.tp, s.sp, s.dp, s.ckpt) for _, s in stage]
+    assert strategies == [
+        (2, "megatron", "zero2", True),
+        (1, "none", "zero2", True),  # vocab's tp and sp; its own dp and checkpointing
+        (2, "megatron", "zero2", True),
+    ]

@@ -4,6 +4,12 @@ Order (each step is a small function): tensor/sequence parallelism per layer, th
 activation checkpointing, then data-parallel wrapping of the whole model (in the trainer).
 Between a layer whose activations are whole and one whose sequence is split (and back) the
 model splits or gathers the per-token activations with autograd pairs from ``comm``.
+
+Layers that hold a vocabulary table (the embedding, the head, and T5's bridge, which embeds the
+decoder's tokens with the shared table) run under ``plan.vocab``'s tensor parallelism and
+without sequence parallelism: the table is one parameter for all of them, so it is split (or
+kept whole) the same way in each, and the executor gathers the sequence before such a layer and
+splits it again after.
 """
 
 from __future__ import annotations
@@ -23,11 +29,35 @@ from partita.models.families import family_of
 from partita.models.layered import Activations, LayeredModel
 
 VOCAB_LAYERS = ("embedding", "head")
-# Families whose activations between blocks are only per-token hidden states (and masks over
-# whole keys): T5 carries encoder states for cross-attention and Swin needs whole windows.
+# The sequence-parallel modes each family runs.
+SEQUENCE_PARALLEL_MODES = {
+    "gpt": ("megatron", "ulysses"),
+    "llama": ("megatron", "ulysses"),
+    "bert": ("megatron", "ulysses"),
+    "vit": ("megatron", "ulysses"),
+    "t5": ("megatron", "ulysses"),
+    "swin": ("megatron",),
+}
+# Families whose every block runs every mode as the plan gives it (T5's bridge follows
+# ``plan.vocab`` instead; Swin has no Ulysses): what a layer-by-layer measurement can follow.
 SEQUENCE_PARALLEL_FAMILIES = ("gpt", "llama", "bert", "vit")
-# Per-token activations each sequence-parallel mode keeps split between layers.
-SPLIT_KEYS = {"megatron": ("hidden",), "ulysses": ("hidden", "position_ids")}
+# Why a family does not run a mode.
+UNSUPPORTED_SEQUENCE_PARALLEL = {
+    ("swin", "ulysses"): (
+        "Ulysses trades sequence for heads inside the attention core, but Swin's core sees "
+        "windows cut from the whole cyclically shifted feature map (batch x windows as its "
+        "batch), not the sequence; use Megatron sequence parallelism (sp='megatron'), which "
+        "gathers the map around the windowed attention"
+    ),
+}
+# Per-token activations each sequence-parallel mode keeps split between layers. T5's
+# ``encoder_hidden`` (what cross-attention reads) is split along the encoder sequence: the
+# cross-attention's key and value projections gather it (Megatron) or the Ulysses all-to-all
+# does. Position biases, positions and masks over keys travel whole.
+SPLIT_KEYS = {
+    "megatron": ("hidden", "encoder_hidden"),
+    "ulysses": ("hidden", "encoder_hidden", "position_ids"),
+}
 
 
 @dataclass(frozen=True)
@@ -42,15 +72,21 @@ class LayerSetup:
 
 def layer_setups(model: LayeredModel, plan: Plan, groups: ParallelGroups) -> list[LayerSetup]:
     """Each layer's strategy and groups: blocks from ``plan.layers`` in order, the embedding
-    and head (the layers named so, as in the model description) from ``plan.vocab``."""
+    and head (the layers named so, as in the model description) from ``plan.vocab``. A block
+    that holds a vocabulary table keeps its data parallelism and checkpointing but takes
+    ``plan.vocab``'s tensor parallelism, without sequence parallelism."""
+    layouts = family_of(model.config).tp_layouts(model.config)
     blocks = iter(plan.layers)
     setups = []
-    for name in model.layer_names:
+    v = plan.vocab
+    for name, layer_type in zip(model.layer_names, model.layer_types, strict=True):
         if name in VOCAB_LAYERS:
-            v = plan.vocab
             setups.append(LayerSetup(name, v.tp, "none", v.dp, False, groups.for_tp(v.tp)))
             continue
         s = next(blocks)
+        if layouts[layer_type].holds_vocabulary:
+            setups.append(LayerSetup(name, v.tp, "none", s.dp, s.ckpt, groups.for_tp(v.tp)))
+            continue
         setups.append(LayerSetup(name, s.tp, s.sp, s.dp, s.ckpt, groups.for_tp(s.tp)))
     return setups
 
@@ -102,8 +138,8 @@ class ParallelModel(nn.Module):
         for index, setup in enumerate(self.setups):
             if setup.sp == "none" or setup.tp == 1:
                 continue
-            for name, _ in self.layers[index].named_parameters(prefix=f"layers.{index}"):
-                if name not in self.shard_dims:
+            for name, param in self.layers[index].named_parameters(prefix=f"layers.{index}"):
+                if name not in self.shard_dims and id(param) not in self.record.complete:
                     found[name] = setup.groups.tp
         return found
 
@@ -113,14 +149,16 @@ class ParallelModel(nn.Module):
 
 
 def _check_sequence_parallel(family: str, setups: list[LayerSetup]) -> None:
-    if family in SEQUENCE_PARALLEL_FAMILIES:
-        return
     for setup in setups:
-        if setup.sp != "none" and setup.tp > 1:
-            raise ValueError(
-                f"layer {setup.name}: sequence parallelism ({setup.sp}) is not supported for "
-                f"{family} models yet (supported: {', '.join(SEQUENCE_PARALLEL_FAMILIES)})"
-            )
+        if setup.sp == "none" or setup.tp == 1:
+            continue
+        if setup.sp in SEQUENCE_PARALLEL_MODES.get(family, ()):
+            continue
+        reason = UNSUPPORTED_SEQUENCE_PARALLEL.get((family, setup.sp), "not supported yet")
+        raise ValueError(
+            f"layer {setup.name}: {setup.sp} sequence parallelism is not supported for "
+            f"{family} models: {reason}"
+        )
 
 
 def _layout(setup: LayerSetup) -> tuple[str, int]:

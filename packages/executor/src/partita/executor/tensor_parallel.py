@@ -8,12 +8,16 @@ autograd pair from :mod:`partita.executor.comm`, with the layer's group passed e
   row-parallel outputs all-reduced. Layer inputs and outputs are whole.
 - ``sp="megatron"``: the layer's input and output are split along the sequence; column-
   parallel inputs are all-gathered along the sequence, row-parallel outputs reduce-scattered.
+  A ``whole_sequence`` stretch of the layout (Swin's shifted windows) gets its input
+  all-gathered and its output split again; the projections inside it communicate as with
+  ``sp="none"``.
 - ``sp="ulysses"``: weights stay whole; the sequence is split; the attention core is wrapped
   to trade sequence for heads with all-to-alls around it.
 
 Under sequence parallelism every parameter that stays whole sees only part of the sequence,
 so its gradient is a partial sum: ``ParallelModel.partial_gradient_params`` lists them for
-the trainer to all-reduce over the group after backward.
+the trainer to all-reduce over the group after backward. Whole parameters inside a
+``whole_sequence`` stretch see the whole sequence: ``ShardRecord.complete`` names them.
 """
 
 from __future__ import annotations
@@ -28,7 +32,7 @@ from torch import nn
 
 from partita.executor import comm
 from partita.models.attention import set_attention_core
-from partita.models.tp_layout import TPLayout
+from partita.models.tp_layout import TPLayout, WholeSequence
 
 
 class ColumnParallelLinear(nn.Module):
@@ -88,6 +92,31 @@ class VocabParallelEmbedding(nn.Module):
         return comm.reduce_from_region(rows, self.group)
 
 
+class GatheredInput(nn.Module):
+    """Runs ``inner`` on the whole sequence: its first input (``[batch, seq shard, ...]``) is
+    all-gathered along dim 1. The gradient keeps this rank's chunk without a reduction: the
+    tensor-parallel projections after it all-reduce their input gradients already."""
+
+    def __init__(self, inner: nn.Module, *, group: dist.ProcessGroup) -> None:
+        super().__init__()
+        self.inner, self.group = inner, group
+
+    def forward(self, x: torch.Tensor, *args: object) -> object:
+        return self.inner(comm.all_gather_sequence_no_reduce(x, self.group, dim=1), *args)
+
+
+class SplitOutput(nn.Module):
+    """Runs ``inner`` and keeps this rank's sequence shard of its output (dim 1); the gradient
+    is all-gathered (every rank's shard of it)."""
+
+    def __init__(self, inner: nn.Module, *, group: dist.ProcessGroup) -> None:
+        super().__init__()
+        self.inner, self.group = inner, group
+
+    def forward(self, *args: object) -> torch.Tensor:
+        return comm.split_sequence(self.inner(*args), self.group, dim=1)
+
+
 def _chunk(tensor: torch.Tensor, dim: int, group: dist.ProcessGroup) -> torch.Tensor:
     size, rank = dist.get_world_size(group), dist.get_rank(group)
     if tensor.shape[dim] % size:
@@ -104,6 +133,9 @@ class ShardRecord:
 
     shards: dict[int, nn.Parameter] = field(default_factory=dict)  # id(original) -> shard
     dims: dict[int, tuple[int, dist.ProcessGroup]] = field(default_factory=dict)  # id(shard)
+    # ids of whole parameters of sequence-parallel layers that see the whole sequence anyway
+    # (inside a ``whole_sequence`` stretch): their gradients are complete on every rank.
+    complete: set[int] = field(default_factory=set)
 
     def add(
         self, original: nn.Parameter, shard: nn.Parameter, dim: int, group: dist.ProcessGroup
@@ -128,16 +160,21 @@ def apply_tensor_parallel(
         return
     if size == 1:
         return
+    regions = layout.whole_sequence if sp == "megatron" else ()
+    inside = tuple(path for region in regions for path in region.inside)
     for path in layout.colwise:
+        mode = "none" if _under(path, inside) else sp
         _replace(
             layer,
             path,
-            lambda m: ColumnParallelLinear(m, group=group, sp=sp, gather=False),
+            lambda m, mode=mode: ColumnParallelLinear(m, group=group, sp=mode, gather=False),
             group,
             record,
         )
     for path in layout.rowwise:
-        _replace(layer, path, lambda m: RowParallelLinear(m, group=group, sp=sp), group, record)
+        mode = "none" if _under(path, inside) else sp
+        make_row = lambda m, mode=mode: RowParallelLinear(m, group=group, sp=mode)  # noqa: E731
+        _replace(layer, path, make_row, group, record)
     for path in layout.vocab_embedding:
         _replace(layer, path, lambda m: VocabParallelEmbedding(m, group=group), group, record)
     for path in layout.vocab_head:
@@ -151,6 +188,25 @@ def apply_tensor_parallel(
             dim = full.dim() - 1
             record.add(full, nn.Parameter(_chunk(full, dim, group)), dim, group)
         setattr(owner, name, record.shards[id(full)])
+    for region in regions:
+        _wrap_whole_sequence(layer, region, group=group, record=record)
+
+
+def _under(path: str, prefixes: tuple[str, ...]) -> bool:
+    return any(path == p or path.startswith(p + ".") for p in prefixes)
+
+
+def _wrap_whole_sequence(
+    layer: nn.Module, region: WholeSequence, *, group: dist.ProcessGroup, record: ShardRecord
+) -> None:
+    for path, wrapper in ((region.enter, GatheredInput), (region.leave, SplitOutput)):
+        parent_path, _, name = path.rpartition(".")
+        parent = layer.get_submodule(parent_path) if parent_path else layer
+        setattr(parent, name, wrapper(getattr(parent, name), group=group))
+    for path in region.inside:
+        for param in layer.get_submodule(path).parameters():
+            if id(param) not in record.dims:
+                record.complete.add(id(param))
 
 
 def _replace(

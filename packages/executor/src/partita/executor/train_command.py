@@ -9,16 +9,12 @@ from __future__ import annotations
 
 import argparse
 import os
-import re
-import socket
-import subprocess
 import sys
 import time
 from pathlib import Path
 
-from partita.formats.cli import EXIT_OK, Command
-
-EXIT_FAILED = 1
+from partita.executor.launch import launch
+from partita.formats.cli import Command
 
 
 def _add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -72,7 +68,7 @@ def _run(args: argparse.Namespace) -> int:
     nproc = _check_before_launch(args)
     run_dir.mkdir(parents=True, exist_ok=True)
     print(f"partita train: {nproc} processes, run folder {run_dir}", file=sys.stderr)
-    return _launch(nproc, forwarded)
+    return launch("partita.executor.worker", nproc, forwarded, prog="partita train")
 
 
 def _check_before_launch(args: argparse.Namespace) -> int:
@@ -90,59 +86,6 @@ def _check_before_launch(args: argparse.Namespace) -> int:
     if args.data != "synthetic" and not Path(args.data).is_file():
         raise ValueError(f"--data: no such text file {args.data!r}")
     return nproc
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def _launch(nproc: int, forwarded: list[str]) -> int:
-    command = [
-        sys.executable,
-        "-m",
-        "torch.distributed.run",
-        "--nproc-per-node",
-        str(nproc),
-        "--master-addr",
-        "127.0.0.1",
-        "--master-port",
-        str(_free_port()),
-        "--max-restarts",
-        "0",
-        "-m",
-        "partita.executor.worker",
-        *forwarded,
-    ]
-    # One thread per rank; torch's C++ notices (e.g. from the memory profiler) stay quiet.
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "TORCH_CPP_LOG_LEVEL": "ERROR"}
-    process = subprocess.Popen(command, stderr=subprocess.PIPE, text=True, env=env)
-    assert process.stderr is not None
-    tail: list[str] = []
-    for line in process.stderr:  # rank 0's progress and messages pass through
-        sys.stderr.write(line)
-        tail = [*tail[-200:], line]
-    code = process.wait()
-    if code != 0:
-        print(f"partita train: error: {_failure(''.join(tail), code)}", file=sys.stderr)
-        return EXIT_FAILED
-    return EXIT_OK
-
-
-def _failure(log: str, code: int) -> str:
-    """One line naming the rank that was lost (a worker's own report of a rank that hung or
-    died), else the first failure in torchrun's summary."""
-    lost = re.search(r"\] (rank\(s\) [\d, ]+ did not reach step start.*)", log)
-    if lost:
-        return lost.group(1).strip()
-    root = log[log.find("Root Cause") :] if "Root Cause" in log else log
-    match = re.search(r"rank\s*:\s*(\d+)\s*\(local_rank:\s*\d+\)\s*exitcode\s*:\s*(-?\d+)", root)
-    if match:
-        rank, exit_code = int(match.group(1)), int(match.group(2))
-        how = f"was killed by signal {-exit_code}" if exit_code < 0 else f"exited with {exit_code}"
-        return f"rank {rank} {how}; the job was stopped (exit {code})"
-    return f"the job failed (torchrun exit {code}); see the messages above"
 
 
 COMMAND = Command(

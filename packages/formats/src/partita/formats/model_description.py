@@ -31,6 +31,11 @@ class LayerDescription:
     backward_flops_per_sample: float = field(metadata=at_least(0))
     activation_bytes_per_sample: float = field(metadata=at_least(0))
     output_bytes_per_sample: float = field(metadata=at_least(0))
+    # A block that uses the vocabulary table (T5's decoder input embedding, which shares the
+    # embedding's table): it runs under ``plan.vocab``'s tensor parallelism and without
+    # sequence parallelism, like the embedding and head; its plan entry gives only its data
+    # parallelism and checkpointing.
+    vocab_parallel: bool = False
 
 
 @dataclass(frozen=True)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -47,7 +48,15 @@ def describe_model(
     if seq <= 0:
         raise ValueError(f"seq_len must be positive, got {seq}")
     label = name or (str(source) if isinstance(source, str | Path) else config.model_type)
-    return family.describe(config, seq, label)
+    description = family.describe(config, seq, label)
+    layouts = family.tp_layouts(config)
+    layers = tuple(
+        dataclasses.replace(layer, vocab_parallel=True)
+        if layer.kind == "block" and layouts[layer.layer_type].holds_vocabulary
+        else layer
+        for layer in description.layers
+    )
+    return dataclasses.replace(description, layers=layers)
 
 
 def synthetic_batch(

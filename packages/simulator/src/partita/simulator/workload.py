@@ -14,7 +14,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field, replace
 from typing import TypeVar
 
-from partita.formats import LayerDescription, ModelDescription, Plan
+from partita.formats import LayerDescription, LayerStrategy, ModelDescription, Plan
 from partita.formats.common import BYTES_PER_ELEMENT
 from partita.simulator.cost import CostModel
 from partita.simulator.placement import GroupPlacement, group_placement
@@ -98,7 +98,7 @@ def stage_layers(
     stages: list[list[tuple[LayerDescription, Strategy]]] = []
     for count in plan.pipeline.stage_num_layers:
         stages.append(
-            [(layer, Strategy(s.tp, s.sp, s.dp, s.ckpt)) for layer, s in _take(blocks, count)]
+            [(layer, _block_strategy(layer, s, plan)) for layer, s in _take(blocks, count)]
         )
     for layer in model.layers:
         if layer.kind == "embedding":
@@ -106,6 +106,12 @@ def stage_layers(
         elif layer.kind == "head":
             stages[-1].append((layer, vocab))
     return stages
+
+
+def _block_strategy(layer: LayerDescription, s: LayerStrategy, plan: Plan) -> Strategy:
+    if layer.vocab_parallel:  # shares the vocabulary table: split as the embedding is
+        return Strategy(plan.vocab.tp, "none", s.dp, s.ckpt)
+    return Strategy(s.tp, s.sp, s.dp, s.ckpt)
 
 
 def _take(iterator: Iterator[T], count: int) -> list[T]:

@@ -32,7 +32,7 @@ from partita.models.families.base import Family, StateDict
 from partita.models.heads import merge_heads, split_heads
 from partita.models.layered import Activations, LayeredModel
 from partita.models.losses import classification_loss
-from partita.models.tp_layout import TPLayout
+from partita.models.tp_layout import TPLayout, WholeSequence
 from partita.models.validation import require_divisible, require_family_config, require_positive
 
 _NO_DROPOUT = {"hidden_dropout_prob": 0.0, "attention_probs_dropout_prob": 0.0}
@@ -278,14 +278,62 @@ def shift_mask(
     return differs_wnn.masked_fill(differs_wnn != 0, -100.0).masked_fill(differs_wnn == 0, 0.0)
 
 
+class ToWindows(nn.Module):
+    """The whole feature map, padded to whole windows and cyclically shifted, as windows:
+    ``[batch, tokens, c]`` -> (``[batch * windows, window area, c]``, the shift mask or None)."""
+
+    def __init__(self, stage: Stage, shift: int) -> None:
+        super().__init__()
+        self.stage, self.shift = stage, shift
+
+    def forward(self, x_bsc: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        stage, shift, window = self.stage, self.shift, self.stage.window
+        batch, _, channels = x_bsc.shape
+        x_bhwc = x_bsc.view(batch, stage.height, stage.width, channels)
+        # Zeros pad the map to whole windows; they take part in attention, as in transformers.
+        pad_w, pad_h = (-stage.width) % window, (-stage.height) % window
+        x_bhwc = F.pad(x_bhwc, (0, 0, 0, pad_w, 0, pad_h))
+        height, width = x_bhwc.shape[1:3]
+        if shift:
+            x_bhwc = torch.roll(x_bhwc, shifts=(-shift, -shift), dims=(1, 2))
+        windows_wnc = window_partition(x_bhwc, window).view(-1, window * window, channels)
+        mask = shift_mask(height, width, window, shift, x_bsc) if shift else None
+        return windows_wnc, mask
+
+
+class FromWindows(nn.Module):
+    """The inverse of :class:`ToWindows`: windows back to ``[batch, tokens, c]``."""
+
+    def __init__(self, stage: Stage, shift: int) -> None:
+        super().__init__()
+        self.stage, self.shift = stage, shift
+
+    def forward(self, windows_wnc: torch.Tensor) -> torch.Tensor:
+        stage, shift, window = self.stage, self.shift, self.stage.window
+        channels = windows_wnc.shape[-1]
+        height, width = _round_up(stage.height, window), _round_up(stage.width, window)
+        windows = windows_wnc.view(-1, window, window, channels)
+        out_bhwc = window_reverse(windows, window, height, width)
+        if shift:
+            out_bhwc = torch.roll(out_bhwc, shifts=(shift, shift), dims=(1, 2))
+        if height != stage.height or width != stage.width:
+            out_bhwc = out_bhwc[:, : stage.height, : stage.width, :].contiguous()
+        return out_bhwc.view(out_bhwc.shape[0], stage.tokens, channels)
+
+
 class SwinBlock(nn.Module):
+    """Norms and MLP work token by token; the attention between ``to_windows`` and
+    ``from_windows`` needs the whole (shifted) feature map."""
+
     def __init__(self, config: SwinConfig, stage: Stage, shifted: bool, drop_path: float) -> None:
         super().__init__()
         self.stage = stage
         self.shift = stage.shift if shifted else 0
         eps = config.layer_norm_eps
         self.layernorm_before = nn.LayerNorm(stage.dim, eps=eps)
+        self.to_windows = ToWindows(stage, self.shift)
         self.attention = WindowAttention(config, stage.dim, stage.heads)
+        self.from_windows = FromWindows(stage, self.shift)
         self.layernorm_after = nn.LayerNorm(stage.dim, eps=eps)
         self.mlp = SwinMLP(config, stage.dim, stage.ffn)
         self.dropout = nn.Dropout(config.hidden_dropout_prob)
@@ -299,24 +347,8 @@ class SwinBlock(nn.Module):
 
     def _attend(self, x_bsc: torch.Tensor) -> torch.Tensor:
         """Windowed attention on the (padded, cyclically shifted) feature map."""
-        stage, shift, window = self.stage, self.shift, self.stage.window
-        batch, _, channels = x_bsc.shape
-        x_bhwc = x_bsc.view(batch, stage.height, stage.width, channels)
-        # Zeros pad the map to whole windows; they take part in attention, as in transformers.
-        pad_w, pad_h = (-stage.width) % window, (-stage.height) % window
-        x_bhwc = F.pad(x_bhwc, (0, 0, 0, pad_w, 0, pad_h))
-        height, width = x_bhwc.shape[1:3]
-        if shift:
-            x_bhwc = torch.roll(x_bhwc, shifts=(-shift, -shift), dims=(1, 2))
-        windows_wnc = window_partition(x_bhwc, window).view(-1, window * window, channels)
-        mask = shift_mask(height, width, window, shift, x_bsc) if shift else None
-        out_wnc = self.dropout(self.attention(windows_wnc, mask))
-        out_bhwc = window_reverse(out_wnc.view(-1, window, window, channels), window, height, width)
-        if shift:
-            out_bhwc = torch.roll(out_bhwc, shifts=(shift, shift), dims=(1, 2))
-        if pad_w or pad_h:
-            out_bhwc = out_bhwc[:, : stage.height, : stage.width, :].contiguous()
-        return out_bhwc.view(batch, stage.tokens, channels)
+        windows_wnc, mask = self.to_windows(x_bsc)
+        return self.from_windows(self.dropout(self.attention(windows_wnc, mask)))
 
 
 class SwinPatchMerging(nn.Module):
@@ -330,8 +362,8 @@ class SwinPatchMerging(nn.Module):
 
     def forward(self, acts: Activations) -> Activations:
         x_bsc = acts["hidden"]
-        batch, _, channels = x_bsc.shape
-        height, width = self.stage.height, self.stage.width
+        batch, tokens, channels = x_bsc.shape
+        height, width = self._rows(tokens), self.stage.width
         x_bhwc = x_bsc.view(batch, height, width, channels)
         if height % 2 or width % 2:
             x_bhwc = F.pad(x_bhwc, (0, 0, 0, width % 2, 0, height % 2))
@@ -339,6 +371,25 @@ class SwinPatchMerging(nn.Module):
         merged = torch.cat([x_bhwc[:, r::2, c::2, :] for c in range(2) for r in range(2)], dim=-1)
         merged_bsc = merged.view(batch, -1, 4 * channels)
         return {**acts, "hidden": self.reduction(self.norm(merged_bsc))}
+
+    def _rows(self, tokens: int) -> int:
+        """Rows of the map in ``hidden``: all of them, or (under sequence parallelism) a band.
+
+        A band of an even number of whole rows merges on its own into a band of the merged map,
+        and bands in rank order make the merged map in order.
+        """
+        stage = self.stage
+        if tokens == stage.tokens:
+            return stage.height
+        rows, rest = divmod(tokens, stage.width)
+        if rest or rows % 2:
+            raise ValueError(
+                f"swin: patch merging of stage {stage.index} got {tokens} of its "
+                f"{stage.height}x{stage.width} tokens; a sequence shard must be an even number "
+                "of whole rows (the sequence-parallel degree must divide the map's height in "
+                "bands of even height)"
+            )
+        return rows
 
 
 class SwinHead(nn.Module):
@@ -575,29 +626,38 @@ def _entry(
     )
 
 
-# Megatron sequence parallelism needs norms and dropouts whose neighbours can work on a
-# sequence shard; Swin's window partition, cyclic shift and patch merging reshape the whole
-# feature map between its norms and projections, so no Swin module is listed.
-_NO_SP = "no sequence-parallel modules: windows and patch merging need the whole feature map"
+# Megatron sequence parallelism: norms, MLP and patch merging work token by token (merging on
+# bands of whole rows); the shifted-window attention needs the whole feature map, so the
+# executor gathers it at ``to_windows`` and splits it again after ``from_windows``. Ulysses
+# is not offered: its all-to-all trades sequence for heads inside the attention core, but
+# Swin's core sees windows cut from the whole shifted map, not a sequence.
+_WINDOWS = WholeSequence(enter="to_windows", leave="from_windows", inside=("attention",))
 
 
 def tp_layouts(config: PretrainedConfig) -> dict[str, TPLayout]:
     layouts = {
         "swin_embedding": TPLayout(
-            replicated_note=f"patch convolution, its norm and positions replicated; {_NO_SP}"
+            replicated_note="patch convolution, its norm and positions replicated"
         ),
-        "swin_patch_merging": TPLayout(replicated_note=f"norm and reduction replicated; {_NO_SP}"),
+        "swin_patch_merging": TPLayout(
+            sequence_parallel=("norm", "reduction"),
+            replicated_note="norm and reduction replicated (on bands of rows under sequence "
+            "parallelism)",
+        ),
         "swin_head": TPLayout(
             vocab_head=("classifier",),
-            replicated_note=f"final norm replicated, classifier split over labels; {_NO_SP}",
+            replicated_note="final norm replicated, classifier split over labels",
         ),
     }
     for stage in range(len(config.depths)):
         layouts[f"swin_block_stage{stage}"] = TPLayout(
             colwise=("attention.q_proj", "attention.k_proj", "attention.v_proj", "mlp.fc1"),
             rowwise=("attention.o_proj", "mlp.fc2"),
+            sequence_parallel=("layernorm_before", "layernorm_after", "drop_path"),
+            whole_sequence=(_WINDOWS,),
             head_parameters=("attention.relative_position_bias_table",),
-            replicated_note=f"layer norms replicated; {_NO_SP}",
+            replicated_note="layer norms replicated; the windowed attention runs on the whole "
+            "feature map under sequence parallelism",
         )
     return layouts
 

@@ -10,6 +10,11 @@ in the activations (``encoder_position_bias`` / ``decoder_position_bias``, shape
 ``[1, heads, seq_q, seq_k]``: it does not depend on the sample), so a pipeline can cut anywhere
 and the bias's gradient flows back to block 0 like any activation's. Being the only blocks with
 a parameter, those two have their own layer types (``t5_*_first_block``).
+
+The bias is computed from the token positions (``encoder_positions`` / ``decoder_positions``,
+``[1, seq]``, made by the layer that embeds the tokens), not from the length of ``hidden``: under
+sequence parallelism a block sees a shard of ``hidden`` while its attention covers the whole
+sequence, so the bias must too.
 """
 
 from __future__ import annotations
@@ -33,6 +38,7 @@ from partita.models.validation import require_family_config, require_positive
 
 FP32_BYTES = 4
 ID_BYTES = 8  # int64 token ids carried to the bridge layer
+# The [1, seq] positions layers pass on are per batch, not per sample: left out of the sizes.
 
 _ORIGINAL_T5 = {
     "model_type": "t5",
@@ -200,12 +206,10 @@ class T5Attention(Attends):
         if relative_bias:  # [buckets, heads]: split with the heads under tensor parallelism
             self.relative_attention_bias = nn.Embedding(self.num_buckets, config.num_heads)
 
-    def position_bias(self, seq_q: int, seq_k: int, device: torch.device) -> torch.Tensor:
-        """``[1, local heads, seq_q, seq_k]`` from the bucket of each distance."""
-        relative_qk = (
-            torch.arange(seq_k, device=device)[None, :]
-            - torch.arange(seq_q, device=device)[:, None]
-        )
+    def position_bias(self, positions_1s: torch.Tensor) -> torch.Tensor:
+        """``[1, local heads, seq, seq]`` from the bucket of each key-minus-query distance."""
+        positions_s = positions_1s.reshape(-1)
+        relative_qk = positions_s[None, :] - positions_s[:, None]
         buckets_qk = relative_position_bucket(
             relative_qk,
             bidirectional=self.bidirectional,
@@ -267,8 +271,10 @@ class T5Embedding(nn.Module):
     def forward(self, acts: Activations) -> Activations:
         if "decoder_attention_mask" in acts:
             raise ValueError("t5: decoder_attention_mask is unsupported (decoder is causal only)")
+        input_ids_bs = acts["input_ids"]
         out = {
-            "hidden": self.dropout(self.embed_tokens(acts["input_ids"])),
+            "hidden": self.dropout(self.embed_tokens(input_ids_bs)),
+            "encoder_positions": _positions(input_ids_bs),
             "decoder_input_ids": self._decoder_input_ids(acts),
         }
         if "attention_mask" in acts:
@@ -281,6 +287,11 @@ class T5Embedding(nn.Module):
         if "labels" not in acts:
             raise ValueError("t5: the batch needs decoder_input_ids or labels")
         return shift_right(acts["labels"], self.start_token_id, self.pad_token_id)
+
+
+def _positions(ids_bs: torch.Tensor) -> torch.Tensor:
+    """``[1, seq]``: every sample's token positions (they do not depend on the sample)."""
+    return torch.arange(ids_bs.shape[1], device=ids_bs.device).unsqueeze(0)
 
 
 class T5EncoderBlock(nn.Module):
@@ -298,11 +309,8 @@ class T5EncoderBlock(nn.Module):
     def forward(self, acts: Activations) -> Activations:
         x_bsh = acts["hidden"]
         if self.first:
-            seq = x_bsh.shape[1]
-            acts = {
-                **acts,
-                "encoder_position_bias": self.self_attn.position_bias(seq, seq, x_bsh.device),
-            }
+            bias_1hss = self.self_attn.position_bias(acts["encoder_positions"])
+            acts = {**acts, "encoder_position_bias": bias_1hss}
         position_bias = _as_grad_input(acts["encoder_position_bias"])
         bias = _mask_keys(position_bias, acts.get("attention_mask"))
         normed_bsh = self.self_attn_norm(x_bsh)
@@ -323,8 +331,10 @@ class T5DecoderEmbedding(nn.Module):
         self.dropout = nn.Dropout(config.dropout_rate)
 
     def forward(self, acts: Activations) -> Activations:
+        decoder_ids_bs = acts["decoder_input_ids"]
         out = {
-            "hidden": self.dropout(self.embed_tokens(acts["decoder_input_ids"])),
+            "hidden": self.dropout(self.embed_tokens(decoder_ids_bs)),
+            "decoder_positions": _positions(decoder_ids_bs),
             "encoder_hidden": self.encoder_dropout(self.final_layer_norm(acts["hidden"])),
         }
         if "attention_mask" in acts:  # the cross-attention masks padded encoder positions
@@ -350,11 +360,8 @@ class T5DecoderBlock(nn.Module):
     def forward(self, acts: Activations) -> Activations:
         x_bsh, encoder_bsh = acts["hidden"], acts["encoder_hidden"]
         if self.first:
-            seq = x_bsh.shape[1]
-            acts = {
-                **acts,
-                "decoder_position_bias": self.self_attn.position_bias(seq, seq, x_bsh.device),
-            }
+            bias_1hss = self.self_attn.position_bias(acts["decoder_positions"])
+            acts = {**acts, "decoder_position_bias": bias_1hss}
         normed_bsh = self.self_attn_norm(x_bsh)
         attn_bsh = self.self_attn(
             normed_bsh, normed_bsh, bias=_as_grad_input(acts["decoder_position_bias"]), causal=True

@@ -1,0 +1,47 @@
+"""Layer setups and the sequence-parallel checks, without process groups (no ranks)."""
+
+from __future__ import annotations
+
+import pytest
+
+from partita.executor.parallel_model import LayerSetup, _check_sequence_parallel, layer_setups
+from partita.formats import LayerStrategy, PipelineConfig, Plan, VocabStrategy
+from partita.models.api import build_model
+
+
+class _Groups:
+    def for_tp(self, tp: int) -> str:
+        return f"groups(tp={tp})"
+
+
+def _setup(sp: str, tp: int = 2) -> LayerSetup:
+    return LayerSetup("stages.0.blocks.0", tp, sp, "ddp", False, None)  # type: ignore[arg-type]
+
+
+def test_swin_refuses_ulysses_with_the_reason() -> None:
+    with pytest.raises(ValueError, match="windows cut from the whole cyclically shifted"):
+        _check_sequence_parallel("swin", [_setup("ulysses")])
+
+
+@pytest.mark.parametrize("family", ["t5", "swin"])
+def test_megatron_sequence_parallel_is_accepted(family: str) -> None:
+    _check_sequence_parallel(family, [_setup("megatron")])
+
+
+def test_t5_bridge_follows_the_vocabulary_strategy() -> None:
+    # It embeds the decoder's tokens with the table the embedding and head share.
+    model = build_model("t5-tiny", seed=0)
+    blocks = len(model.layer_names) - 2
+    plan = Plan(
+        world_size=4,
+        mesh_axis_order=("pp", "dp", "tp"),
+        global_batch_size=8,
+        num_micro_batches=1,
+        pipeline=PipelineConfig(degree=1, schedule="gpipe", stage_num_layers=(blocks,)),
+        layers=tuple(LayerStrategy(tp=2, sp="megatron", ckpt=True) for _ in range(blocks)),
+        vocab=VocabStrategy(tp=1),
+    )
+    setups = {s.name: s for s in layer_setups(model, plan, _Groups())}  # type: ignore[arg-type]
+    bridge = setups["decoder_embedding"]
+    assert (bridge.tp, bridge.sp, bridge.ckpt) == (1, "none", True)
+    assert (setups["decoder.0"].tp, setups["decoder.0"].sp) == (2, "megatron")

@@ -1,0 +1,241 @@
+"""The measurements one rank takes: collectives, matmul throughput, overlap, memory.
+
+Every measurement starts with a barrier of all ranks so they start together; ranks outside the
+measured groups wait at the next barrier. Each rank keeps its own per-repeat times in a
+:class:`RankResults`; rank 0 gathers them at the end (``hardware_report`` turns them into the
+profile). Tensors are zeros, so repeated reductions never overflow into slower values.
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+import threading
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+
+import torch
+import torch.distributed as dist
+
+from partita.profiler.hardware_plan import Settings, Task, element_count
+from partita.profiler.hardware_timing import TORCH_DTYPES, Timer, matmul_dtypes
+
+ELEMENT_SIZE = 4  # float32 payloads
+CPU_MATMUL_SIZE = 512
+CUDA_MATMUL_SIZE = 4096
+OVERLAP_BYTES = 4 * 1024 * 1024
+
+
+@dataclass(frozen=True)
+class Context:
+    device: torch.device
+    timer: Timer
+    settings: Settings
+    rank: int
+    world: dist.ProcessGroup
+
+
+# --- device facts --------------------------------------------------------------------------
+
+
+def memory_bytes(device: torch.device) -> int:
+    """CUDA: the device's total memory. CPU: physical RAM divided by the ranks on this node."""
+    if device.type == "cuda":
+        return int(torch.cuda.get_device_properties(device).total_memory)
+    physical = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    return int(physical // max(int(os.environ.get("LOCAL_WORLD_SIZE", "1")), 1))
+
+
+def device_name(device: torch.device) -> str:
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    return f"{_cpu_model()} (1 thread per rank)"
+
+
+def _cpu_model() -> str:
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as handle:
+            for line in handle:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.machine() or "CPU"
+
+
+# --- collectives ---------------------------------------------------------------------------
+
+
+def task_sizes(task: Task, sizes: tuple[int, ...]) -> tuple[int, ...]:
+    """The bytes actually moved for each requested size (rounded to whole chunks), distinct."""
+    actual = {element_count(s, task.group_size, ELEMENT_SIZE) * ELEMENT_SIZE for s in sizes}
+    return tuple(sorted(actual))
+
+
+def measure_task(
+    context: Context, task: Task, group: dist.ProcessGroup | None, nbytes: int
+) -> list[float]:
+    """Per-repeat seconds of ``task.op`` at ``nbytes`` on this rank ([] if not in a group)."""
+    dist.barrier(group=context.world)
+    mine = next((g for g in task.groups if context.rank in g), None)
+    if mine is None:
+        return []
+    call = _collective_call(context, task, mine, group, nbytes)
+    settings = context.settings
+    for _ in range(settings.warmup):
+        call()
+    times = [context.timer.seconds(call) for _ in range(settings.repeats)]
+    if task.op == "p2p":
+        times = [t / 2 for t in times]  # a ping-pong is two messages
+    return times
+
+
+def _collective_call(
+    context: Context,
+    task: Task,
+    members: tuple[int, ...],
+    group: dist.ProcessGroup | None,
+    nbytes: int,
+) -> Callable[[], object]:
+    count = nbytes // ELEMENT_SIZE
+    device = context.device
+    full = torch.zeros(count, device=device)
+    if task.op == "p2p":
+        return _ping_pong(full, me=context.rank, pair=members)
+    assert group is not None, task
+    chunk = torch.zeros(count // task.group_size, device=device)
+    if task.op == "all_reduce":
+        return lambda: dist.all_reduce(full, group=group)
+    if task.op == "all_gather":  # bytes: the gathered output
+        return lambda: _all_gather(full, chunk, group=group)
+    if task.op == "reduce_scatter":  # bytes: the input
+        return lambda: _reduce_scatter(chunk, full, group=group)
+    out = torch.zeros_like(full)
+    return lambda: dist.all_to_all_single(out, full, group=group)
+
+
+# torch 2.13 renamed these two (the old names warn on every call); older torch has only those.
+_all_gather = getattr(dist, "all_gather_single", None) or dist.all_gather_into_tensor
+_reduce_scatter = getattr(dist, "reduce_scatter_single", None) or dist.reduce_scatter_tensor
+
+
+def _ping_pong(message: torch.Tensor, *, me: int, pair: tuple[int, ...]) -> Callable[[], None]:
+    first, second = pair
+
+    def call() -> None:
+        if me == first:
+            dist.send(message, dst=second)
+            dist.recv(message, src=second)
+        else:
+            dist.recv(message, src=first)
+            dist.send(message, dst=first)
+
+    return call
+
+
+def make_groups(
+    tasks: tuple[Task, ...], world: dist.ProcessGroup, rank: int
+) -> Iterator[tuple[tuple[int, str], dist.ProcessGroup | None]]:
+    """This rank's process group for every (size, placement) of the plan (None: not a member).
+
+    Every rank creates every group, in the same order, as ``new_group`` requires.
+    """
+    seen: set[tuple[int, str]] = set()
+    world_size = dist.get_world_size(world)
+    for task in tasks:
+        key = (task.group_size, task.placement)
+        if task.op == "p2p" or key in seen:
+            continue
+        seen.add(key)
+        mine: dist.ProcessGroup | None = None
+        for members in task.groups:
+            created = world if len(members) == world_size else dist.new_group(list(members))
+            if rank in members:
+                mine = created
+        yield key, mine
+
+
+# --- compute, overlap ----------------------------------------------------------------------
+
+
+def _matmul(device: torch.device, dtype: str, quick: bool) -> tuple[Callable[[], object], float]:
+    n = CUDA_MATMUL_SIZE if device.type == "cuda" else CPU_MATMUL_SIZE
+    if quick:
+        n //= 2
+    a = torch.randn(n, n, device=device).to(TORCH_DTYPES[dtype])
+    b = torch.randn(n, n, device=device).to(TORCH_DTYPES[dtype])
+    return (lambda: torch.mm(a, b)), 2.0 * n**3
+
+
+def measure_matmul(context: Context, dtype: str, *, quick: bool) -> list[float]:
+    """FLOP/s of each repeat of a square matmul, all ranks at once (as in training)."""
+    call, flops = _matmul(context.device, dtype, quick)
+    dist.barrier(group=context.world)
+    for _ in range(2):
+        call()
+    times = [context.timer.seconds(call) for _ in range(context.settings.matmul_repeats)]
+    return [flops / t for t in times if t > 0]
+
+
+def measure_overlap(context: Context, *, quick: bool) -> dict[str, list[float]]:
+    """Per-call seconds of a matmul loop and a world all_reduce loop, alone and together.
+
+    Together: the all_reduce loop runs on a second thread (on CUDA, on a side stream) while the
+    main thread runs matmuls until that loop ends.
+    """
+    calls = context.settings.overlap_calls
+    compute, _ = _matmul(context.device, "fp32", quick)
+    nbytes = OVERLAP_BYTES // (4 if quick else 1)
+    payload = torch.zeros(nbytes // ELEMENT_SIZE, device=context.device)
+
+    def communicate() -> None:
+        dist.all_reduce(payload, group=context.world)
+
+    results: dict[str, list[float]] = {}
+    for name, call in (("compute_alone", compute), ("communication_alone", communicate)):
+        dist.barrier(group=context.world)
+        call()
+        results[name] = [context.timer.seconds(call) for _ in range(calls)]
+    dist.barrier(group=context.world)
+    together_compute, together_comm = _run_together(context, compute, communicate, calls)
+    results["compute_together"] = together_compute
+    results["communication_together"] = together_comm
+    return results
+
+
+def _run_together(
+    context: Context, compute: Callable[[], object], communicate: Callable[[], None], calls: int
+) -> tuple[list[float], list[float]]:
+    comm_times: list[float] = []
+    errors: list[BaseException] = []
+    side = torch.cuda.Stream(context.device) if context.device.type == "cuda" else None
+
+    def loop() -> None:
+        try:
+            if side is not None:
+                torch.cuda.set_device(context.device)  # the current device is per thread
+                with torch.cuda.stream(side):
+                    comm_times.extend(context.timer.seconds(communicate) for _ in range(calls))
+            else:
+                comm_times.extend(context.timer.seconds(communicate) for _ in range(calls))
+        except BaseException as error:  # re-raised on the main thread
+            errors.append(error)
+
+    thread = threading.Thread(target=loop, name="partita-overlap-comm", daemon=True)
+    thread.start()
+    compute_times: list[float] = []
+    while thread.is_alive() or not compute_times:
+        compute_times.append(context.timer.seconds(compute))
+        if len(compute_times) >= 50 * calls:
+            break
+    thread.join()
+    if errors:
+        raise errors[0]
+    return compute_times, comm_times
+
+
+def all_matmul(context: Context, *, quick: bool) -> dict[str, list[float]]:
+    return {
+        dtype: measure_matmul(context, dtype, quick=quick)
+        for dtype in matmul_dtypes(context.device)
+    }

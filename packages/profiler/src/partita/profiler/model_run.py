@@ -1,0 +1,362 @@
+"""Measuring every layer case of a model into a ``partita.model_profile``, saving as it goes.
+
+Per case and configuration (see :mod:`model_cases`) the layer's shard is built once and, for
+each micro-batch size, run ``warmup`` times, its memory measured, then timed ``repeats``
+times. After each configuration the profile so far is saved to ``<out>.partial``; the last
+one becomes ``<out>``. A failure (a micro-batch over ``memory_limit`` bytes, CUDA out of
+memory) raises ``ValueError`` naming the partial file, which keeps what was measured.
+
+Memory entries (one per configuration):
+
+- ``param_bytes``, ``grad_bytes``: the shard's parameters counted tensor by tensor (a weight
+  tied to an earlier layer, GPT-2's head, is counted there); gradients match them.
+- ``optimizer_bytes``: AdamW's two moments, 8 bytes per parameter, plus a 4-byte fp32 master
+  copy when training in bf16/fp16 (the simulator's convention; counted, not allocated).
+- ``activation_bytes_per_sample``: bytes allocated during the forward and still live after it
+  (what autograd saved for backward, and the output, which the next layer keeps), per
+  sample: the slope of a least-squares line through the micro-batch sizes (origin
+  ``fitted``) or, with one size, the bytes over it.
+- ``checkpoint_activation_bytes_per_sample``: the same with the layer under
+  ``torch.utils.checkpoint``: what stays is the output.
+"""
+
+from __future__ import annotations
+
+import platform
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from importlib.metadata import PackageNotFoundError, version
+from pathlib import Path
+
+import torch
+
+from partita.executor.parallel_model import SEQUENCE_PARALLEL_FAMILIES
+from partita.formats import (
+    LayerMemory,
+    LayerTiming,
+    LayerTypeProfile,
+    ModelDescription,
+    ModelProfile,
+    save,
+)
+from partita.formats.common import BYTES_PER_ELEMENT
+from partita.models.api import build_model, describe_model, synthetic_batch
+from partita.models.layered import Activations, LayeredModel
+from partita.profiler import model_measure as measure
+from partita.profiler.model_cases import Config, LayerCase, configurations, layer_cases
+from partita.profiler.progress import MeasureProgress
+
+ADAM_MOMENT_BYTES = 8
+MASTER_COPY_BYTES = 4
+
+
+@dataclass(frozen=True)
+class Settings:
+    model: str
+    seq_len: int | None
+    micro_batches: tuple[int, ...]
+    tp_degrees: tuple[int, ...]
+    out: Path
+    device: torch.device
+    dtype: str
+    warmup: int = 2
+    repeats: int = 10
+    memory_limit: int | None = None
+    seed: int = 0
+    progress: bool = True
+    nproc: int = 1  # > 1: real tensor-parallel groups of torchrun ranks
+
+
+@dataclass
+class _Collected:
+    """What was measured so far, per layer type, in model order."""
+
+    order: list[str] = field(default_factory=list)
+    timings: dict[str, list[LayerTiming]] = field(default_factory=dict)
+    memory: dict[str, list[LayerMemory]] = field(default_factory=dict)
+
+    def add(self, layer_type: str, timings: list[LayerTiming], memory: LayerMemory) -> None:
+        if layer_type not in self.timings:
+            self.order.append(layer_type)
+            self.timings[layer_type], self.memory[layer_type] = [], []
+        self.timings[layer_type].extend(timings)
+        self.memory[layer_type].append(memory)
+
+    def layer_types(self) -> tuple[LayerTypeProfile, ...]:
+        return tuple(
+            LayerTypeProfile(
+                layer_type=name,
+                timings=tuple(self.timings[name]),
+                memory=tuple(self.memory[name]),
+            )
+            for name in self.order
+        )
+
+
+def partial_path(out: Path) -> Path:
+    return out.with_name(out.name + ".partial")
+
+
+def profile_model(
+    settings: Settings, groups: measure.LocalGroups | measure.RankGroups | None = None
+) -> ModelProfile:
+    """Measure, save to ``settings.out`` and return the profile (module docstring).
+
+    ``groups``: where tensor-parallel shards run (default: this process, ``LocalGroups``);
+    with ``RankGroups`` every rank calls this and rank 0 writes.
+    """
+    groups = groups or measure.LocalGroups()
+    description = describe_model(settings.model, seq_len=settings.seq_len)
+    model = _build(settings)
+    sequence_parallel = model.family in SEQUENCE_PARALLEL_FAMILIES
+    cases = layer_cases(
+        description, tp_degrees=settings.tp_degrees, sequence_parallel=sequence_parallel
+    )
+    _check_names(model, description)
+    batches = {size: _batch(settings, size) for size in settings.micro_batches}
+    allowed = _allowed(description, settings.tp_degrees, sequence_parallel=sequence_parallel)
+    total = sum(len(case.configs) for case in cases) * len(settings.micro_batches)
+    progress = MeasureProgress(total, enabled=settings.progress and groups.writer)
+    collected = _Collected()
+    partial = partial_path(settings.out)
+    if groups.writer:
+        partial.unlink(missing_ok=True)
+    for case in cases:
+        for config in case.configs:
+            try:
+                measured = _measure_config(
+                    settings,
+                    model,
+                    case,
+                    config,
+                    groups=groups,
+                    batches=batches,
+                    allowed=allowed,
+                    progress=progress,
+                )
+            except (ValueError, RuntimeError) as error:  # RuntimeError: CUDA out of memory too
+                progress.close()
+                raise ValueError(_failure(error, case, config, partial, collected)) from None
+            if measured is not None:  # None: this rank is not in the group
+                collected.add(case.layer_type, *measured)
+            if groups.writer:
+                save(_profile(settings, description, collected), partial)
+    profile = _profile(settings, description, collected)
+    if groups.writer:
+        save(profile, settings.out)
+        partial.unlink(missing_ok=True)
+    return profile
+
+
+def _failure(
+    error: Exception, case: LayerCase, config: Config, partial: Path, collected: _Collected
+) -> str:
+    """One line: what failed, why, and where what was measured before it is."""
+    text = str(error).strip().splitlines()
+    reason = text[0] if text else type(error).__name__
+    if isinstance(error, torch.OutOfMemoryError):
+        reason = f"out of memory ({reason})"
+    elif not isinstance(error, ValueError):
+        reason = f"{case.layer_type} tp {config.tp} sp {config.sp} failed: {reason}"
+    kept = f"what was measured is kept in {partial}" if collected.order else "nothing was saved"
+    return f"{reason}; {kept}"
+
+
+def _build(settings: Settings) -> LayeredModel:
+    model = build_model(settings.model, seed=settings.seed)
+    model.to(device=settings.device, dtype=measure.TORCH_DTYPES[settings.dtype])
+    return model.train()
+
+
+def _batch(settings: Settings, size: int) -> Activations:
+    batch = synthetic_batch(settings.model, batch_size=size, seq_len=settings.seq_len)
+    dtype = measure.TORCH_DTYPES[settings.dtype]
+    return {
+        key: value.to(settings.device, dtype=dtype if value.is_floating_point() else None)
+        for key, value in batch.items()
+    }
+
+
+def _allowed(
+    description: ModelDescription, tp_degrees: Sequence[int], *, sequence_parallel: bool
+) -> Callable[[int, Config], bool]:
+    """Whether a plan may give block ``index`` this configuration (False for other layers)."""
+    valid = {
+        index: set(
+            configurations(
+                layer, description, tp_degrees=tp_degrees, sequence_parallel=sequence_parallel
+            )
+        )
+        for index, layer in enumerate(description.layers)
+        if layer.kind == "block"
+    }
+    return lambda index, config: config in valid.get(index, ())
+
+
+def _check_names(model: LayeredModel, description: ModelDescription) -> None:
+    names = tuple(layer.name for layer in description.layers)
+    if names != model.layer_names:
+        raise RuntimeError(f"model layers {model.layer_names} differ from description {names}")
+
+
+def _measure_config(
+    settings: Settings,
+    model: LayeredModel,
+    case: LayerCase,
+    config: Config,
+    *,
+    groups: measure.LocalGroups | measure.RankGroups,
+    batches: dict[int, Activations],
+    allowed: Callable[[int, Config], bool],
+    progress: MeasureProgress,
+) -> tuple[list[LayerTiming], LayerMemory] | None:
+    origin = groups.origin(config.tp)
+    what = f"{case.layer_type} tp {config.tp} {config.sp}"
+    timings, retained = [], {}
+    with groups.group(config.tp) as group:
+        if group is None:
+            return None
+        layer = measure.shard_layer(model, case.index, config, group)
+        steps = measure.prefix(model, case.index, config, group, allowed=allowed)
+        params = measure.owned_parameters(model, case.index, layer)
+        static = _static_bytes(params, settings.dtype)
+        for batch in settings.micro_batches:
+            acts = measure.layer_input(steps, batches[batch], config, group)
+            measure.run_once(layer, acts, device=settings.device)
+            memory = measure.measure_memory(layer, acts, device=settings.device)
+            _check_limit(
+                settings, what=f"{what} micro-batch {batch}", need=sum(static) + memory.peak_bytes
+            )
+            times = measure.time_passes(
+                layer,
+                acts,
+                warmup=settings.warmup,
+                repeats=settings.repeats,
+                device=settings.device,
+            )
+            timings.append(_timing(case, config, batch, times, origin))
+            retained[batch] = (memory.retained_bytes, memory.checkpoint_retained_bytes)
+            progress.update(f"{what} mb {batch}", _times_text(times))
+    return timings, _memory(case, config, static, retained, origin)
+
+
+def _static_bytes(params: Sequence[torch.nn.Parameter], dtype: str) -> tuple[int, int, int]:
+    """(parameter, gradient, optimizer) bytes of the shard."""
+    weights = measure.tensor_bytes(params)
+    count = sum(p.numel() for p in params)
+    per_param = ADAM_MOMENT_BYTES + (0 if dtype == "fp32" else MASTER_COPY_BYTES)
+    return weights, weights, count * per_param
+
+
+def _check_limit(settings: Settings, *, what: str, need: int) -> None:
+    if settings.memory_limit is not None and need > settings.memory_limit:
+        raise ValueError(
+            f"{what} does not fit --memory-limit {settings.memory_limit} bytes: it needs "
+            f"{need} (parameters, gradients, optimizer states and the forward/backward peak)"
+        )
+
+
+def _timing(
+    case: LayerCase, config: Config, batch: int, times: measure.PassTimes, origin: str
+) -> LayerTiming:
+    return LayerTiming(
+        tp=config.tp,
+        sp=config.sp,  # type: ignore[arg-type]
+        micro_batch=batch,
+        seq_len=case.layer.seq_len,
+        forward_s=times.forward_s,
+        backward_s=times.backward_s,
+        spread=times.spread,
+        origin=origin,  # type: ignore[arg-type]
+    )
+
+
+def _times_text(times: measure.PassTimes) -> str:
+    return (
+        f"fwd {times.forward_s * 1e3:.3f} ms bwd {times.backward_s * 1e3:.3f} ms "
+        f"(spread {times.spread * 100:.0f}%)"
+    )
+
+
+def _memory(
+    case: LayerCase,
+    config: Config,
+    static: tuple[int, int, int],
+    retained: dict[int, tuple[int, int]],
+    origin: str,
+) -> LayerMemory:
+    full = per_sample({b: kept[0] for b, kept in retained.items()})
+    checkpointed = per_sample({b: kept[1] for b, kept in retained.items()})
+    return LayerMemory(
+        tp=config.tp,
+        sp=config.sp,  # type: ignore[arg-type]
+        seq_len=case.layer.seq_len,
+        param_bytes=static[0],
+        grad_bytes=static[1],
+        optimizer_bytes=static[2],
+        activation_bytes_per_sample=full,
+        checkpoint_activation_bytes_per_sample=checkpointed,
+        origin="fitted" if len(retained) > 1 else origin,  # type: ignore[arg-type]
+    )
+
+
+def per_sample(bytes_by_batch: dict[int, int]) -> float:
+    """Slope of the least-squares line through (micro-batch, bytes); bytes/size for one point."""
+    points = sorted(bytes_by_batch.items())
+    if len(points) == 1:
+        size, nbytes = points[0]
+        return max(0.0, nbytes / size)
+    mean_x = sum(x for x, _ in points) / len(points)
+    mean_y = sum(y for _, y in points) / len(points)
+    covariance = sum((x - mean_x) * (y - mean_y) for x, y in points)
+    variance = sum((x - mean_x) ** 2 for x, _ in points)
+    return max(0.0, covariance / variance)
+
+
+def _profile(
+    settings: Settings, description: ModelDescription, collected: _Collected
+) -> ModelProfile:
+    return ModelProfile(
+        model=description.name,
+        device=device_name(settings.device),
+        dtype=settings.dtype,  # type: ignore[arg-type]
+        origin="measured",
+        layer_types=collected.layer_types(),
+        tools=_tools(settings),
+    )
+
+
+def device_name(device: torch.device) -> str:
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    cpu = platform.processor() or platform.machine() or "unknown"
+    threads = torch.get_num_threads()
+    return f"cpu {cpu} ({threads} thread{'' if threads == 1 else 's'})"
+
+
+def _groups_text(settings: Settings) -> str:
+    if settings.nproc > 1:
+        return f"rank 0 of real process groups ({settings.nproc} torchrun ranks)"
+    return "rank 0's shard in one process, collectives not run"
+
+
+def _tools(settings: Settings) -> dict[str, str]:
+    try:
+        profiler = version("partita-profiler")
+    except PackageNotFoundError:
+        profiler = "0+unknown"
+    memory_method = measure.PeakMemory(settings.device).method
+    return {
+        "partita-profiler": profiler,
+        "torch": torch.__version__,
+        "timing": (
+            f"{'CUDA events' if settings.device.type == 'cuda' else 'perf_counter'}; median of "
+            f"{settings.repeats} after {settings.warmup} warm-up runs; spread = IQR/median of "
+            f"forward+backward; tp > 1: {_groups_text(settings)}"
+        ),
+        "memory": (
+            f"{memory_method}; activations per sample = least-squares slope over micro-batches "
+            f"{', '.join(map(str, settings.micro_batches))}; optimizer = AdamW moments counted"
+        ),
+        "bytes_per_element": str(BYTES_PER_ELEMENT[settings.dtype]),
+    }

@@ -1,0 +1,60 @@
+"""Which layers and configurations ``partita profile model`` measures, and its small helpers."""
+
+from __future__ import annotations
+
+import pytest
+
+from partita.models.api import describe_model
+from partita.profiler.model_cases import Config, layer_cases
+from partita.profiler.model_command import parse_bytes
+from partita.profiler.model_run import per_sample
+
+
+def test_one_case_per_layer_type_with_the_plan_checks_configurations() -> None:
+    description = describe_model("gpt-tiny", seq_len=30)  # 4 heads; 30 is not divisible by 4
+    cases = layer_cases(description, tp_degrees=(1, 2, 4, 8), sequence_parallel=True)
+    assert [(c.index, c.layer_type) for c in cases] == [
+        (0, "gpt_embedding"),
+        (1, "gpt_block"),
+        (5, "gpt_head"),
+    ]
+    block = cases[1].configs
+    assert Config(1, "none") in block and Config(2, "megatron") in block
+    assert Config(2, "ulysses") in block and Config(4, "none") in block
+    assert Config(4, "megatron") not in block  # 4 does not divide seq_len 30
+    assert Config(8, "none") not in block  # 8 does not divide 4 heads
+    assert all(c.sp == "none" for c in cases[0].configs)  # vocab 512: tp 1, 2, 4, 8
+    assert [c.tp for c in cases[0].configs] == [1, 2, 4, 8]
+
+
+def test_without_sequence_parallelism_blocks_get_sp_none_only() -> None:
+    description = describe_model("gpt-tiny", seq_len=32)
+    cases = layer_cases(description, tp_degrees=(1, 2), sequence_parallel=False)
+    assert cases[1].configs == (Config(1, "none"), Config(2, "none"))
+
+
+def test_a_layer_type_at_several_sequence_lengths_is_a_case_each() -> None:
+    description = describe_model("swin-tiny")
+    cases = layer_cases(description, tp_degrees=(1,), sequence_parallel=False)
+    keys = [(c.layer_type, c.layer.seq_len) for c in cases]
+    assert len(keys) == len(set(keys))
+    assert {layer.layer_type for layer in description.layers} == {c.layer_type for c in cases}
+
+
+def test_per_sample_bytes_is_the_slope_through_the_micro_batches() -> None:
+    assert per_sample({1: 1100, 2: 2100, 4: 4100}) == pytest.approx(1000)
+    assert per_sample({2: 300}) == 150
+    assert per_sample({1: 500, 2: 400}) == 0.0  # never negative
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [("900k", 900_000), ("8GiB", 8 * 2**30), ("512", 512), ("1.5M", 1_500_000), ("2mib", 2**21)],
+)
+def test_memory_limits_read_with_units(text: str, expected: int) -> None:
+    assert parse_bytes(text) == expected
+
+
+def test_a_memory_limit_that_is_not_bytes_is_refused() -> None:
+    with pytest.raises(ValueError, match="--memory-limit"):
+        parse_bytes("lots")

@@ -1,0 +1,284 @@
+"""``partita profile model`` run for real on tiny models (CPU, in this process, ~1 s each)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from partita.formats import ModelProfile, load
+from partita.formats.cli import main
+from partita.models.api import build_model, describe_model
+from partita.profiler.model_cases import layer_cases
+
+SEQ = 32
+BATCHES = (1, 2)
+FP32 = 4
+
+
+def _profile(path: Path, *extra: str, model: str = "gpt-tiny") -> list[str]:
+    return [
+        "profile",
+        "model",
+        "--model",
+        model,
+        "--seq",
+        str(SEQ),
+        "--batch-sizes",
+        *map(str, BATCHES),
+        "--tp",
+        "1",
+        "2",
+        "--out",
+        str(path),
+        *extra,
+    ]
+
+
+@pytest.fixture(scope="module")
+def gpt_runs(tmp_path_factory: pytest.TempPathFactory) -> tuple[ModelProfile, ModelProfile]:
+    """Two runs of the same command, for the checks and for reproducibility."""
+    profiles = []
+    for run in range(2):
+        out = tmp_path_factory.mktemp(f"gpt{run}") / "model.json"
+        assert main(_profile(out, "--repeats", "15", "--quiet")) == 0
+        assert not out.with_name("model.json.partial").exists()
+        profiles.append(load(out, ModelProfile))
+    return profiles[0], profiles[1]
+
+
+def test_every_layer_type_has_timings_for_each_configuration_and_micro_batch(
+    gpt_runs: tuple[ModelProfile, ModelProfile],
+) -> None:
+    profile = gpt_runs[0]
+    description = describe_model("gpt-tiny", seq_len=SEQ)
+    cases = layer_cases(description, tp_degrees=(1, 2), sequence_parallel=True)
+    assert [lt.layer_type for lt in profile.layer_types] == [c.layer_type for c in cases]
+    assert (profile.model, profile.dtype, profile.origin) == ("gpt-tiny", "fp32", "measured")
+    for case in cases:
+        entry = profile.layer_type(case.layer_type)
+        assert entry is not None
+        timed = {(t.tp, t.sp, t.micro_batch, t.seq_len) for t in entry.timings}
+        wanted = {(c.tp, c.sp, b, SEQ) for c in case.configs for b in BATCHES}
+        assert timed == wanted
+        assert {(m.tp, m.sp, m.seq_len) for m in entry.memory} == {
+            (c.tp, c.sp, SEQ) for c in case.configs
+        }
+        for timing in entry.timings:
+            assert timing.forward_s > 0 and timing.backward_s > 0
+            assert timing.origin == (
+                "measured_tp_groups" if timing.tp == 1 else "measured_tp1_plus_comm"
+            )
+    block = profile.layer_type("gpt_block")
+    assert block is not None
+    assert {(t.tp, t.sp) for t in block.timings} == {
+        (1, "none"),
+        (2, "none"),
+        (2, "megatron"),
+        (2, "ulysses"),
+    }
+
+
+def test_parameter_bytes_are_the_layers_real_parameters(
+    gpt_runs: tuple[ModelProfile, ModelProfile],
+) -> None:
+    profile = gpt_runs[0]
+    description = describe_model("gpt-tiny", seq_len=SEQ)
+    model = build_model("gpt-tiny", seed=0)
+    tied_copies = {name for tied in model.tied for name in tied.names[1:]}
+    for name in ("embedding", "blocks.0", "head"):
+        index = model.layer_index(name)
+        real = sum(
+            p.numel()
+            for n, p in model.layers[index].named_parameters(prefix=f"layers.{index}")
+            if n not in tied_copies
+        )
+        layer_type = model.layer_types[index]
+        entry = profile.layer_type(layer_type)
+        assert entry is not None
+        memory = next(m for m in entry.memory if m.tp == 1)
+        assert memory.param_bytes == real * FP32 == description.layers[index].params * FP32
+        assert memory.grad_bytes == memory.param_bytes
+        assert memory.optimizer_bytes == 2 * memory.param_bytes  # AdamW: two fp32 moments
+
+
+def test_tensor_parallel_shard_holds_about_half_the_block(
+    gpt_runs: tuple[ModelProfile, ModelProfile],
+) -> None:
+    block = gpt_runs[0].layer_type("gpt_block")
+    assert block is not None
+    by_config = {(m.tp, m.sp): m for m in block.memory}
+    h = 64
+    whole = describe_model("gpt-tiny", seq_len=SEQ).blocks[0].params
+    replicated = 6 * h  # two layer norms (weight, bias) and the row-parallel biases
+    shard = (whole - replicated) // 2 + replicated
+    assert by_config[(1, "none")].param_bytes == whole * FP32
+    assert by_config[(2, "none")].param_bytes == shard * FP32
+    assert by_config[(2, "megatron")].param_bytes == shard * FP32
+    assert by_config[(2, "ulysses")].param_bytes == whole * FP32  # Ulysses splits no weight
+    assert 0.5 < shard / whole < 0.52
+
+
+def test_activations_are_positive_and_checkpointing_keeps_less(
+    gpt_runs: tuple[ModelProfile, ModelProfile],
+) -> None:
+    profile = gpt_runs[0]
+    for layer_type in profile.layer_types:
+        for memory in layer_type.memory:
+            assert memory.activation_bytes_per_sample > 0
+            assert (
+                0
+                < memory.checkpoint_activation_bytes_per_sample
+                <= (memory.activation_bytes_per_sample)
+            )
+            assert memory.origin == "fitted"  # slope over micro-batches 1 and 2
+    block = profile.layer_type("gpt_block")
+    assert block is not None
+    for memory in block.memory:
+        assert memory.checkpoint_activation_bytes_per_sample < memory.activation_bytes_per_sample
+    whole = next(m for m in block.memory if m.tp == 1)
+    # Checkpointed, a block keeps its output: seq x hidden fp32 values per sample.
+    assert whole.checkpoint_activation_bytes_per_sample == SEQ * 64 * FP32
+    # The description's estimate of what a block saves is within 5% of the measurement.
+    estimate = describe_model("gpt-tiny", seq_len=SEQ).blocks[0].activation_bytes_per_sample
+    assert whole.activation_bytes_per_sample == pytest.approx(estimate, rel=0.05)
+
+
+def test_two_runs_agree_within_their_spread(
+    gpt_runs: tuple[ModelProfile, ModelProfile],
+) -> None:
+    """Memory is counted exactly, so it repeats to the byte. Times on this shared CPU do not:
+    an entry agrees when the runs differ by at most twice the larger recorded spread (IQR over
+    median) plus a 30% margin of the larger time; three quarters of the entries must."""
+    first, second = gpt_runs
+    agreeing, total = 0, 0
+    for a_type, b_type in zip(first.layer_types, second.layer_types, strict=True):
+        assert a_type.memory == b_type.memory
+        for a, b in zip(a_type.timings, b_type.timings, strict=True):
+            assert (a.tp, a.sp, a.micro_batch) == (b.tp, b.sp, b.micro_batch)
+            for x, y in ((a.forward_s, b.forward_s), (a.backward_s, b.backward_s)):
+                allowed = (2 * max(a.spread, b.spread) + 0.3) * max(x, y)
+                agreeing += abs(x - y) <= allowed
+                total += 1
+    assert agreeing >= 0.75 * total, f"{agreeing}/{total} times agree"
+
+
+def test_summary_table_and_progress_are_printed(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out = tmp_path / "model.json"
+    argv = _profile(out, "--repeats", "1", "--warmup", "0")
+    argv[argv.index("--batch-sizes") + 1 : argv.index("--tp")] = ["1"]
+    assert main(argv) == 0
+    captured = capsys.readouterr()
+    assert "gpt_block" in captured.out and "act/sample" in captured.out
+    assert (
+        "[1/8] gpt_embedding tp 1 none mb 1: fwd" in captured.err and f"wrote {out}" in captured.err
+    )
+
+
+def test_unknown_model_is_one_line_and_writes_nothing(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out = tmp_path / "model.json"
+    assert main(_profile(out, model="gpt-nonexistent")) == 2
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert len(lines) == 1 and "unknown model 'gpt-nonexistent'" in lines[0]
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_batch_over_the_memory_limit_is_one_line_and_keeps_what_was_measured(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # The embedding (about 0.7 MB with its optimizer states) fits; a block (about 1 MB) not.
+    out = tmp_path / "model.json"
+    assert main(_profile(out, "--memory-limit", "900k", "--repeats", "2")) == 2
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert lines[-1].startswith("partita profile: error: gpt_block tp 1 none micro-batch 1")
+    assert "--memory-limit 900000 bytes" in lines[-1]
+    partial = out.with_name("model.json.partial")
+    assert f"kept in {partial}" in lines[-1]
+    assert not out.exists()
+    kept = load(partial, ModelProfile)
+    assert [lt.layer_type for lt in kept.layer_types] == ["gpt_embedding"]
+    assert len(kept.layer_types[0].timings) == 2 * len(BATCHES)
+
+
+@pytest.mark.parametrize(
+    ("argument", "value", "message"),
+    [
+        ("--batch-sizes", "0", "--batch-sizes: must be >= 1"),
+        ("--memory-limit", "lots", "--memory-limit: expected bytes"),
+        ("--seq", "0", "--seq: must be >= 1"),
+    ],
+)
+def test_bad_arguments_are_one_line(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], argument: str, value: str, message: str
+) -> None:
+    argv = _profile(tmp_path / "model.json")
+    if argument in argv:
+        position = argv.index(argument) + 1
+        argv[position] = value
+        if argument == "--batch-sizes":
+            del argv[position + 1]
+    else:
+        argv += [argument, value]
+    assert main(argv) == 2
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert len(lines) == 1 and message in lines[0]
+
+
+def test_a_second_family_llama(tmp_path: Path) -> None:
+    out = tmp_path / "llama.json"
+    argv = _profile(out, "--repeats", "2", "--quiet", model="llama-tiny")
+    argv[argv.index("--batch-sizes") + 1 : argv.index("--tp")] = ["1"]
+    assert main(argv) == 0
+    profile = load(out, ModelProfile)
+    description = describe_model("llama-tiny", seq_len=SEQ)
+    assert {lt.layer_type for lt in profile.layer_types} == {
+        layer.layer_type for layer in description.layers
+    }
+    for layer in description.layers:
+        entry = profile.layer_type(layer.layer_type)
+        assert entry is not None
+        whole = next(m for m in entry.memory if m.tp == 1)
+        assert whole.param_bytes == layer.params * FP32
+        assert whole.origin == "measured_tp_groups"  # one micro-batch size: nothing fitted
+    document = json.loads(out.read_text())
+    assert document["tools"]["memory"].startswith("cpu-profiler-allocation-events")
+
+
+def test_world2_gloo_real_tensor_parallel_groups(tmp_path: Path) -> None:
+    """--nproc 2: two torchrun ranks on gloo; timings include the collectives."""
+    out = tmp_path / "ranks.json"
+    argv = _profile(out, "--nproc", "2", "--repeats", "2", "--warmup", "1", "--quiet")
+    argv[argv.index("--batch-sizes") + 1 : argv.index("--tp")] = ["1"]
+    assert main(argv) == 0
+    profile = load(out, ModelProfile)
+    block = profile.layer_type("gpt_block")
+    assert block is not None
+    assert {(t.tp, t.sp) for t in block.timings} == {
+        (1, "none"),
+        (2, "none"),
+        (2, "megatron"),
+        (2, "ulysses"),
+    }
+    assert all(t.origin == "measured_tp_groups" for lt in profile.layer_types for t in lt.timings)
+    assert "2 torchrun ranks" in profile.tools["timing"]
+    # Memory comes from the one-process shards (CPU). With one micro-batch size nothing is
+    # fitted: a checkpointed block keeps its output and the CPU RNG state checkpoint saves.
+    whole = next(m for m in block.memory if (m.tp, m.sp) == (1, "none"))
+    rng_state = torch.get_rng_state().numel()
+    assert whole.checkpoint_activation_bytes_per_sample == SEQ * 64 * FP32 + rng_state
+
+
+def test_a_degree_above_nproc_is_one_line(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    argv = _profile(tmp_path / "model.json", "--nproc", "2")
+    argv[argv.index("--tp") + 2] = "4"
+    assert main(argv) == 2
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert len(lines) == 1 and "--tp 4 needs 4 ranks; --nproc is 2" in lines[0]
