@@ -79,6 +79,12 @@ def run_case(case: dict, groups: ParallelGroups) -> dict:
     if case.get("sabotage") == "skip_partial_gradient_sum":
         # Proves the comparison can fail: sequence-parallel norms keep partial gradients.
         trainer._sum_partial_gradients = lambda: None  # type: ignore[method-assign]
+    return train_and_compare(case, trainer, settings)
+
+
+def train_and_compare(case: dict, trainer: Trainer, settings: TrainSettings) -> dict:
+    """Train, then (on rank 0) compare every step's loss and the final parameters with the
+    one-process reference; other ranks return an empty dict."""
     result = trainer.run(torch.device("cpu"))
     params = trainer.full_parameters()
     if dist.get_rank() != 0:

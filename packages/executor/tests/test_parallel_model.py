@@ -18,14 +18,15 @@ def _setup(sp: str, tp: int = 2) -> LayerSetup:
     return LayerSetup("stages.0.blocks.0", tp, sp, "ddp", False, None)  # type: ignore[arg-type]
 
 
-def test_swin_refuses_ulysses_with_the_reason() -> None:
-    with pytest.raises(ValueError, match="windows cut from the whole cyclically shifted"):
-        _check_sequence_parallel("swin", [_setup("ulysses")])
+def test_a_family_without_sequence_parallelism_is_refused_by_layer() -> None:
+    with pytest.raises(ValueError, match=r"layer stages\.0\.blocks\.0: ulysses .* not supported"):
+        _check_sequence_parallel("unknown", [_setup("ulysses")])
 
 
-@pytest.mark.parametrize("family", ["t5", "swin"])
-def test_megatron_sequence_parallel_is_accepted(family: str) -> None:
-    _check_sequence_parallel(family, [_setup("megatron")])
+@pytest.mark.parametrize("family", ["gpt", "llama", "bert", "vit", "t5", "swin"])
+@pytest.mark.parametrize("sp", ["megatron", "ulysses"])
+def test_every_family_runs_both_sequence_parallel_modes(family: str, sp: str) -> None:
+    _check_sequence_parallel(family, [_setup(sp)])
 
 
 def test_t5_bridge_follows_the_vocabulary_strategy() -> None:

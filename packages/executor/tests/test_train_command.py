@@ -78,6 +78,30 @@ def test_train_writes_a_run_report(tmp_path: Path) -> None:
     assert (run / "plan.json").is_file()
 
 
+def test_a_pipelined_plan_trains_on_a_text_file(tmp_path: Path) -> None:
+    from partita.models.text_data import sample_text_path
+
+    plan = save(
+        Plan(
+            world_size=2,
+            mesh_axis_order=("pp", "dp", "tp"),
+            global_batch_size=4,
+            num_micro_batches=2,
+            pipeline=PipelineConfig(degree=2, schedule="1f1b", stage_num_layers=(2, 2)),
+            layers=tuple(LayerStrategy() for _ in range(4)),
+        ),
+        tmp_path / "plan.json",
+    )
+    run = tmp_path / "run"
+    command = [_partita(), "train", "--plan", str(plan), "--model", "gpt-tiny", "--steps", "3"]
+    command += ["--data", str(sample_text_path()), "--run-dir", str(run)]
+    done = subprocess.run(command, capture_output=True, text=True, timeout=300, check=False)
+    assert done.returncode == 0, done.stderr[-3000:]
+    report = load(run / "run_report.json", RunReport)
+    assert report.status == "completed" and [s.step for s in report.steps] == [0, 1, 2]
+    assert sorted(m.rank for m in report.peak_memory) == [0, 1]
+
+
 def test_plan_for_another_world_size_is_refused_before_launch(tmp_path: Path) -> None:
     plan = _plan(tmp_path / "plan.json", world=4, strategy=LayerStrategy())
     done = subprocess.run(

@@ -11,6 +11,7 @@ from transformers import SwinConfig
 
 from partita.models.api import build_model, describe_model
 from partita.models.families import swin
+from partita.models.heads import merge_heads, split_heads
 
 EXACT = {"rtol": 1e-6, "atol": 1e-6}
 TINY = {k: v for k, v in swin.PRESETS["swin-tiny"].items() if k != "model_type"}
@@ -95,16 +96,24 @@ def test_description_sizes_are_those_of_each_stage() -> None:
     assert sum(layer.layer_type == "swin_patch_merging" for layer in description.layers) == 3
 
 
-def test_splitting_heads_and_their_position_table_gives_the_same_attention() -> None:
-    """Tensor parallelism as the layout describes it: q/k/v and the table split by heads."""
-    model = build_model("swin-tiny", seed=0)
+def _tiny_attention(**overrides: object) -> swin.WindowAttention:
+    model = build_model({"model_type": "swin", **TINY, **overrides}, seed=0)
     block = next(layer for layer in model.layers if isinstance(layer, swin.SwinBlock))
+    if block.shift == 0:
+        block = model.layers[2]  # the shifted block
     attention = block.attention
     with torch.no_grad():
         attention.relative_position_bias_table.normal_()
-    windows = torch.randn(2 * 16, 16, attention.q_proj.in_features)  # 2 images of 16 windows
-    mask = swin.shift_mask(16, 16, 4, 2, windows)
-    full = attention(windows, mask)
+        for proj in (attention.q_proj, attention.k_proj, attention.v_proj):
+            proj.bias.normal_()
+    return attention
+
+
+def test_splitting_heads_and_their_position_table_gives_the_same_attention() -> None:
+    """Tensor parallelism as the layout describes it: q/k/v and the table split by heads."""
+    attention = _tiny_attention()
+    x = torch.randn(2, 256, attention.q_proj.in_features)  # 2 images of a 16x16 map
+    full = attention(x)
     half = attention.q_proj.out_features // 2
     total = torch.zeros_like(full)
     for rank in range(2):
@@ -121,8 +130,53 @@ def test_splitting_heads_and_their_position_table_gives_the_same_attention() -> 
                 shard.o_proj.bias.zero_()
             table = shard.relative_position_bias_table
             shard.relative_position_bias_table = torch.nn.Parameter(table[:, heads])
-        total = total + shard(windows, mask)
+        total = total + shard(x)
     torch.testing.assert_close(total, full, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("image_size", [32, 28])  # 16x16 map, and 14x14 padded to 16x16
+def test_projecting_bands_then_windows_per_head_gives_the_same_attention(image_size: int) -> None:
+    """Ulysses as the layout describes it, in one process: q/k/v projected on bands of the
+    map, regrouped into the whole map of each half of the heads, windowed attention with
+    those heads of the position bias and padding values, output projected on the bands."""
+    attention = _tiny_attention(image_size=image_size)
+    stage, hd = attention.windows.stage, attention.head_dim
+    x = torch.randn(2, stage.tokens, attention.q_proj.in_features)
+    full = attention(x)
+    bands = x.chunk(2, dim=1)
+    projected = [
+        [split_heads(p(band), hd) for p in (attention.q_proj, attention.k_proj, attention.v_proj)]
+        for band in bands
+    ]
+    pads = [attention._projected_zero(p) for p in (attention.k_proj, attention.v_proj)]
+    bias = attention.position_bias()
+    outs = []
+    for heads in (slice(0, 1), slice(1, 2)):  # rank r gets head r of the whole map
+        q, k, v = (torch.cat([band[i][:, heads] for band in projected], dim=2) for i in range(3))
+        outs.append(
+            attention.windows(
+                q,
+                k,
+                v,
+                position_bias=bias[:, heads],
+                pad_k=pads[0][:, heads],
+                pad_v=pads[1][:, heads],
+            )
+        )
+    out_bhsd = torch.cat(outs, dim=1)
+    pieces = [attention.o_proj(merge_heads(band)) for band in out_bhsd.chunk(2, dim=2)]
+    torch.testing.assert_close(torch.cat(pieces, dim=1), full, rtol=1e-6, atol=1e-6)
+
+
+def test_ulysses_exchange_names_the_parameter_free_windows() -> None:
+    config = _config()
+    model = swin.build(config)
+    layouts = swin.tp_layouts(config)
+    for layer_type, layer in zip(model.layer_types, model.layers, strict=True):
+        for path in layouts[layer_type].ulysses_exchange:
+            windows = layer.get_submodule(path)
+            assert isinstance(windows, swin.ShiftedWindows), (layer_type, path)
+            assert not list(windows.parameters())
 
 
 @pytest.mark.parametrize(

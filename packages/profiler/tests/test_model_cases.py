@@ -9,10 +9,12 @@ from partita.profiler.model_cases import Config, layer_cases
 from partita.profiler.model_command import parse_bytes
 from partita.profiler.model_run import per_sample
 
+ALL_MODES = ("megatron", "ulysses")
+
 
 def test_one_case_per_layer_type_with_the_plan_checks_configurations() -> None:
     description = describe_model("gpt-tiny", seq_len=30)  # 4 heads; 30 is not divisible by 4
-    cases = layer_cases(description, tp_degrees=(1, 2, 4, 8), sequence_parallel=True)
+    cases = layer_cases(description, tp_degrees=(1, 2, 4, 8), sp_modes=ALL_MODES)
     assert [(c.index, c.layer_type) for c in cases] == [
         (0, "gpt_embedding"),
         (1, "gpt_block"),
@@ -29,13 +31,40 @@ def test_one_case_per_layer_type_with_the_plan_checks_configurations() -> None:
 
 def test_without_sequence_parallelism_blocks_get_sp_none_only() -> None:
     description = describe_model("gpt-tiny", seq_len=32)
-    cases = layer_cases(description, tp_degrees=(1, 2), sequence_parallel=False)
+    cases = layer_cases(description, tp_degrees=(1, 2), sp_modes=())
     assert cases[1].configs == (Config(1, "none"), Config(2, "none"))
+
+
+def test_only_the_families_modes_and_a_vocabulary_block_at_vocab_degrees_sp_none() -> None:
+    description = describe_model("t5-tiny", seq_len=32)
+    cases = {
+        c.layer_type: c
+        for c in layer_cases(description, tp_degrees=(1, 2, 4), sp_modes=("megatron",))
+    }
+    assert cases["t5_encoder_block"].configs == (
+        Config(1, "none"),
+        Config(2, "none"),
+        Config(2, "megatron"),
+        Config(4, "none"),
+        Config(4, "megatron"),
+    )
+    # T5's decoder embedding shares the vocabulary table: the embedding's degrees, sp none.
+    bridge = cases["t5_decoder_embedding"]
+    assert bridge.layer.vocab_parallel
+    assert (
+        bridge.configs
+        == cases["t5_embedding"].configs
+        == (
+            Config(1, "none"),
+            Config(2, "none"),
+            Config(4, "none"),
+        )
+    )
 
 
 def test_a_layer_type_at_several_sequence_lengths_is_a_case_each() -> None:
     description = describe_model("swin-tiny")
-    cases = layer_cases(description, tp_degrees=(1,), sequence_parallel=False)
+    cases = layer_cases(description, tp_degrees=(1,), sp_modes=())
     keys = [(c.layer_type, c.layer.seq_len) for c in cases]
     assert len(keys) == len(set(keys))
     assert {layer.layer_type for layer in description.layers} == {c.layer_type for c in cases}

@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from partita.executor.parallel_model import SEQUENCE_PARALLEL_MODES
 from partita.formats import ModelProfile, load
 from partita.formats.cli import main
 from partita.models.api import build_model, describe_model
@@ -54,7 +55,7 @@ def test_every_layer_type_has_timings_for_each_configuration_and_micro_batch(
 ) -> None:
     profile = gpt_runs[0]
     description = describe_model("gpt-tiny", seq_len=SEQ)
-    cases = layer_cases(description, tp_degrees=(1, 2), sequence_parallel=True)
+    cases = layer_cases(description, tp_degrees=(1, 2), sp_modes=("megatron", "ulysses"))
     assert [lt.layer_type for lt in profile.layer_types] == [c.layer_type for c in cases]
     assert (profile.model, profile.dtype, profile.origin) == ("gpt-tiny", "fp32", "measured")
     for case in cases:
@@ -282,3 +283,89 @@ def test_a_degree_above_nproc_is_one_line(
     assert main(argv) == 2
     lines = capsys.readouterr().err.strip().splitlines()
     assert len(lines) == 1 and "--tp 4 needs 4 ranks; --nproc is 2" in lines[0]
+
+
+def _quick(tmp_path: Path, model: str, *extra: str) -> ModelProfile:
+    out = tmp_path / f"{model}.json"
+    argv = _profile(out, "--repeats", "1", "--warmup", "0", "--quiet", *extra, model=model)
+    if model.startswith("swin"):  # the image fixes the sequence (256 patches)
+        del argv[argv.index("--seq") : argv.index("--seq") + 2]
+    assert main(argv) == 0
+    return load(out, ModelProfile)
+
+
+def _check_sequence_parallel_entries(profile: ModelProfile, model: str, seq: int | None) -> None:
+    """Blocks: tp 1, tp 2 none and the family's modes (the executor's, read now); parameter
+    bytes exact at tp 1; sequence-parallel activations per sample below tp 1's."""
+    description = describe_model(model, seq_len=seq)
+    modes = SEQUENCE_PARALLEL_MODES[profile.model.split("-")[0]]
+    model_layers = build_model(model, seed=0)
+    tied_copies = {name for tied in model_layers.tied for name in tied.names[1:]}
+    for index, layer in enumerate(description.layers):
+        entry = profile.layer_type(layer.layer_type)
+        assert entry is not None
+        memory = {(m.tp, m.sp): m for m in entry.memory if m.seq_len == layer.seq_len}
+        real = sum(
+            p.numel()
+            for n, p in model_layers.layers[index].named_parameters(prefix=f"layers.{index}")
+            if n not in tied_copies
+        )
+        assert memory[(1, "none")].param_bytes == real * FP32 == layer.params * FP32
+        if layer.kind != "block" or layer.vocab_parallel:
+            assert set(memory) == {(1, "none"), (2, "none")}
+            continue
+        assert set(memory) == {(1, "none"), (2, "none"), *((2, sp) for sp in modes)}
+        whole = memory[(1, "none")].activation_bytes_per_sample
+        for sp in modes:
+            assert 0 < memory[(2, sp)].activation_bytes_per_sample < whole
+        assert {(t.tp, t.sp) for t in entry.timings if t.seq_len == layer.seq_len} == set(memory)
+
+
+def test_t5_blocks_under_sequence_parallelism_and_its_bridge_at_sp_none(tmp_path: Path) -> None:
+    profile = _quick(tmp_path, "t5-tiny")
+    _check_sequence_parallel_entries(profile, "t5-tiny", SEQ)
+    block = profile.layer_type("t5_decoder_block")
+    assert block is not None
+    assert {m.sp for m in block.memory} == {"none", "megatron", "ulysses"}
+    bridge = profile.layer_type("t5_decoder_embedding")
+    assert bridge is not None and {m.sp for m in bridge.memory} == {"none"}
+    # Megatron splits the weights as tp 2 sp none does; Ulysses keeps them whole.
+    by_config = {(m.tp, m.sp): m.param_bytes for m in block.memory}
+    assert by_config[(2, "megatron")] == by_config[(2, "none")] < by_config[(1, "none")]
+    assert by_config[(2, "ulysses")] == by_config[(1, "none")]
+
+
+def test_swin_blocks_and_patch_merging_under_sequence_parallelism(
+    tmp_path: Path,
+) -> None:
+    profile = _quick(tmp_path, "swin-tiny")
+    _check_sequence_parallel_entries(profile, "swin-tiny", None)
+    merging = profile.layer_type("swin_patch_merging")
+    assert merging is not None
+    # A band of rows merges on its own: half the map, half the bytes.
+    by_config = {(m.tp, m.sp, m.seq_len): m for m in merging.memory}
+    for seq in (256, 64):
+        whole, band = by_config[(1, "none", seq)], by_config[(2, "megatron", seq)]
+        assert band.activation_bytes_per_sample == pytest.approx(
+            whole.activation_bytes_per_sample / 2, rel=0.05
+        )
+    assert "refused" not in profile.tools
+
+
+def test_a_configuration_the_executor_refuses_is_left_out_and_named(tmp_path: Path) -> None:
+    """Swin-tiny's stage-1 map has 8 rows: 8 ranks would get one row each, which patch merging
+    refuses; the stage-2 blocks after it are measured as if a plan kept it whole."""
+    out = tmp_path / "swin.json"
+    argv = _profile(out, "--repeats", "1", "--warmup", "0", "--quiet", model="swin-tiny")
+    del argv[argv.index("--seq") : argv.index("--seq") + 2]
+    argv[argv.index("--batch-sizes") + 1 : argv.index("--tp")] = ["1"]
+    argv[argv.index("--tp") + 1 : argv.index("--out")] = ["8"]
+    assert main(argv) == 0
+    profile = load(out, ModelProfile)
+    merging = profile.layer_type("swin_patch_merging")
+    assert merging is not None
+    assert (8, "megatron", 64) not in {(m.tp, m.sp, m.seq_len) for m in merging.memory}
+    assert (8, "megatron", 256) in {(m.tp, m.sp, m.seq_len) for m in merging.memory}
+    assert "swin_patch_merging tp 8 megatron" in profile.tools["refused"]
+    stage2 = profile.layer_type("swin_block_stage2")
+    assert stage2 is not None and (8, "megatron") in {(m.tp, m.sp) for m in stage2.memory}

@@ -36,20 +36,10 @@ SEQUENCE_PARALLEL_MODES = {
     "bert": ("megatron", "ulysses"),
     "vit": ("megatron", "ulysses"),
     "t5": ("megatron", "ulysses"),
-    "swin": ("megatron",),
+    "swin": ("megatron", "ulysses"),
 }
-# Families whose every block runs every mode as the plan gives it (T5's bridge follows
-# ``plan.vocab`` instead; Swin has no Ulysses): what a layer-by-layer measurement can follow.
-SEQUENCE_PARALLEL_FAMILIES = ("gpt", "llama", "bert", "vit")
 # Why a family does not run a mode.
-UNSUPPORTED_SEQUENCE_PARALLEL = {
-    ("swin", "ulysses"): (
-        "Ulysses trades sequence for heads inside the attention core, but Swin's core sees "
-        "windows cut from the whole cyclically shifted feature map (batch x windows as its "
-        "batch), not the sequence; use Megatron sequence parallelism (sp='megatron'), which "
-        "gathers the map around the windowed attention"
-    ),
-}
+UNSUPPORTED_SEQUENCE_PARALLEL: dict[tuple[str, str], str] = {}
 # Per-token activations each sequence-parallel mode keeps split between layers. T5's
 # ``encoder_hidden`` (what cross-attention reads) is split along the encoder sequence: the
 # cross-attention's key and value projections gather it (Megatron) or the Ulysses all-to-all
@@ -138,8 +128,8 @@ class ParallelModel(nn.Module):
         for index, setup in enumerate(self.setups):
             if setup.sp == "none" or setup.tp == 1:
                 continue
-            for name, param in self.layers[index].named_parameters(prefix=f"layers.{index}"):
-                if name not in self.shard_dims and id(param) not in self.record.complete:
+            for name, _ in self.layers[index].named_parameters(prefix=f"layers.{index}"):
+                if name not in self.shard_dims:
                     found[name] = setup.groups.tp
         return found
 

@@ -8,16 +8,14 @@ autograd pair from :mod:`partita.executor.comm`, with the layer's group passed e
   row-parallel outputs all-reduced. Layer inputs and outputs are whole.
 - ``sp="megatron"``: the layer's input and output are split along the sequence; column-
   parallel inputs are all-gathered along the sequence, row-parallel outputs reduce-scattered.
-  A ``whole_sequence`` stretch of the layout (Swin's shifted windows) gets its input
-  all-gathered and its output split again; the projections inside it communicate as with
-  ``sp="none"``.
 - ``sp="ulysses"``: weights stay whole; the sequence is split; the attention core is wrapped
-  to trade sequence for heads with all-to-alls around it.
+  to trade sequence for heads with all-to-alls around it, or, where the layout names
+  ``ulysses_exchange`` modules (Swin's shifted windows, which need the whole feature map), those
+  modules are wrapped instead (:class:`UlyssesExchange`).
 
 Under sequence parallelism every parameter that stays whole sees only part of the sequence,
 so its gradient is a partial sum: ``ParallelModel.partial_gradient_params`` lists them for
-the trainer to all-reduce over the group after backward. Whole parameters inside a
-``whole_sequence`` stretch see the whole sequence: ``ShardRecord.complete`` names them.
+the trainer to all-reduce over the group after backward.
 """
 
 from __future__ import annotations
@@ -32,7 +30,7 @@ from torch import nn
 
 from partita.executor import comm
 from partita.models.attention import set_attention_core
-from partita.models.tp_layout import TPLayout, WholeSequence
+from partita.models.tp_layout import TPLayout
 
 
 class ColumnParallelLinear(nn.Module):
@@ -92,31 +90,6 @@ class VocabParallelEmbedding(nn.Module):
         return comm.reduce_from_region(rows, self.group)
 
 
-class GatheredInput(nn.Module):
-    """Runs ``inner`` on the whole sequence: its first input (``[batch, seq shard, ...]``) is
-    all-gathered along dim 1. The gradient keeps this rank's chunk without a reduction: the
-    tensor-parallel projections after it all-reduce their input gradients already."""
-
-    def __init__(self, inner: nn.Module, *, group: dist.ProcessGroup) -> None:
-        super().__init__()
-        self.inner, self.group = inner, group
-
-    def forward(self, x: torch.Tensor, *args: object) -> object:
-        return self.inner(comm.all_gather_sequence_no_reduce(x, self.group, dim=1), *args)
-
-
-class SplitOutput(nn.Module):
-    """Runs ``inner`` and keeps this rank's sequence shard of its output (dim 1); the gradient
-    is all-gathered (every rank's shard of it)."""
-
-    def __init__(self, inner: nn.Module, *, group: dist.ProcessGroup) -> None:
-        super().__init__()
-        self.inner, self.group = inner, group
-
-    def forward(self, *args: object) -> torch.Tensor:
-        return comm.split_sequence(self.inner(*args), self.group, dim=1)
-
-
 def _chunk(tensor: torch.Tensor, dim: int, group: dist.ProcessGroup) -> torch.Tensor:
     size, rank = dist.get_world_size(group), dist.get_rank(group)
     if tensor.shape[dim] % size:
@@ -133,9 +106,6 @@ class ShardRecord:
 
     shards: dict[int, nn.Parameter] = field(default_factory=dict)  # id(original) -> shard
     dims: dict[int, tuple[int, dist.ProcessGroup]] = field(default_factory=dict)  # id(shard)
-    # ids of whole parameters of sequence-parallel layers that see the whole sequence anyway
-    # (inside a ``whole_sequence`` stretch): their gradients are complete on every rank.
-    complete: set[int] = field(default_factory=set)
 
     def add(
         self, original: nn.Parameter, shard: nn.Parameter, dim: int, group: dist.ProcessGroup
@@ -156,25 +126,15 @@ def apply_tensor_parallel(
     weights (an embedding and a head) stay one parameter."""
     size = dist.get_world_size(group)
     if sp == "ulysses":
-        set_attention_core(layer, comm.ulysses_attention(_current_core(layer), group))
+        _apply_ulysses(layer, layout, group=group)
         return
     if size == 1:
         return
-    regions = layout.whole_sequence if sp == "megatron" else ()
-    inside = tuple(path for region in regions for path in region.inside)
     for path in layout.colwise:
-        mode = "none" if _under(path, inside) else sp
-        _replace(
-            layer,
-            path,
-            lambda m, mode=mode: ColumnParallelLinear(m, group=group, sp=mode, gather=False),
-            group,
-            record,
-        )
+        make_column = lambda m: ColumnParallelLinear(m, group=group, sp=sp, gather=False)  # noqa: E731
+        _replace(layer, path, make_column, group, record)
     for path in layout.rowwise:
-        mode = "none" if _under(path, inside) else sp
-        make_row = lambda m, mode=mode: RowParallelLinear(m, group=group, sp=mode)  # noqa: E731
-        _replace(layer, path, make_row, group, record)
+        _replace(layer, path, lambda m: RowParallelLinear(m, group=group, sp=sp), group, record)
     for path in layout.vocab_embedding:
         _replace(layer, path, lambda m: VocabParallelEmbedding(m, group=group), group, record)
     for path in layout.vocab_head:
@@ -188,25 +148,56 @@ def apply_tensor_parallel(
             dim = full.dim() - 1
             record.add(full, nn.Parameter(_chunk(full, dim, group)), dim, group)
         setattr(owner, name, record.shards[id(full)])
-    for region in regions:
-        _wrap_whole_sequence(layer, region, group=group, record=record)
 
 
-def _under(path: str, prefixes: tuple[str, ...]) -> bool:
-    return any(path == p or path.startswith(p + ".") for p in prefixes)
-
-
-def _wrap_whole_sequence(
-    layer: nn.Module, region: WholeSequence, *, group: dist.ProcessGroup, record: ShardRecord
-) -> None:
-    for path, wrapper in ((region.enter, GatheredInput), (region.leave, SplitOutput)):
+def _apply_ulysses(layer: nn.Module, layout: TPLayout, *, group: dist.ProcessGroup) -> None:
+    if not layout.ulysses_exchange:
+        set_attention_core(layer, comm.ulysses_attention(_current_core(layer), group))
+        return
+    for path in layout.ulysses_exchange:
         parent_path, _, name = path.rpartition(".")
         parent = layer.get_submodule(parent_path) if parent_path else layer
-        setattr(parent, name, wrapper(getattr(parent, name), group=group))
-    for path in region.inside:
-        for param in layer.get_submodule(path).parameters():
-            if id(param) not in record.dims:
-                record.complete.add(id(param))
+        setattr(parent, name, UlyssesExchange(getattr(parent, name), group=group))
+
+
+class UlyssesExchange(nn.Module):
+    """Runs ``inner``, an attention over q, k, v ``[b, h, s, d]`` of the whole sequence, on
+    sequence-split q, k, v ``[b, h, s/P, d]``: they are exchanged for this rank's heads of the
+    whole sequence (``seq_to_heads``) and the output goes back (``heads_to_seq``).
+
+    Keyword tensors (or None) index heads in dim 1 and are cut to this rank's heads (a single
+    head there applies to all and passes whole). What they derive from (Swin's position table,
+    the key and value biases) stays whole and gets only this rank's heads' share of the
+    gradient: a partial gradient, summed over the group like those of the projections.
+    """
+
+    def __init__(self, inner: nn.Module, *, group: dist.ProcessGroup) -> None:
+        super().__init__()
+        self.inner, self.group = inner, group
+
+    def forward(
+        self,
+        q_bhsd: torch.Tensor,
+        k_bhsd: torch.Tensor,
+        v_bhsd: torch.Tensor,
+        **per_head: torch.Tensor | None,
+    ) -> torch.Tensor:
+        q, k, v = (comm.seq_to_heads(t, self.group) for t in (q_bhsd, k_bhsd, v_bhsd))
+        local = {name: _local_heads(t, self.group) for name, t in per_head.items()}
+        return comm.heads_to_seq(self.inner(q, k, v, **local), self.group)
+
+
+def _local_heads(x: torch.Tensor | None, group: dist.ProcessGroup) -> torch.Tensor | None:
+    """This rank's heads (dim 1) of ``x``; autograd's chunk, so the gradient stays local."""
+    if x is None or x.shape[1] == 1:
+        return x
+    size, rank = dist.get_world_size(group), dist.get_rank(group)
+    if x.shape[1] % size:
+        raise ValueError(
+            f"Ulysses degree {size} does not divide the {x.shape[1]} heads of a "
+            f"{tuple(x.shape)} per-head tensor"
+        )
+    return x.chunk(size, dim=1)[rank]
 
 
 def _replace(

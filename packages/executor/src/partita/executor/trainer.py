@@ -55,23 +55,41 @@ class TrainResult:
     unit: str = "tokens"
 
 
-def check_supported(plan: Plan) -> None:
-    """What this executor runs today: one pipeline stage and one strategy for every block."""
-    if plan.pipeline.degree != 1:
-        raise ValueError("pipeline.degree: pipeline parallelism is not supported yet (use 1)")
+def is_uniform(plan: Plan) -> bool:
+    """One pipeline stage, one micro-batch and one strategy for every block (the embedding and
+    head with the blocks' data parallelism and their tp or none): the whole-model path
+    (:class:`Trainer`). Several micro-batches on one stage accumulate gradients under the
+    schedule like a pipeline's (``PipelineTrainer``)."""
     first = plan.layers[0]
-    for index, layer in enumerate(plan.layers):
-        if layer != first:
-            raise ValueError(
-                f"layers[{index}]: layer-wise strategies are not supported yet; give every "
-                "layer the same tp, sp, dp and ckpt"
-            )
-    if plan.vocab.tp not in (1, first.tp):
-        raise ValueError(f"vocab.tp: must be 1 or the layers' tp {first.tp}")
-    if plan.vocab.dp != first.dp:
-        raise ValueError(f"vocab.dp: must equal the layers' data-parallel mode {first.dp!r}")
+    return (
+        plan.pipeline.degree == 1
+        and plan.num_micro_batches == 1
+        and all(layer == first for layer in plan.layers)
+        and plan.vocab.tp in (1, first.tp)
+        and plan.vocab.dp == first.dp
+    )
+
+
+def check_supported(plan: Plan) -> None:
+    """Refuse what this executor does not run, naming the plan field."""
     if plan.vocab.sp:
         raise ValueError("vocab.sp: a sequence-parallel embedding and head are not supported yet")
+    if not is_uniform(plan):
+        from partita.executor.layout import check_nested
+
+        check_nested(plan, {layer.tp for layer in plan.layers} | {plan.vocab.tp})
+
+
+def build_trainer(
+    *, plan: Plan, source: ModelSource, settings: TrainSettings, groups: ParallelGroups
+) -> Trainer:
+    """The whole-model :class:`Trainer` for uniform single-stage plans, else the per-stage,
+    per-layer one (``pipeline_trainer.PipelineTrainer``)."""
+    if is_uniform(plan):
+        return Trainer(plan=plan, source=source, settings=settings, groups=groups)
+    from partita.executor.pipeline_trainer import PipelineTrainer
+
+    return PipelineTrainer(plan=plan, source=source, settings=settings, groups=groups)
 
 
 @dataclass
@@ -83,6 +101,11 @@ class Trainer:
 
     def __post_init__(self) -> None:
         check_supported(self.plan)
+        if not is_uniform(self.plan):
+            raise ValueError(
+                "pipeline.degree/layers: a pipelined or layer-wise plan runs under "
+                "PipelineTrainer (use build_trainer)"
+            )
         self.config = resolve_config(self.source)
         self.family = family_of(self.config)
         model = build_model(self.config, seed=self.settings.seed)
@@ -188,7 +211,7 @@ class Trainer:
             batch = self.global_batch(step)
             self._all_ranks_alive()
             if step == measured:
-                memory = PeakMemory(device, baseline=[self.wrapped, self.optimizer])
+                memory = PeakMemory(device, baseline=self._memory_baseline())
                 with memory:  # the memory window's own bookkeeping stays outside the timing
                     elapsed, loss = self._timed_step(batch)
                 result.peak_memory_bytes = memory.peak_bytes
@@ -201,6 +224,9 @@ class Trainer:
             if on_step is not None:
                 on_step(step, loss, elapsed, result.items_per_step)
         return result
+
+    def _memory_baseline(self) -> list[object]:
+        return [self.wrapped, self.optimizer]
 
     def _timed_step(self, batch: Activations) -> tuple[float, float]:
         start = time.perf_counter()

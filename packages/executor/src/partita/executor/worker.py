@@ -16,7 +16,7 @@ import torch
 import torch.distributed as dist
 
 from partita.executor.groups import ParallelGroups
-from partita.executor.trainer import LostRankError, Trainer, TrainSettings
+from partita.executor.trainer import LostRankError, TrainSettings, build_trainer
 from partita.executor.watchdog import Watchdog
 from partita.formats import Plan, RankMemory, StepRecord, content_hash, load, save
 
@@ -70,7 +70,7 @@ def _train(args: argparse.Namespace, device: torch.device, backend: str) -> int:
         data=args.data,
         rank_timeout=timedelta(seconds=args.timeout),
     )
-    trainer = Trainer(plan=plan, source=args.model, settings=settings, groups=groups)
+    trainer = build_trainer(plan=plan, source=args.model, settings=settings, groups=groups)
     progress = Progress(args.steps, unit=trainer.family.unit, enabled=rank == 0)
     watchdog = Watchdog(rank=rank, world_size=dist.get_world_size(), timeout_s=args.timeout)
 

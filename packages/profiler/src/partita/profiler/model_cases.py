@@ -3,11 +3,14 @@
 A case is the first layer of each ``(layer_type, seq_len)`` in the model description (the
 keys the simulator looks profiles up by), with every tensor-parallel degree and sequence-
 parallel mode the plan checks allow for it: blocks get tp 1 with sp "none" and, for each
-larger degree, every sp mode whose dimensions it divides (formats.md §7.2); the embedding and
-head get the vocab-parallel degrees that divide the vocabulary (or the labels), sp "none".
-The same rules as ``partita.simulator.specsheet.model_profile_from_description``, restated
-here because the profiler does not import the simulator; sequence parallelism is offered
-only for the families the executor runs it for.
+larger degree, sp "none" and every mode the executor runs for the family (``sp_modes``)
+whose dimensions it divides (formats.md §7.2); the embedding, the head and a block that
+shares their vocabulary table (``vocab_parallel``: T5's decoder embedding, which the
+executor and the simulator run under ``plan.vocab``) get the vocab-parallel degrees that
+divide the vocabulary (or the labels), sp "none". The same rules as
+``partita.simulator.specsheet.model_profile_from_description``, restated here because the
+profiler does not import the simulator; the simulator offers every mode, the profiler only
+those the executor can run.
 
 Torch-free, so that the choices can be tested and listed quickly.
 """
@@ -43,7 +46,7 @@ def layer_cases(
     description: ModelDescription,
     *,
     tp_degrees: Sequence[int],
-    sequence_parallel: bool,
+    sp_modes: Sequence[str],
 ) -> list[LayerCase]:
     """One case per ``(layer_type, seq_len)``, in model order."""
     seen: set[tuple[str, int]] = set()
@@ -54,9 +57,7 @@ def layer_cases(
             continue
         seen.add(key)
         configs = tuple(
-            configurations(
-                layer, description, tp_degrees=tp_degrees, sequence_parallel=sequence_parallel
-            )
+            configurations(layer, description, tp_degrees=tp_degrees, sp_modes=sp_modes)
         )
         cases.append(LayerCase(index=index, layer=layer, configs=configs))
     return cases
@@ -67,15 +68,16 @@ def configurations(
     description: ModelDescription,
     *,
     tp_degrees: Sequence[int],
-    sequence_parallel: bool,
+    sp_modes: Sequence[str],
 ) -> list[Config]:
+    """``sp_modes``: the sequence-parallel modes the executor runs for the model's family."""
     degrees = sorted(set(tp_degrees))
-    if layer.kind != "block":
+    if layer.kind != "block" or layer.vocab_parallel:
         outputs = description.vocab_size or description.num_labels
         return [Config(tp, "none") for tp in degrees if outputs % tp == 0]
     found = []
     for tp in degrees:
-        modes = ("none",) if tp == 1 or not sequence_parallel else SP_MODES
+        modes = ("none",) if tp == 1 else ("none", *(m for m in SP_MODES[1:] if m in sp_modes))
         found.extend(Config(tp, sp) for sp in modes if _divides(tp, _split_dims(layer, sp)))
     return found
 

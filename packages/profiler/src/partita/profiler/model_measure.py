@@ -8,9 +8,11 @@ communication (the simulator adds that from the hardware profile: origin
 ``measured_tp1_plus_comm``); memory holds everything a real rank allocates, the buffers the
 collectives fill included. At tp 1 nothing is faked and nothing is left out.
 
-Inputs are what the preceding layers of the whole model produce on a synthetic batch,
-detached (a float input that needed a gradient still gets one, as between pipeline stages)
-and, under sequence parallelism, cut to rank 0's sequence shard as the executor cuts them.
+The layer and its input come from the executor's own ``ParallelModel`` (over copies of the
+layers up to the measured one) for a uniform plan giving every block the measured
+configuration: the input is what ``ParallelModel.forward`` hands the layer on a synthetic
+batch (split or gathered along the sequence by the executor's rules), detached (a float
+input that needed a gradient still gets one, as between pipeline stages).
 """
 
 from __future__ import annotations
@@ -27,15 +29,19 @@ import torch.distributed as dist
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
-from partita.executor import comm
+from partita.executor.groups import LayerGroups
 from partita.executor.memory import PeakMemory
-from partita.executor.parallel_model import SPLIT_KEYS
-from partita.executor.tensor_parallel import ShardRecord, apply_tensor_parallel
+from partita.executor.parallel_model import VOCAB_LAYERS, ParallelModel, layer_setups
+from partita.formats import LayerStrategy, PipelineConfig, Plan, VocabStrategy
 from partita.models.families import family_of
 from partita.models.layered import Activations, LayeredModel
+from partita.models.tp_layout import TPLayout
 from partita.profiler.model_cases import Config
 
 TORCH_DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+TpGroups = dict[int, dist.ProcessGroup]  # tensor-parallel group by size: 1 and the measured tp
 
 
 @contextlib.contextmanager
@@ -61,9 +67,9 @@ class LocalGroups:
         return "measured_tp_groups" if tp == 1 else "measured_tp1_plus_comm"
 
     @contextlib.contextmanager
-    def group(self, tp: int) -> Iterator[dist.ProcessGroup | None]:
+    def group(self, tp: int) -> Iterator[TpGroups | None]:
         with local_group(tp) as group:
-            yield group
+            yield {1: dist.new_group([0]) if tp > 1 else group, tp: group}
 
 
 class RankGroups:
@@ -80,23 +86,135 @@ class RankGroups:
         return "measured_tp_groups"
 
     @contextlib.contextmanager
-    def group(self, tp: int) -> Iterator[dist.ProcessGroup | None]:
+    def group(self, tp: int) -> Iterator[TpGroups | None]:
         if tp > dist.get_world_size():
             raise ValueError(f"tp {tp} needs {tp} ranks, the job has {dist.get_world_size()}")
-        if tp not in self._groups:
-            self._groups[tp] = dist.new_group(list(range(tp)))
-        yield self._groups[tp] if self.rank < tp else None
+        by_size = {size: self._group(size) for size in (1, tp)}
+        yield by_size if self.rank < tp else None
         dist.barrier()
 
+    def _group(self, size: int) -> dist.ProcessGroup:
+        """Ranks 0..size-1; size 1: each rank alone (layers a plan keeps whole)."""
+        if size not in self._groups:
+            if size == 1:
+                singles = [dist.new_group([rank]) for rank in range(dist.get_world_size())]
+                self._groups[1] = singles[self.rank]
+            else:
+                self._groups[size] = dist.new_group(list(range(size)))
+        return self._groups[size]
 
-def shard_layer(
-    model: LayeredModel, index: int, config: Config, group: dist.ProcessGroup
-) -> nn.Module:
-    """A copy of layer ``index`` as rank 0 of a ``config.tp`` group holds it."""
-    layer = copy.deepcopy(model.layers[index])
-    layout = family_of(model.config).tp_layouts(model.config)[model.layer_types[index]]
-    apply_tensor_parallel(layer, layout, group=group, sp=config.sp, record=ShardRecord())
-    return layer
+
+# --- the measured layer and its input, as the executor runs them -----------------------------
+
+
+@dataclass(frozen=True)
+class Placed:
+    """Layers ``0..index`` of a model as one rank of a uniform plan runs them."""
+
+    parallel: ParallelModel
+    index: int
+
+    @property
+    def layer(self) -> nn.Module:
+        return self.parallel.layers[self.index]
+
+
+def place(
+    model: LayeredModel,
+    index: int,
+    config: Config,
+    groups: TpGroups,
+    *,
+    allowed: Callable[[int, Config], bool],
+) -> Placed:
+    """The executor's ``ParallelModel`` over copies of layers ``0..index`` for a plan that gives
+    every block ``config`` where ``allowed`` (the others tp 1, sp "none"), and the embedding
+    and head ``config.tp`` when the measured layer is one of them or shares their vocabulary
+    table (else tp 1). ``layer_setups`` decides each layer's layout (T5's bridge follows
+    ``plan.vocab``), so what reaches layer ``index`` has the shapes and splits a real rank's
+    has (e.g. T5's position bias with this rank's heads, a sequence shard under SP)."""
+    copied = copy.deepcopy(nn.ModuleList(model.layers[: index + 1]))  # keeps ties
+    prefix = LayeredModel(
+        family=model.family,
+        layer_names=model.layer_names[: index + 1],
+        layer_types=model.layer_types[: index + 1],
+        layers=list(copied),
+        loss_fn=model.loss_fn,
+        tied=model.tied,
+        config=model.config,
+    )
+    layouts = family_of(model.config).tp_layouts(model.config)
+    vocab = _holds_vocabulary(model, index, layouts)
+    whole = Config(1, "none")
+    blocks = tuple(
+        LayerStrategy(tp=c.tp, sp=c.sp)  # type: ignore[arg-type]
+        for j in range(index + 1)
+        if model.layer_names[j] not in VOCAB_LAYERS
+        for c in [config if allowed(j, config) else whole]
+    )
+    plan = Plan(
+        world_size=config.tp,
+        mesh_axis_order=("pp", "dp", "tp"),
+        global_batch_size=1,
+        num_micro_batches=1,
+        pipeline=PipelineConfig(degree=1, schedule="1f1b", stage_num_layers=(len(blocks),)),
+        layers=blocks,
+        vocab=VocabStrategy(tp=config.tp if vocab else 1),
+    )
+    setups = layer_setups(prefix, plan, _StubGroups(groups))  # type: ignore[arg-type]
+    return Placed(ParallelModel(prefix, setups), index)
+
+
+def _holds_vocabulary(model: LayeredModel, index: int, layouts: dict[str, TPLayout]) -> bool:
+    layout = layouts[model.layer_types[index]]
+    return model.layer_names[index] in VOCAB_LAYERS or layout.holds_vocabulary
+
+
+@dataclass(frozen=True)
+class _StubGroups:
+    """What ``layer_setups`` asks of the executor's ``ParallelGroups``: a layer's tensor-
+    parallel group (a measurement has no data parallelism, so no data-parallel groups)."""
+
+    by_size: TpGroups
+
+    def for_tp(self, tp: int) -> LayerGroups:
+        return LayerGroups(
+            tp=self.by_size[tp],
+            dp=None,  # type: ignore[arg-type]
+            dp_mesh=None,  # type: ignore[arg-type]
+            tp_size=tp,
+            dp_size=1,
+            tp_rank=0,
+            dp_rank=0,
+        )
+
+
+class _Reached(Exception):
+    """Stops ``ParallelModel.forward`` at the measured layer."""
+
+
+def layer_input(placed: Placed, batch: Activations) -> Activations:
+    """What the measured layer receives in ``ParallelModel.forward`` (split or gathered along
+    the sequence as there), as detached leaves: float ones keep needing a gradient if they
+    did."""
+    seen: list[Activations] = []
+
+    def stop(_module: nn.Module, args: tuple[Activations, ...]) -> None:
+        seen.append(args[0])
+        raise _Reached
+
+    handle = placed.layer.register_forward_pre_hook(stop)
+    try:
+        placed.parallel(batch)
+    except _Reached:
+        pass
+    finally:
+        handle.remove()
+    assert len(seen) == 1, "the measured layer was not reached"
+    return {
+        key: value.detach().requires_grad_(value.requires_grad and value.is_floating_point())
+        for key, value in seen[0].items()
+    }
 
 
 def owned_parameters(model: LayeredModel, index: int, layer: nn.Module) -> list[nn.Parameter]:
@@ -113,74 +231,6 @@ def owned_parameters(model: LayeredModel, index: int, layer: nn.Module) -> list[
 
 def tensor_bytes(tensors: Sequence[torch.Tensor]) -> int:
     return sum(t.numel() * t.element_size() for t in tensors)
-
-
-@dataclass(frozen=True)
-class Step:
-    layer: nn.Module
-    sp: str  # "none", or the sequence-parallel mode whose sequence shard the layer takes
-
-
-def prefix(
-    model: LayeredModel,
-    index: int,
-    config: Config,
-    group: dist.ProcessGroup,
-    *,
-    allowed: Callable[[int, Config], bool],
-) -> list[Step]:
-    """The layers before ``index`` as a plan giving every block ``config`` runs them.
-
-    Blocks that ``allowed`` refuses ``config`` and the embedding stay whole (sp "none"), so
-    what reaches the measured layer has the shapes a real rank sees (e.g. T5's position bias
-    with this rank's heads only).
-    """
-    steps = []
-    for j in range(index):
-        if allowed(j, config):
-            steps.append(Step(shard_layer(model, j, config, group), _mode(config)))
-        else:
-            steps.append(Step(model.layers[j], "none"))
-    return steps
-
-
-def _mode(config: Config) -> str:
-    return config.sp if config.tp > 1 else "none"
-
-
-def layer_input(
-    steps: Sequence[Step], batch: Activations, config: Config, group: dist.ProcessGroup
-) -> Activations:
-    """What the measured layer receives, as detached leaves (float ones keep needing a
-    gradient if they did), split or gathered along the sequence as the executor does."""
-    acts, current = dict(batch), "none"
-    for step in [*steps, None]:
-        wanted = _mode(config) if step is None else step.sp
-        if current != wanted:
-            if current != "none":
-                acts = _resequence(acts, current, group, comm.gather_from_region)
-            if wanted != "none":
-                acts = _resequence(acts, wanted, group, comm.split_sequence)
-            current = wanted
-        if step is not None:
-            acts = step.layer(acts)
-    return {
-        key: value.detach().requires_grad_(value.requires_grad and value.is_floating_point())
-        for key, value in acts.items()
-    }
-
-
-def _resequence(
-    acts: Activations,
-    sp: str,
-    group: dist.ProcessGroup,
-    move: Callable[[torch.Tensor, dist.ProcessGroup, int], torch.Tensor],
-) -> Activations:
-    out = dict(acts)
-    for key in SPLIT_KEYS[sp]:
-        if key in out:
-            out[key] = move(out[key], group, 1)
-    return out
 
 
 # --- running a layer -----------------------------------------------------------------------

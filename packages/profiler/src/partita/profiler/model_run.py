@@ -30,7 +30,7 @@ from pathlib import Path
 
 import torch
 
-from partita.executor.parallel_model import SEQUENCE_PARALLEL_FAMILIES
+from partita.executor.parallel_model import SEQUENCE_PARALLEL_MODES
 from partita.formats import (
     LayerMemory,
     LayerTiming,
@@ -67,6 +67,11 @@ class Settings:
     nproc: int = 1  # > 1: real tensor-parallel groups of torchrun ranks
 
 
+@dataclass(frozen=True)
+class Refused:
+    reason: str
+
+
 @dataclass
 class _Collected:
     """What was measured so far, per layer type, in model order."""
@@ -74,6 +79,7 @@ class _Collected:
     order: list[str] = field(default_factory=list)
     timings: dict[str, list[LayerTiming]] = field(default_factory=dict)
     memory: dict[str, list[LayerMemory]] = field(default_factory=dict)
+    refused: list[str] = field(default_factory=list)  # configurations the executor refused
 
     def add(self, layer_type: str, timings: list[LayerTiming], memory: LayerMemory) -> None:
         if layer_type not in self.timings:
@@ -108,13 +114,12 @@ def profile_model(
     groups = groups or measure.LocalGroups()
     description = describe_model(settings.model, seq_len=settings.seq_len)
     model = _build(settings)
-    sequence_parallel = model.family in SEQUENCE_PARALLEL_FAMILIES
-    cases = layer_cases(
-        description, tp_degrees=settings.tp_degrees, sequence_parallel=sequence_parallel
-    )
+    sp_modes = SEQUENCE_PARALLEL_MODES.get(model.family, ())  # read now: the executor's
+    cases = layer_cases(description, tp_degrees=settings.tp_degrees, sp_modes=sp_modes)
     _check_names(model, description)
     batches = {size: _batch(settings, size) for size in settings.micro_batches}
-    allowed = _allowed(description, settings.tp_degrees, sequence_parallel=sequence_parallel)
+    refused: set[tuple[str, int, Config]] = set()  # (layer type, seq_len, config)
+    allowed = _allowed(description, settings.tp_degrees, sp_modes=sp_modes, refused=refused)
     total = sum(len(case.configs) for case in cases) * len(settings.micro_batches)
     progress = MeasureProgress(total, enabled=settings.progress and groups.writer)
     collected = _Collected()
@@ -137,7 +142,10 @@ def profile_model(
             except (ValueError, RuntimeError) as error:  # RuntimeError: CUDA out of memory too
                 progress.close()
                 raise ValueError(_failure(error, case, config, partial, collected)) from None
-            if measured is not None:  # None: this rank is not in the group
+            if isinstance(measured, Refused):
+                refused.add((case.layer_type, case.layer.seq_len, config))
+                collected.refused.append(f"{case.layer_type} tp {config.tp} {config.sp}")
+            elif measured is not None:  # None: this rank is not in the group
                 collected.add(case.layer_type, *measured)
             if groups.writer:
                 save(_profile(settings, description, collected), partial)
@@ -178,19 +186,24 @@ def _batch(settings: Settings, size: int) -> Activations:
 
 
 def _allowed(
-    description: ModelDescription, tp_degrees: Sequence[int], *, sequence_parallel: bool
+    description: ModelDescription,
+    tp_degrees: Sequence[int],
+    *,
+    sp_modes: Sequence[str],
+    refused: set[tuple[str, int, Config]],
 ) -> Callable[[int, Config], bool]:
-    """Whether a plan may give block ``index`` this configuration (False for other layers)."""
+    """Whether a plan may give block ``index`` this configuration (False for other layers):
+    the plan checks allow it and the layer's type did not refuse it (read at each call)."""
     valid = {
-        index: set(
-            configurations(
-                layer, description, tp_degrees=tp_degrees, sequence_parallel=sequence_parallel
-            )
-        )
+        index: set(configurations(layer, description, tp_degrees=tp_degrees, sp_modes=sp_modes))
         for index, layer in enumerate(description.layers)
         if layer.kind == "block"
     }
-    return lambda index, config: config in valid.get(index, ())
+    layers = description.layers
+    return lambda index, config: (
+        config in valid.get(index, ())
+        and ((layers[index].layer_type, layers[index].seq_len, config) not in refused)
+    )
 
 
 def _check_names(model: LayeredModel, description: ModelDescription) -> None:
@@ -209,20 +222,31 @@ def _measure_config(
     batches: dict[int, Activations],
     allowed: Callable[[int, Config], bool],
     progress: MeasureProgress,
-) -> tuple[list[LayerTiming], LayerMemory] | None:
+) -> tuple[list[LayerTiming], LayerMemory] | Refused | None:
+    """The entries of one configuration; ``None`` on a rank outside its group; ``Refused``
+    when the executor's layer refuses the sequence shard a uniform plan gives it (e.g. a Swin
+    patch merging whose band of rows would be odd): no plan can run it, so it is left out,
+    and later layers are measured as if a plan kept that layer whole."""
     origin = groups.origin(config.tp)
     what = f"{case.layer_type} tp {config.tp} {config.sp}"
     timings, retained = [], {}
-    with groups.group(config.tp) as group:
-        if group is None:
+    with groups.group(config.tp) as tp_groups:
+        if tp_groups is None:
             return None
-        layer = measure.shard_layer(model, case.index, config, group)
-        steps = measure.prefix(model, case.index, config, group, allowed=allowed)
+        placed = measure.place(model, case.index, config, tp_groups, allowed=allowed)
+        layer = placed.layer
         params = measure.owned_parameters(model, case.index, layer)
         static = _static_bytes(params, settings.dtype)
         for batch in settings.micro_batches:
-            acts = measure.layer_input(steps, batches[batch], config, group)
-            measure.run_once(layer, acts, device=settings.device)
+            acts = measure.layer_input(placed, batches[batch])
+            try:
+                measure.run_once(layer, acts, device=settings.device)
+            except ValueError as error:
+                if config.sp == "none":
+                    raise
+                for _ in settings.micro_batches:
+                    progress.update(what, f"not run: {error}")
+                return Refused(str(error))
             memory = measure.measure_memory(layer, acts, device=settings.device)
             _check_limit(
                 settings, what=f"{what} micro-batch {batch}", need=sum(static) + memory.peak_bytes
@@ -322,7 +346,7 @@ def _profile(
         dtype=settings.dtype,  # type: ignore[arg-type]
         origin="measured",
         layer_types=collected.layer_types(),
-        tools=_tools(settings),
+        tools=_tools(settings, collected.refused),
     )
 
 
@@ -340,7 +364,7 @@ def _groups_text(settings: Settings) -> str:
     return "rank 0's shard in one process, collectives not run"
 
 
-def _tools(settings: Settings) -> dict[str, str]:
+def _tools(settings: Settings, refused: Sequence[str]) -> dict[str, str]:
     try:
         profiler = version("partita-profiler")
     except PackageNotFoundError:
@@ -359,4 +383,9 @@ def _tools(settings: Settings) -> dict[str, str]:
             f"{', '.join(map(str, settings.micro_batches))}; optimizer = AdamW moments counted"
         ),
         "bytes_per_element": str(BYTES_PER_ELEMENT[settings.dtype]),
+        **(
+            {"refused": "the executor refuses (not measured): " + ", ".join(refused)}
+            if refused
+            else {}
+        ),
     }

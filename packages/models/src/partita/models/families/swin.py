@@ -32,7 +32,7 @@ from partita.models.families.base import Family, StateDict
 from partita.models.heads import merge_heads, split_heads
 from partita.models.layered import Activations, LayeredModel
 from partita.models.losses import classification_loss
-from partita.models.tp_layout import TPLayout, WholeSequence
+from partita.models.tp_layout import TPLayout
 from partita.models.validation import require_divisible, require_family_config, require_positive
 
 _NO_DROPOUT = {"hidden_dropout_prob": 0.0, "attention_probs_dropout_prob": 0.0}
@@ -179,22 +179,26 @@ def _relative_position_index(window: int) -> torch.Tensor:
     return (relative_nn2[..., 0] * (2 * window - 1) + relative_nn2[..., 1]).flatten()
 
 
-class WindowAttention(Attends):
-    """Self-attention inside each window, with a learned bias per relative position and head."""
+class WindowAttention(nn.Module):
+    """Self-attention inside each shifted window, with a learned bias per relative position
+    and head. The projections work token by token on ``[batch, tokens, c]``, so they run on
+    whatever part of the map the layer holds; ``windows`` attends over the whole map."""
 
-    def __init__(self, config: SwinConfig, dim: int, heads: int) -> None:
+    def __init__(self, config: SwinConfig, stage: Stage, shift: int) -> None:
         super().__init__()
-        window = config.window_size  # transformers sizes the table by the configured window
-        self.head_dim = dim // heads
+        window, dim = config.window_size, stage.dim  # the table is sized by the configured window
+        self.head_dim = dim // stage.heads
         self.q_proj = nn.Linear(dim, dim, bias=config.qkv_bias)
         self.k_proj = nn.Linear(dim, dim, bias=config.qkv_bias)
         self.v_proj = nn.Linear(dim, dim, bias=config.qkv_bias)
         self.o_proj = nn.Linear(dim, dim)
         # Last dimension indexes heads, so tensor parallelism splits it with the projections.
-        self.relative_position_bias_table = nn.Parameter(torch.zeros((2 * window - 1) ** 2, heads))
+        self.relative_position_bias_table = nn.Parameter(
+            torch.zeros((2 * window - 1) ** 2, stage.heads)
+        )
         index = _relative_position_index(window)
         self.relative_position_index = nn.Buffer(index, persistent=False)
-        self.attn_dropout = config.attention_probs_dropout_prob
+        self.windows = ShiftedWindows(stage, shift, config.attention_probs_dropout_prob)
 
     def position_bias(self) -> torch.Tensor:
         """[1, local heads, window area, window area]."""
@@ -202,20 +206,114 @@ class WindowAttention(Attends):
         bias_nnh = self.relative_position_bias_table[self.relative_position_index]
         return bias_nnh.view(area, area, -1).permute(2, 0, 1).contiguous().unsqueeze(0)
 
-    def forward(self, x_wnc: torch.Tensor, mask_wnn: torch.Tensor | None) -> torch.Tensor:
-        """``x_wnc``: [batch * windows, window area, channels]; ``mask_wnn`` per window."""
+    def forward(self, x_bsc: torch.Tensor) -> torch.Tensor:
         q, k, v = (
-            split_heads(p(x_wnc), self.head_dim) for p in (self.q_proj, self.k_proj, self.v_proj)
+            split_heads(p(x_bsc), self.head_dim) for p in (self.q_proj, self.k_proj, self.v_proj)
         )
-        bias = self.position_bias()
-        if mask_wnn is not None:  # same window mask for every image of the batch
-            windows, area = mask_wnn.shape[0], x_wnc.shape[1]
+        out_bhsd = self.windows(
+            q,
+            k,
+            v,
+            position_bias=self.position_bias(),
+            pad_k=self._projected_zero(self.k_proj),
+            pad_v=self._projected_zero(self.v_proj),
+        )
+        return self.o_proj(merge_heads(out_bhsd))
+
+    def _projected_zero(self, proj: nn.Module) -> torch.Tensor | None:
+        """What a zero token projects to, ``[1, heads, 1, head_dim]`` (None: zeros)."""
+        bias = proj.bias
+        return None if bias is None else split_heads(bias.view(1, 1, -1), self.head_dim)
+
+
+class ShiftedWindows(Attends):
+    """Attention of q, k, v ``[batch, heads, tokens, head_dim]`` of the whole feature map within
+    its windows: the map is padded to whole windows, cyclically shifted and cut into windows;
+    ``core`` attends in each; the result is put back in place.
+
+    transformers pads the hidden states with zeros before projecting them, so a padded token's
+    key and value are the projections' biases: ``pad_k`` and ``pad_v`` (``[1, heads, 1, d]``,
+    None for zeros). Padded queries only make outputs that are cropped, so they are zeros.
+    """
+
+    def __init__(self, stage: Stage, shift: int, dropout: float) -> None:
+        super().__init__()
+        self.stage, self.shift, self.attn_dropout = stage, shift, dropout
+
+    def forward(
+        self,
+        q_bhsd: torch.Tensor,
+        k_bhsd: torch.Tensor,
+        v_bhsd: torch.Tensor,
+        *,
+        position_bias: torch.Tensor,
+        pad_k: torch.Tensor | None = None,
+        pad_v: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        head_dim, tokens = q_bhsd.shape[-1], q_bhsd.shape[2]
+        if tokens != self.stage.tokens:
+            raise ValueError(
+                f"swin: the windowed attention of stage {self.stage.index} needs the whole "
+                f"{self.stage.height}x{self.stage.width} map, got {tokens} tokens"
+            )
+        q, k, v = (
+            split_heads(self._to_windows(t, pad), head_dim)
+            for t, pad in ((q_bhsd, None), (k_bhsd, pad_k), (v_bhsd, pad_v))
+        )
+        bias = position_bias
+        if self.shift:  # same window mask for every image of the batch
+            mask_wnn = self._mask(q_bhsd)
+            windows, area = mask_wnn.shape[0], q.shape[2]
             per_image = mask_wnn.unsqueeze(1).unsqueeze(0)
-            expanded = per_image.expand(x_wnc.shape[0] // windows, -1, -1, -1, -1)
+            expanded = per_image.expand(q.shape[0] // windows, -1, -1, -1, -1)
             bias = bias + expanded.reshape(-1, 1, area, area)
         dropout_p = self.attn_dropout if self.training else 0.0
-        out_bhsd = self.core(q, k, v, bias=bias, scale=self.head_dim**-0.5, dropout_p=dropout_p)
-        return self.o_proj(merge_heads(out_bhsd))
+        out_bhnd = self.core(q, k, v, bias=bias, scale=head_dim**-0.5, dropout_p=dropout_p)
+        out_bsc = self._from_windows(merge_heads(out_bhnd))
+        return split_heads(out_bsc, head_dim)
+
+    def _to_windows(self, x_bhsd: torch.Tensor, pad: torch.Tensor | None) -> torch.Tensor:
+        """``[batch, heads, tokens, d]`` -> ``[batch * windows, window area, heads * d]``."""
+        stage, window = self.stage, self.stage.window
+        x_bsc = merge_heads(x_bhsd)
+        batch, _, channels = x_bsc.shape
+        x_bhwc = _pad_map(x_bsc.view(batch, stage.height, stage.width, channels), window, pad)
+        if self.shift:
+            x_bhwc = torch.roll(x_bhwc, shifts=(-self.shift, -self.shift), dims=(1, 2))
+        return window_partition(x_bhwc, window).view(-1, window * window, channels)
+
+    def _from_windows(self, windows_wnc: torch.Tensor) -> torch.Tensor:
+        """The inverse of ``_to_windows``, to ``[batch, tokens, channels]``."""
+        stage, shift, window = self.stage, self.shift, self.stage.window
+        channels = windows_wnc.shape[-1]
+        height, width = _round_up(stage.height, window), _round_up(stage.width, window)
+        windows = windows_wnc.view(-1, window, window, channels)
+        out_bhwc = window_reverse(windows, window, height, width)
+        if shift:
+            out_bhwc = torch.roll(out_bhwc, shifts=(shift, shift), dims=(1, 2))
+        if height != stage.height or width != stage.width:
+            out_bhwc = out_bhwc[:, : stage.height, : stage.width, :].contiguous()
+        return out_bhwc.view(out_bhwc.shape[0], stage.tokens, channels)
+
+    def _mask(self, like: torch.Tensor) -> torch.Tensor:
+        window = self.stage.window
+        height, width = _round_up(self.stage.height, window), _round_up(self.stage.width, window)
+        return shift_mask(height, width, window, self.shift, like)
+
+
+def _pad_map(x_bhwc: torch.Tensor, window: int, value: torch.Tensor | None) -> torch.Tensor:
+    """Pads the map at the right and bottom to whole windows with ``value`` (``[1, heads, 1,
+    d]``, one vector for every padded token) or zeros."""
+    batch, height, width, channels = x_bhwc.shape
+    pad_w, pad_h = (-width) % window, (-height) % window
+    if value is None:
+        return F.pad(x_bhwc, (0, 0, 0, pad_w, 0, pad_h))
+    fill_c = merge_heads(value).view(channels).to(x_bhwc.dtype)
+    if pad_w:
+        x_bhwc = torch.cat([x_bhwc, fill_c.expand(batch, height, pad_w, channels)], dim=2)
+    if pad_h:
+        x_bhwc = torch.cat([x_bhwc, fill_c.expand(batch, pad_h, width + pad_w, channels)], dim=1)
+    return x_bhwc
 
 
 class SwinMLP(nn.Module):
@@ -278,52 +376,9 @@ def shift_mask(
     return differs_wnn.masked_fill(differs_wnn != 0, -100.0).masked_fill(differs_wnn == 0, 0.0)
 
 
-class ToWindows(nn.Module):
-    """The whole feature map, padded to whole windows and cyclically shifted, as windows:
-    ``[batch, tokens, c]`` -> (``[batch * windows, window area, c]``, the shift mask or None)."""
-
-    def __init__(self, stage: Stage, shift: int) -> None:
-        super().__init__()
-        self.stage, self.shift = stage, shift
-
-    def forward(self, x_bsc: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
-        stage, shift, window = self.stage, self.shift, self.stage.window
-        batch, _, channels = x_bsc.shape
-        x_bhwc = x_bsc.view(batch, stage.height, stage.width, channels)
-        # Zeros pad the map to whole windows; they take part in attention, as in transformers.
-        pad_w, pad_h = (-stage.width) % window, (-stage.height) % window
-        x_bhwc = F.pad(x_bhwc, (0, 0, 0, pad_w, 0, pad_h))
-        height, width = x_bhwc.shape[1:3]
-        if shift:
-            x_bhwc = torch.roll(x_bhwc, shifts=(-shift, -shift), dims=(1, 2))
-        windows_wnc = window_partition(x_bhwc, window).view(-1, window * window, channels)
-        mask = shift_mask(height, width, window, shift, x_bsc) if shift else None
-        return windows_wnc, mask
-
-
-class FromWindows(nn.Module):
-    """The inverse of :class:`ToWindows`: windows back to ``[batch, tokens, c]``."""
-
-    def __init__(self, stage: Stage, shift: int) -> None:
-        super().__init__()
-        self.stage, self.shift = stage, shift
-
-    def forward(self, windows_wnc: torch.Tensor) -> torch.Tensor:
-        stage, shift, window = self.stage, self.shift, self.stage.window
-        channels = windows_wnc.shape[-1]
-        height, width = _round_up(stage.height, window), _round_up(stage.width, window)
-        windows = windows_wnc.view(-1, window, window, channels)
-        out_bhwc = window_reverse(windows, window, height, width)
-        if shift:
-            out_bhwc = torch.roll(out_bhwc, shifts=(shift, shift), dims=(1, 2))
-        if height != stage.height or width != stage.width:
-            out_bhwc = out_bhwc[:, : stage.height, : stage.width, :].contiguous()
-        return out_bhwc.view(out_bhwc.shape[0], stage.tokens, channels)
-
-
 class SwinBlock(nn.Module):
-    """Norms and MLP work token by token; the attention between ``to_windows`` and
-    ``from_windows`` needs the whole (shifted) feature map."""
+    """Norms, MLP and the attention's projections work token by token; the windowed attention
+    between the projections (``attention.windows``) needs the whole (shifted) feature map."""
 
     def __init__(self, config: SwinConfig, stage: Stage, shifted: bool, drop_path: float) -> None:
         super().__init__()
@@ -331,9 +386,7 @@ class SwinBlock(nn.Module):
         self.shift = stage.shift if shifted else 0
         eps = config.layer_norm_eps
         self.layernorm_before = nn.LayerNorm(stage.dim, eps=eps)
-        self.to_windows = ToWindows(stage, self.shift)
-        self.attention = WindowAttention(config, stage.dim, stage.heads)
-        self.from_windows = FromWindows(stage, self.shift)
+        self.attention = WindowAttention(config, stage, self.shift)
         self.layernorm_after = nn.LayerNorm(stage.dim, eps=eps)
         self.mlp = SwinMLP(config, stage.dim, stage.ffn)
         self.dropout = nn.Dropout(config.hidden_dropout_prob)
@@ -341,14 +394,10 @@ class SwinBlock(nn.Module):
 
     def forward(self, acts: Activations) -> Activations:
         x_bsc = acts["hidden"]
-        x_bsc = x_bsc + self.drop_path(self._attend(self.layernorm_before(x_bsc)))
+        attended_bsc = self.dropout(self.attention(self.layernorm_before(x_bsc)))
+        x_bsc = x_bsc + self.drop_path(attended_bsc)
         x_bsc = self.dropout(self.mlp(self.layernorm_after(x_bsc))) + x_bsc
         return {**acts, "hidden": x_bsc}
-
-    def _attend(self, x_bsc: torch.Tensor) -> torch.Tensor:
-        """Windowed attention on the (padded, cyclically shifted) feature map."""
-        windows_wnc, mask = self.to_windows(x_bsc)
-        return self.from_windows(self.dropout(self.attention(windows_wnc, mask)))
 
 
 class SwinPatchMerging(nn.Module):
@@ -552,8 +601,8 @@ def _describe_block(
     qkv_bias = 3 * d if config.qkv_bias else 0
     table = (2 * config.window_size - 1) ** 2 * heads
     params = 4 * d * d + qkv_bias + d + table + 4 * d + 2 * d * f + f + d
-    # Projections run on the padded windows, the MLP on the real tokens.
-    fwd = 2 * padded * 4 * d * d + 4 * padded * area * d + 4 * tokens * d * f
+    # Projections and MLP run on the real tokens, attention on the padded windows.
+    fwd = 2 * tokens * 4 * d * d + 4 * padded * area * d + 4 * tokens * d * f
     # Norm inputs/outputs and FFN activations per token; q/k/v/attention output and SDPA's
     # per-head log-sum-exp per padded token.
     act = tokens * (4 * d + 2 * f) + padded * (4 * d + heads)
@@ -626,14 +675,12 @@ def _entry(
     )
 
 
-# Megatron sequence parallelism: norms, MLP and patch merging work token by token (merging on
-# bands of whole rows); the shifted-window attention needs the whole feature map, so the
-# executor gathers it at ``to_windows`` and splits it again after ``from_windows``. Ulysses
-# is not offered: its all-to-all trades sequence for heads inside the attention core, but
-# Swin's core sees windows cut from the whole shifted map, not a sequence.
-_WINDOWS = WholeSequence(enter="to_windows", leave="from_windows", inside=("attention",))
-
-
+# Sequence parallelism: norms, MLP, patch merging (on bands of whole rows) and the attention's
+# projections work token by token on a band of the map; the shifted windows need the whole map.
+# Megatron: the column-parallel q/k/v projections gather the sequence for this rank's heads,
+# the row-parallel output projection reduce-scatters it. Ulysses: weights stay whole; q/k/v
+# projected on the band are exchanged for the whole map of this rank's heads around
+# ``attention.windows`` (with its heads of the position bias and of the padding values).
 def tp_layouts(config: PretrainedConfig) -> dict[str, TPLayout]:
     layouts = {
         "swin_embedding": TPLayout(
@@ -654,10 +701,10 @@ def tp_layouts(config: PretrainedConfig) -> dict[str, TPLayout]:
             colwise=("attention.q_proj", "attention.k_proj", "attention.v_proj", "mlp.fc1"),
             rowwise=("attention.o_proj", "mlp.fc2"),
             sequence_parallel=("layernorm_before", "layernorm_after", "drop_path"),
-            whole_sequence=(_WINDOWS,),
             head_parameters=("attention.relative_position_bias_table",),
+            ulysses_exchange=("attention.windows",),
             replicated_note="layer norms replicated; the windowed attention runs on the whole "
-            "feature map under sequence parallelism",
+            "feature map (for this rank's heads) under sequence parallelism",
         )
     return layouts
 

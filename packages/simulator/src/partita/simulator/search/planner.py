@@ -38,15 +38,16 @@ def plan_search(problem: SearchProblem, *, baselines: bool = True) -> PlanningRe
     if outcome.best is None:
         raise ValueError(_infeasible(problem, outcome))
     best, runners_up = outcome.best, outcome.runners_up
-    uniform = found.get("uniform")
-    if (
-        problem.space.name in ("full", "nosp")
-        and uniform is not None
-        and uniform.best is not None
-        and uniform.best.iteration_time_s < best.iteration_time_s
-        and _within_space(uniform.best, problem.space)
-    ):
-        best, runners_up = uniform.best, [outcome.best, *runners_up][:3]
+    # The searches are heuristics over different spaces: a baseline's plan that lies inside
+    # the requested space and beats the search's best is the better answer to give.
+    for found_outcome in found.values():
+        rival = found_outcome.best
+        if (
+            rival is not None
+            and rival.iteration_time_s < best.iteration_time_s
+            and _within_space(rival, problem.space)
+        ):
+            best, runners_up = rival, [best, *runners_up][:3]
     elapsed = outcome.elapsed_s + sum(o.elapsed_s for o in found.values())
     considered = outcome.considered + sum(o.considered for o in found.values())
     return PlanningResult(
@@ -60,9 +61,22 @@ def plan_search(problem: SearchProblem, *, baselines: bool = True) -> PlanningRe
 
 def _within_space(candidate: Candidate, space: SearchSpace) -> bool:
     plan = candidate.plan
-    if space.name == "nosp" and any(layer.sp != "none" for layer in plan.layers):
+    layers = plan.layers
+    if not space.per_layer and any(layer != layers[0] for layer in layers):
         return False
-    return plan.pipeline.schedule in space.schedules
+    if space.name == "3d" and len({layer.ckpt for layer in layers}) > 1:
+        return False
+    for layer in layers:
+        if layer.sp not in space.sp_modes() or layer.dp not in space.dp_modes():
+            return False
+        if layer.tp > 1 and not space.allows_tp():
+            return False
+    if plan.vocab.dp not in space.dp_modes() or (plan.vocab.tp > 1 and not space.allows_tp()):
+        return False
+    degree = plan.pipeline.degree
+    if degree > 1 and (not space.allows_pipeline or plan.pipeline.schedule not in space.schedules):
+        return False
+    return space.max_pipeline_degree is None or degree <= space.max_pipeline_degree
 
 
 def _infeasible(problem: SearchProblem, outcome: SearchOutcome) -> str:

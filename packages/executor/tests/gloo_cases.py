@@ -1,0 +1,43 @@
+"""Run a list of cases in one torchrun launch of gloo ranks (start-up dominates on 2 cores)."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+LAUNCH_TIMEOUT_S = 1200
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def launch_cases(worker: Path, world: int, folder: Path, cases: list[dict]) -> dict[str, dict]:
+    """Run ``worker CASES_JSON OUT_JSON`` on ``world`` gloo ranks; rank 0's results by name."""
+    (folder / f"cases{world}.json").write_text(json.dumps(cases))
+    command = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--nproc-per-node",
+        str(world),
+        "--master-addr",
+        "127.0.0.1",
+        "--master-port",
+        str(_free_port()),
+        str(worker),
+        str(folder / f"cases{world}.json"),
+        str(folder / f"out{world}.json"),
+    ]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    done = subprocess.run(
+        command, capture_output=True, text=True, timeout=LAUNCH_TIMEOUT_S, env=env, check=False
+    )
+    assert done.returncode == 0, done.stderr[-4000:]
+    return json.loads((folder / f"out{world}.json").read_text())
