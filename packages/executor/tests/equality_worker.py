@@ -12,6 +12,7 @@ import json
 import os
 import sys
 import traceback
+from collections.abc import Callable
 from datetime import timedelta
 from pathlib import Path
 
@@ -105,6 +106,11 @@ def train_and_compare(case: dict, trainer: Trainer, settings: TrainSettings) -> 
 
 
 def main() -> None:
+    run_cases(run_case)
+
+
+def run_cases(run: Callable[[dict, ParallelGroups], dict]) -> None:
+    """Every case of ``argv[1]`` in this process group; rank 0 writes results to ``argv[2]``."""
     torch.set_num_threads(1)
     dist.init_process_group("gloo", timeout=timedelta(seconds=120))
     cases = json.loads(Path(sys.argv[1]).read_text())
@@ -112,10 +118,17 @@ def main() -> None:
     for case in cases:
         plan = loads(case["plan"], Plan)
         groups = ParallelGroups(plan=plan, rank=dist.get_rank(), device_type="cpu")
+        if dist.get_rank() == 0:  # in the launch's stderr, so a hang names its case
+            print(f"case {case['name']}", file=sys.stderr, flush=True)
         try:
-            results[case["name"]] = run_case(case, groups)
+            results[case["name"]] = run(case, groups)
         except Exception:  # reported per case, so one failure does not hide the others
-            results[case["name"]] = {"error": traceback.format_exc(limit=6)}
+            results[case["name"]] = {"error": traceback.format_exc(limit=8)}
+            print(
+                f"[rank {dist.get_rank()}] {case['name']}: {results[case['name']]['error']}",
+                file=sys.stderr,
+                flush=True,
+            )
         dist.barrier()
     if dist.get_rank() == 0:
         with open(sys.argv[2], "w") as handle:

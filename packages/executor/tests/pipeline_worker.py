@@ -9,24 +9,19 @@ units of atol (see ``equality_worker``).
 
 from __future__ import annotations
 
-import json
 import os
 import sys
 import time
-import traceback
-from datetime import timedelta
 from pathlib import Path
 
-import torch
 import torch.distributed as dist
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from equality_worker import ADAM_EPS, train_and_compare
+from equality_worker import ADAM_EPS, run_cases, train_and_compare
 
 from partita.executor.groups import ParallelGroups
 from partita.executor.trainer import TrainSettings, build_trainer
-from partita.formats import Plan, loads
 
 
 def _skip_dp_sync_of_one_layer(trainer: object) -> None:
@@ -73,29 +68,7 @@ def run_case(case: dict, groups: ParallelGroups) -> dict:
 
 
 def main() -> None:
-    torch.set_num_threads(1)
-    dist.init_process_group("gloo", timeout=timedelta(seconds=120))
-    cases = json.loads(Path(sys.argv[1]).read_text())
-    results = {}
-    for case in cases:
-        plan = loads(case["plan"], Plan)
-        groups = ParallelGroups(plan=plan, rank=dist.get_rank(), device_type="cpu")
-        if dist.get_rank() == 0:
-            print(f"case {case['name']}", file=sys.stderr, flush=True)
-        try:
-            results[case["name"]] = run_case(case, groups)
-        except Exception:  # reported per case, so one failure does not hide the others
-            results[case["name"]] = {"error": traceback.format_exc(limit=8)}
-            print(
-                f"[rank {dist.get_rank()}] {case['name']}: {results[case['name']]['error']}",
-                file=sys.stderr,
-                flush=True,
-            )
-        dist.barrier()
-    if dist.get_rank() == 0:
-        with open(sys.argv[2], "w") as handle:
-            json.dump(results, handle, indent=1)
-    dist.destroy_process_group()
+    run_cases(run_case)
 
 
 if __name__ == "__main__":

@@ -6,8 +6,8 @@
   (gradients and optimizer states sharded);
 - ``zero3``: FSDP2 resharding after forward (parameters sharded too).
 
-FSDP units are the layers, unless the model ties parameters across layers (GPT's embedding
-and head), which must live in one unit: then the whole model is one unit.
+FSDP units are the layers; layers that share a parameter (GPT's tied embedding and head, T5's
+shared table) form one unit together, gathered for each member's forward.
 """
 
 from __future__ import annotations
@@ -25,18 +25,40 @@ from partita.executor.groups import LayerGroups
 
 
 def wrap_data_parallel(
-    model: nn.Module, layers: Iterable[nn.Module], *, mode: str, groups: LayerGroups, tied: bool
+    model: nn.Module, layers: Iterable[nn.Module], *, mode: str, groups: LayerGroups
 ) -> nn.Module:
     if groups.dp_size == 1:
         return model
     if mode in ("ddp", "zero1"):
         return DistributedDataParallel(model, process_group=groups.dp)
     reshard = mode == "zero3"
-    if not tied:
-        for layer in layers:
-            fully_shard(layer, mesh=groups.dp_mesh, reshard_after_forward=reshard)
+    for unit in _units_sharing_parameters(list(layers)):
+        # Layers that share a parameter (a tied embedding and head) must be one FSDP group;
+        # as a list, FSDP gathers it for each member's forward and frees it in between.
+        fully_shard(
+            unit if len(unit) > 1 else unit[0], mesh=groups.dp_mesh, reshard_after_forward=reshard
+        )
     fully_shard(model, mesh=groups.dp_mesh, reshard_after_forward=reshard)
     return model
+
+
+def _units_sharing_parameters(layers: list[nn.Module]) -> list[list[nn.Module]]:
+    """The layers, grouped so that layers sharing any parameter are in one group (in order)."""
+    owner: dict[int, int] = {}  # id(parameter) -> index of the first group holding it
+    units: list[list[nn.Module]] = []
+    for layer in layers:
+        joined = sorted({owner[id(p)] for p in layer.parameters() if id(p) in owner})
+        if not joined:
+            joined = [len(units)]
+            units.append([])
+        index = joined[0]
+        for other in joined[1:]:  # this layer ties two earlier groups together
+            units[index] += units[other]
+            units[other] = []
+            owner.update({key: index for key, value in owner.items() if value == other})
+        units[index].append(layer)
+        owner.update({id(p): index for p in layer.parameters()})
+    return [unit for unit in units if unit]
 
 
 def make_optimizer(

@@ -38,7 +38,7 @@ from partita.executor.pipeline import (
     recv_gradients,
 )
 from partita.executor.stage import StageModel, layer_stages
-from partita.executor.trainer import Trainer, check_supported
+from partita.executor.trainer import Trainer, check_supported, gather_whole_parameters
 from partita.formats.schedules import build_schedule
 from partita.models.api import build_model, resolve_config
 from partita.models.families import family_of
@@ -217,15 +217,7 @@ class PipelineTrainer(Trainer):
     def full_parameters(self) -> dict[str, torch.Tensor]:
         """Every parameter gathered whole, under the one-process model's names, on rank 0
         (the others return their stage's)."""
-        mine = {}
-        for name, param in self.stage_model.named_parameters():
-            tensor = param.full_tensor() if hasattr(param, "full_tensor") else param.detach()
-            if name in self.stage_model.shard_dims:
-                dim, group = self.stage_model.shard_dims[name]
-                parts = [torch.empty_like(tensor) for _ in range(dist.get_world_size(group))]
-                dist.all_gather(parts, tensor.contiguous(), group=group)
-                tensor = torch.cat(parts, dim=dim)
-            mine[name] = tensor.detach().clone()
+        mine = gather_whole_parameters(self.stage_model, self.stage_model.shard_dims)
         everyone: list[dict[str, torch.Tensor] | None] = [None] * dist.get_world_size()
         dist.all_gather_object(everyone, mine if self.local_index == 0 else {})
         full: dict[str, torch.Tensor] = {}

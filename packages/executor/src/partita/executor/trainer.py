@@ -11,12 +11,13 @@ from __future__ import annotations
 import contextlib
 import re
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import timedelta
 
 import torch
 import torch.distributed as dist
+from torch import nn
 
 from partita.executor.data_parallel import make_optimizer, wrap_data_parallel
 from partita.executor.groups import LayerGroups, ParallelGroups
@@ -119,7 +120,6 @@ class Trainer:
             self.parallel.layers,
             mode=mode,
             groups=self.block_groups,
-            tied=self.tied,
         )
         self.optimizer = make_optimizer(
             self.wrapped,
@@ -251,16 +251,24 @@ class Trainer:
 
     def full_parameters(self) -> dict[str, torch.Tensor]:
         """Every parameter gathered whole, under the single-process model's names."""
-        full = {}
-        for name, param in self.parallel.named_parameters():
-            tensor = param.full_tensor() if hasattr(param, "full_tensor") else param.detach()
-            if name in self.parallel.shard_dims:
-                dim, group = self.parallel.shard_dims[name]
-                parts = [torch.empty_like(tensor) for _ in range(dist.get_world_size(group))]
-                dist.all_gather(parts, tensor.contiguous(), group=group)
-                tensor = torch.cat(parts, dim=dim)
-            full[name] = tensor.detach().clone()
-        return full
+        return gather_whole_parameters(self.parallel, self.parallel.shard_dims)
+
+
+def gather_whole_parameters(
+    module: nn.Module, shard_dims: Mapping[str, tuple[int, dist.ProcessGroup]]
+) -> dict[str, torch.Tensor]:
+    """``module``'s parameters by name, FSDP shards and tensor-parallel shards gathered whole
+    (collective over each parameter's groups)."""
+    whole = {}
+    for name, param in module.named_parameters():
+        tensor = param.full_tensor() if hasattr(param, "full_tensor") else param.detach()
+        if name in shard_dims:
+            dim, group = shard_dims[name]
+            parts = [torch.empty_like(tensor) for _ in range(dist.get_world_size(group))]
+            dist.all_gather(parts, tensor.contiguous(), group=group)
+            tensor = torch.cat(parts, dim=dim)
+        whole[name] = tensor.detach().clone()
+    return whole
 
 
 def _items(batch: Activations, unit: str) -> int:
