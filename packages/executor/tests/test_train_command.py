@@ -129,6 +129,25 @@ def test_plan_for_another_world_size_is_refused_before_launch(tmp_path: Path) ->
     assert not (tmp_path / "run").exists()
 
 
+def test_inside_a_users_torchrun_a_plan_for_another_world_size_is_refused(tmp_path: Path) -> None:
+    plan = _plan(tmp_path / "plan.json", world=4, strategy=LayerStrategy())
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone"]
+    command += ["--nproc-per-node", "2", "-m", "partita.formats.cli", "train"]
+    command += ["--plan", str(plan), "--model", "gpt-tiny", "--run-dir", str(tmp_path / "run")]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    done = subprocess.run(
+        command, capture_output=True, text=True, timeout=120, check=False, env=env
+    )
+    assert done.returncode != 0
+    expected = (
+        f"partita train: error: {plan}: world_size: the plan is for 4 devices but 2 are running"
+    )
+    errors = [line for line in done.stderr.splitlines() if "partita train: error:" in line]
+    # Each rank refuses alike; torchrun may stop the second before it prints.
+    assert errors and set(errors) == {expected}, done.stderr[-2000:]
+    assert not (tmp_path / "run").exists()
+
+
 def test_plan_that_does_not_fit_the_model_is_refused(tmp_path: Path) -> None:
     plan = _plan(tmp_path / "plan.json", world=4, strategy=LayerStrategy(tp=4, sp="ulysses"))
     done = subprocess.run(
@@ -145,18 +164,34 @@ def test_plan_that_does_not_fit_the_model_is_refused(tmp_path: Path) -> None:
     assert len(done.stderr.strip().splitlines()) == 1
 
 
-def _worker_pids() -> dict[int, int]:
-    """rank -> pid of the running partita workers (from their environment)."""
+def _parent(pid: int) -> int:
+    # /proc/PID/stat: "pid (comm) state ppid ..."; comm may contain spaces, so split after ")".
+    return int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
+
+
+def _descends_from(pid: int, ancestor: int) -> bool:
+    while pid > 1:
+        if pid == ancestor:
+            return True
+        pid = _parent(pid)
+    return False
+
+
+def _worker_pids(job: int) -> dict[int, int]:
+    """rank -> pid of the running partita workers started by process ``job`` (other jobs on
+    this machine, e.g. tests running in parallel, have workers too)."""
     found = {}
     for entry in Path("/proc").iterdir():
         if not entry.name.isdigit():
             continue
         try:
             command = (entry / "cmdline").read_bytes()
+            if b"partita.executor.worker" not in command:
+                continue
+            if not _descends_from(int(entry.name), job):
+                continue
             environ = (entry / "environ").read_bytes().split(b"\0")
         except OSError:
-            continue
-        if b"partita.executor.worker" not in command:
             continue
         for item in environ:
             if item.startswith(b"RANK="):
@@ -192,7 +227,7 @@ def test_a_lost_rank_stops_the_job_and_is_named(tmp_path: Path, fault: str) -> N
         pids: dict[int, int] = {}
         while time.monotonic() < deadline and len(pids) < 2:
             time.sleep(1.0)
-            pids = _worker_pids()
+            pids = _worker_pids(process.pid)
         assert len(pids) == 2, "workers did not start"
         time.sleep(8.0)  # well into training
         os.kill(pids[1], signal.SIGKILL if fault == "killed" else signal.SIGSTOP)
@@ -202,7 +237,7 @@ def test_a_lost_rank_stops_the_job_and_is_named(tmp_path: Path, fault: str) -> N
     finally:
         if process.poll() is None:
             os.killpg(process.pid, signal.SIGKILL)
-        for pid in _worker_pids().values():
+        for pid in _worker_pids(process.pid).values():
             os.kill(pid, signal.SIGKILL)
     assert process.returncode != 0
     assert elapsed < 90

@@ -32,6 +32,19 @@ def test_help_lists_the_show_subcommand() -> None:
     assert "show" in result.stdout
 
 
+def test_the_module_runs_like_the_script() -> None:
+    # ``python -m partita.formats.cli`` is how a torchrun the user starts can call partita.
+    result = subprocess.run(
+        [sys.executable, "-m", "partita.formats.cli", "show", str(EXAMPLES / "plan.json")],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stderr == "" and "ulysses" in result.stdout
+
+
 SUMMARY_MARKERS = {
     "hardware_profile.json": ["all_reduce", "GB/s", "overlap slowdown"],
     "model_profile.json": ["gpt_block", "forward", "ckpt act/sample"],

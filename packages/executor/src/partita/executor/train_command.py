@@ -64,6 +64,9 @@ def _run(args: argparse.Namespace) -> int:
         str(args.timeout),
     ]
     if "LOCAL_RANK" in os.environ:  # already one rank of a torchrun job
+        # The same checks as before a launch, against the job's world size: every rank
+        # refuses a bad plan with the same line before any process group starts.
+        _check_before_launch(args, world_size=int(os.environ.get("WORLD_SIZE", "1")))
         return worker.main(forwarded)
     nproc = _check_before_launch(args)
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -71,13 +74,13 @@ def _run(args: argparse.Namespace) -> int:
     return launch("partita.executor.worker", nproc, forwarded, prog="partita train")
 
 
-def _check_before_launch(args: argparse.Namespace) -> int:
+def _check_before_launch(args: argparse.Namespace, *, world_size: int | None = None) -> int:
     from partita.executor.trainer import check_supported
     from partita.formats import Plan, load, validate_plan
     from partita.models.api import describe_model
 
     plan = load(args.plan, Plan)
-    nproc = args.nproc or plan.world_size
+    nproc = world_size or args.nproc or plan.world_size
     try:
         validate_plan(plan, world_size=nproc, model=describe_model(args.model))
         check_supported(plan)

@@ -91,4 +91,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    # Run as ``python -m partita.formats.cli`` this file is ``__main__``, a second copy whose
+    # ``Command`` class is not the one the installed commands import: use the real module.
+    from partita.formats.cli import main as _main
+
+    raise SystemExit(_main())
