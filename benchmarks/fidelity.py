@@ -1,0 +1,558 @@
+"""Fidelity benchmark: the simulator's predictions against real `partita train` runs.
+
+For a tiny model at each world size (gloo ranks on this CPU host): profile the machine and the
+model once, enumerate every valid uniform plan the executor runs plus a few pipeline and seeded
+random layer-wise plans, simulate each (iteration time, peak memory per rank), train each for a
+few steps, and compare. Writes ``fidelity.json`` (per plan and per world size: median and p90
+absolute relative error of time and memory, Spearman rank correlation of times, targets met)
+and ``fidelity.png`` (predicted against measured).
+
+    python benchmarks/fidelity.py --out-dir DIR [--worlds 2,4] [--model gpt-tiny] [--steps N]
+        [--quick]
+
+A script, not a pytest file: it takes minutes (one `partita train` per plan). The errors are
+|predicted - measured| / measured. On a 2-core host world size 4 oversubscribes the cores.
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import json
+import os
+import random
+import statistics
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from partita.formats import (
+    FormatError,
+    HardwareProfile,
+    LayerStrategy,
+    ModelDescription,
+    ModelProfile,
+    PipelineConfig,
+    Plan,
+    RunReport,
+    VocabStrategy,
+    load,
+    save,
+    validate_plan,
+)
+
+GLOBAL_BATCH = 4  # local micro-batches of 1, 2 or 4: the profiled batch sizes
+BATCH_SIZES = ("1", "2", "4")
+WARMUP_STEPS = 3  # as demo/demo_compare.py: left out of the measured step time
+TARGETS = {"median_time_error": 0.10, "median_memory_error": 0.10, "spearman_time": 0.9}
+NUM_RANDOM_LAYERWISE = 4
+TRAIN_TIMEOUT_S = 600
+
+
+@dataclass
+class Case:
+    name: str
+    world: int
+    plan: Plan
+    predicted_time_s: float | None = None
+    predicted_memory_bytes: float | None = None
+    measured_time_s: float | None = None
+    measured_memory_bytes: float | None = None
+    error: str | None = None
+    wall_s: float = 0.0
+    extra: dict[str, object] = field(default_factory=dict)
+
+    def as_json(self) -> dict[str, object]:
+        return {
+            "name": self.name,
+            "world": self.world,
+            "predicted_time_s": self.predicted_time_s,
+            "measured_time_s": self.measured_time_s,
+            "time_error": _rel_error(self.predicted_time_s, self.measured_time_s),
+            "predicted_memory_bytes": self.predicted_memory_bytes,
+            "measured_memory_bytes": self.measured_memory_bytes,
+            "memory_error": _rel_error(self.predicted_memory_bytes, self.measured_memory_bytes),
+            "error": self.error,
+            "wall_s": round(self.wall_s, 2),
+            **self.extra,
+        }
+
+
+def _rel_error(predicted: float | None, measured: float | None) -> float | None:
+    """Signed (predicted - measured) / measured; None when either is missing."""
+    if predicted is None or measured is None or measured <= 0:
+        return None
+    return (predicted - measured) / measured
+
+
+# ---------------------------------------------------------------- running partita
+
+
+def partita_cli() -> str:
+    beside = Path(sys.executable).with_name("partita")
+    return str(beside) if beside.is_file() else "partita"
+
+
+def run_partita(args: list[str], *, log: Path, timeout_s: float = TRAIN_TIMEOUT_S) -> None:
+    """Run ``partita ARGS`` into ``log``; raise RuntimeError with its last line on failure."""
+    log.parent.mkdir(parents=True, exist_ok=True)
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
+    env["TRANSFORMERS_OFFLINE"] = "1"
+    with log.open("w") as sink:
+        sink.write("$ partita " + " ".join(args) + "\n")
+        sink.flush()
+        try:
+            result = subprocess.run(
+                [partita_cli(), *args],
+                stdout=sink,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                env=env,
+                timeout=timeout_s,
+                check=False,
+            )
+        except subprocess.TimeoutExpired as expired:
+            raise RuntimeError(f"timed out after {timeout_s:.0f} s (log: {log})") from expired
+    if result.returncode != 0:
+        lines = [line for line in log.read_text().splitlines() if line.strip()]
+        last = lines[-1] if lines else ""
+        raise RuntimeError(f"exit {result.returncode}: {last} (log: {log})")
+
+
+@dataclass(frozen=True)
+class Profiles:
+    world: int
+    folder: Path
+    model: ModelDescription
+    hardware: HardwareProfile
+    model_profile: ModelProfile
+
+
+def profile(*, model: str, world: int, folder: Path, quick: bool) -> Profiles:
+    folder.mkdir(parents=True, exist_ok=True)
+    logs = folder / "logs"
+    tps = [str(t) for t in (1, 2, 4, 8) if t <= world]
+    steps = [
+        ("describe", ["describe", model, "--out", str(folder / "model.json")]),
+        (
+            "profile-hardware",
+            ["profile", "hardware", "--nproc", str(world), "--backend", "gloo"]
+            + (["--quick"] if quick else [])
+            + ["--out", str(folder / "hardware.json")],
+        ),
+        (
+            "profile-model",
+            [
+                "profile",
+                "model",
+                "--model",
+                model,
+                "--batch-sizes",
+                *BATCH_SIZES,
+                "--tp",
+                *tps,
+                "--nproc",
+                str(world),
+                "--device",
+                "cpu",
+                "--out",
+                str(folder / "model_profile.json"),
+            ],
+        ),
+    ]
+    for name, args in steps:
+        started = time.monotonic()
+        run_partita(args, log=logs / f"{name}.log", timeout_s=1200)
+        print(f"[world {world}] {name}: {time.monotonic() - started:.1f} s", flush=True)
+    return Profiles(
+        world=world,
+        folder=folder,
+        model=load(folder / "model.json", ModelDescription),
+        hardware=load(folder / "hardware.json", HardwareProfile),
+        model_profile=load(folder / "model_profile.json", ModelProfile),
+    )
+
+
+# ---------------------------------------------------------------- the plans
+
+
+def make_plan(
+    *,
+    world: int,
+    layers: tuple[LayerStrategy, ...],
+    vocab: VocabStrategy,
+    pp: int = 1,
+    schedule: str = "gpipe",
+    micro_batches: int = 1,
+) -> Plan:
+    n = len(layers)
+    per_stage = [n // pp + (1 if i < n % pp else 0) for i in range(pp)]
+    return Plan(
+        world_size=world,
+        mesh_axis_order=("pp", "dp", "tp"),
+        global_batch_size=GLOBAL_BATCH,
+        num_micro_batches=micro_batches,
+        pipeline=PipelineConfig(degree=pp, schedule=schedule, stage_num_layers=tuple(per_stage)),
+        layers=layers,
+        vocab=vocab,
+    )
+
+
+def runnable(plan: Plan, model: ModelDescription) -> bool:
+    from partita.executor.trainer import check_supported
+
+    try:
+        validate_plan(plan, world_size=plan.world_size, model=model)
+        check_supported(plan)
+    except (FormatError, ValueError):
+        return False
+    return True
+
+
+def strategy_name(layer: LayerStrategy) -> str:
+    words = [f"tp{layer.tp}"] if layer.tp > 1 else []
+    if layer.sp != "none":
+        words.append(layer.sp)
+    words.append(layer.dp)
+    if layer.ckpt:
+        words.append("ckpt")
+    return "-".join(words)
+
+
+def layer_candidates(world: int) -> list[LayerStrategy]:
+    tps = [t for t in (1, 2, 4, 8) if world % t == 0]
+    out = []
+    for tp, sp, dp, ckpt in itertools.product(
+        tps, ("none", "megatron", "ulysses"), ("ddp", "zero1", "zero2", "zero3"), (False, True)
+    ):
+        if tp == 1 and sp != "none":
+            continue
+        out.append(LayerStrategy(tp=tp, sp=sp, dp=dp, ckpt=ckpt))
+    return out
+
+
+def uniform_plans(world: int, model: ModelDescription) -> list[tuple[str, Plan]]:
+    n = len(model.blocks)
+    plans = []
+    for layer in layer_candidates(world):
+        vocab = VocabStrategy(tp=layer.tp if layer.sp == "none" else 1, dp=layer.dp)
+        plan = make_plan(world=world, layers=(layer,) * n, vocab=vocab)
+        if runnable(plan, model):
+            plans.append((strategy_name(layer), plan))
+    return plans
+
+
+def pipeline_plans(world: int, model: ModelDescription) -> list[tuple[str, Plan]]:
+    n = len(model.blocks)
+    plans = []
+    for schedule, micro_batches in itertools.product(("gpipe", "1f1b"), (2, 4)):
+        layer = LayerStrategy()
+        plan = make_plan(
+            world=world,
+            layers=(layer,) * n,
+            vocab=VocabStrategy(),
+            pp=2,
+            schedule=schedule,
+            micro_batches=micro_batches,
+        )
+        if world % 2 == 0 and runnable(plan, model):
+            plans.append((f"pp2-{schedule}-x{micro_batches}", plan))
+    return plans
+
+
+def layerwise_plans(world: int, model: ModelDescription, *, count: int) -> list[tuple[str, Plan]]:
+    rng = random.Random(1234 + world)
+    candidates = layer_candidates(world)
+    n = len(model.blocks)
+    plans: list[tuple[str, Plan]] = []
+    for _ in range(200):
+        if len(plans) >= count:
+            break
+        layers = tuple(rng.choice(candidates) for _ in range(n))
+        if len(set(layers)) == 1:
+            continue
+        tp = rng.choice(sorted({layer.tp for layer in layers if layer.sp == "none"} | {1}))
+        vocab = VocabStrategy(tp=tp, dp=rng.choice([layer.dp for layer in layers]))
+        pp, micro_batches = rng.choice([(1, 1), (2, 2)]) if world >= 4 else (1, 1)
+        plan = make_plan(
+            world=world, layers=layers, vocab=vocab, pp=pp, schedule="1f1b",
+            micro_batches=micro_batches,
+        )  # fmt: skip
+        if runnable(plan, model):
+            plans.append((f"layerwise-{len(plans)}" + (f"-pp{pp}" if pp > 1 else ""), plan))
+    return plans
+
+
+QUICK_UNIFORM = {
+    "ddp", "zero1", "zero2", "zero3", "ddp-ckpt", "tp2-ddp", "tp2-megatron-ddp",
+    "tp2-ulysses-ddp", "tp2-zero3",
+}  # fmt: skip
+
+
+def all_plans(world: int, model: ModelDescription, *, quick: bool) -> list[tuple[str, Plan]]:
+    uniform = uniform_plans(world, model)
+    pipelines = pipeline_plans(world, model)
+    if quick:
+        uniform = [(name, plan) for name, plan in uniform if name in QUICK_UNIFORM]
+        pipelines = [(n, p) for n, p in pipelines if n in ("pp2-1f1b-x2", "pp2-gpipe-x4")]
+    layerwise = layerwise_plans(world, model, count=1 if quick else NUM_RANDOM_LAYERWISE)
+    return uniform + pipelines + layerwise
+
+
+# ---------------------------------------------------------------- measure one plan
+
+
+def predict(case: Case, profiles: Profiles) -> None:
+    from partita.simulator.simulation import simulate
+
+    result = simulate(
+        case.plan,
+        hardware=profiles.hardware,
+        model_profile=profiles.model_profile,
+        model=profiles.model,
+        record_events=False,
+    )
+    case.predicted_time_s = result.iteration_time_s
+    case.predicted_memory_bytes = max(result.peak_memory_bytes)
+
+
+def measure(case: Case, *, profiles: Profiles, model: str, steps: int) -> None:
+    folder = profiles.folder / "plans" / case.name
+    folder.mkdir(parents=True, exist_ok=True)
+    save(case.plan, folder / "plan.json")
+    run_partita(
+        ["train", "--plan", str(folder / "plan.json"), "--model", model, "--steps", str(steps),
+         "--nproc", str(case.world), "--run-dir", str(folder / "train")],
+        log=folder / "train.log",
+    )  # fmt: skip
+    report = load(folder / "train" / "run_report.json", RunReport)
+    if report.status != "completed":
+        raise RuntimeError(f"run report status {report.status}: {report.error}")
+    times = [s.time_s for s in report.steps]
+    case.measured_time_s = statistics.median(times[WARMUP_STEPS:] or times)
+    case.measured_memory_bytes = max(m.peak_bytes for m in report.peak_memory)
+    case.extra["memory_method"] = report.memory_method
+
+
+def run_case(case: Case, *, profiles: Profiles, model: str, steps: int) -> None:
+    started = time.monotonic()
+    try:
+        predict(case, profiles)
+        measure(case, profiles=profiles, model=model, steps=steps)
+    except Exception as error:  # a failing plan is recorded, the run goes on
+        case.error = f"{type(error).__name__}: {error}"
+    case.wall_s = time.monotonic() - started
+
+
+def progress_line(index: int, total: int, case: Case) -> str:
+    head = f"[world {case.world}] {index:>2}/{total} {case.name:<28}"
+    if case.error:
+        return f"{head} FAILED ({case.wall_s:.0f} s): {case.error}"
+    row = case.as_json()
+    return (
+        f"{head} time {_ms(case.predicted_time_s)} pred / {_ms(case.measured_time_s)} meas "
+        f"({_pct(row['time_error'])}); memory {_mib(case.predicted_memory_bytes)} pred / "
+        f"{_mib(case.measured_memory_bytes)} meas ({_pct(row['memory_error'])}) "
+        f"[{case.wall_s:.0f} s]"
+    )
+
+
+def _ms(seconds: float | None) -> str:
+    return "-" if seconds is None else f"{seconds * 1e3:8.1f} ms"
+
+
+def _mib(value: float | None) -> str:
+    return "-" if value is None else f"{value / 2**20:7.2f} MiB"
+
+
+def _pct(value: object) -> str:
+    return "-" if not isinstance(value, float) else f"{value * 100:+.1f}%"
+
+
+# ---------------------------------------------------------------- statistics and output
+
+
+def ranks(values: np.ndarray) -> np.ndarray:
+    """Ranks from 1, ties sharing their average rank."""
+    order = np.argsort(values, kind="mergesort")
+    out = np.empty(len(values))
+    out[order] = np.arange(1, len(values) + 1)
+    for value in np.unique(values):
+        tied = values == value
+        out[tied] = out[tied].mean()
+    return out
+
+
+def spearman(a: list[float], b: list[float]) -> float | None:
+    if len(a) < 3:
+        return None
+    ra, rb = ranks(np.asarray(a, dtype=float)), ranks(np.asarray(b, dtype=float))
+    if ra.std() == 0 or rb.std() == 0:
+        return None
+    return float(np.corrcoef(ra, rb)[0, 1])
+
+
+def world_summary(cases: list[Case], world: int, cores: int) -> dict[str, object]:
+    done = [c for c in cases if c.world == world and c.error is None]
+    failed = [c for c in cases if c.world == world and c.error is not None]
+    time_errors = [abs(c.as_json()["time_error"]) for c in done]  # type: ignore[arg-type]
+    memory_errors = [abs(c.as_json()["memory_error"]) for c in done]  # type: ignore[arg-type]
+    summary: dict[str, object] = {
+        "world": world,
+        "cores": cores,
+        "oversubscribed": world > cores,
+        "plans_run": len(done),
+        "plans_failed": len(failed),
+        "median_time_error": _quantile(time_errors, 0.5),
+        "p90_time_error": _quantile(time_errors, 0.9),
+        "median_memory_error": _quantile(memory_errors, 0.5),
+        "p90_memory_error": _quantile(memory_errors, 0.9),
+        "spearman_time": spearman(
+            [c.predicted_time_s for c in done],  # type: ignore[misc]
+            [c.measured_time_s for c in done],  # type: ignore[misc]
+        ),
+        "time_bias": _quantile([c.as_json()["time_error"] for c in done], 0.5),  # type: ignore[misc]
+    }
+    summary["targets"] = {
+        key: (None if summary[key] is None else _meets(key, summary[key]))  # type: ignore[arg-type]
+        for key in TARGETS
+    }
+    return summary
+
+
+def _meets(key: str, value: float) -> bool:
+    return value >= TARGETS[key] if key == "spearman_time" else value <= TARGETS[key]
+
+
+def _quantile(values: list[float], q: float) -> float | None:
+    return float(np.quantile(values, q)) if values else None
+
+
+def summary_table(summaries: list[dict[str, object]]) -> str:
+    def fmt(value: object, pct: bool = True) -> str:
+        if not isinstance(value, float):
+            return "-"
+        return f"{value * 100:.1f}%" if pct else f"{value:.3f}"
+
+    headers = ["world", "run", "failed", "time med", "time p90", "mem med", "mem p90",
+               "spearman", "targets (time, mem, rank)"]  # fmt: skip
+    rows = [headers]
+    for s in summaries:
+        targets = s["targets"]
+        assert isinstance(targets, dict)
+        marks = ", ".join(
+            "-" if v is None else ("met" if v else "MISSED") for v in targets.values()
+        )
+        rows.append(
+            [str(s["world"]) + (" (oversubscribed)" if s["oversubscribed"] else ""),
+             str(s["plans_run"]), str(s["plans_failed"]), fmt(s["median_time_error"]),
+             fmt(s["p90_time_error"]), fmt(s["median_memory_error"]),
+             fmt(s["p90_memory_error"]), fmt(s["spearman_time"], pct=False), marks]
+        )  # fmt: skip
+    widths = [max(len(row[i]) for row in rows) for i in range(len(headers))]
+    return "\n".join(
+        "  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)) for row in rows
+    )
+
+
+def plot(cases: list[Case], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    figure, (left, right) = plt.subplots(1, 2, figsize=(11, 5))
+    panels = [
+        (left, "iteration time (ms)", "predicted_time_s", "measured_time_s", 1e3),
+        (right, "peak memory per rank (MiB)", "predicted_memory_bytes", "measured_memory_bytes",
+         1 / 2**20),
+    ]  # fmt: skip
+    worlds = sorted({c.world for c in cases})
+    for axis, title, pred, meas, scale in panels:
+        values = []
+        for index, world in enumerate(worlds):
+            done = [c for c in cases if c.world == world and c.error is None]
+            xs = [getattr(c, meas) * scale for c in done]
+            ys = [getattr(c, pred) * scale for c in done]
+            values += xs + ys
+            axis.scatter(xs, ys, color=f"C{index}", label=f"world {world}", alpha=0.8)
+        if values:
+            low, high = min(values) * 0.8, max(values) * 1.25
+            axis.plot([low, high], [low, high], "k--", linewidth=1, label="y = x")
+            axis.set_xscale("log")
+            axis.set_yscale("log")
+        axis.set_xlabel(f"measured {title}")
+        axis.set_ylabel(f"predicted {title}")
+        axis.set_title(title)
+        axis.legend()
+    figure.suptitle("Partita simulator fidelity: predicted against measured (gloo, CPU)")
+    figure.tight_layout()
+    figure.savefig(path, dpi=120)
+    plt.close(figure)
+
+
+# ---------------------------------------------------------------- main
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--out-dir", type=Path, required=True)
+    parser.add_argument("--worlds", default="2,4", help="comma-separated world sizes")
+    parser.add_argument("--model", default="gpt-tiny", help="a preset or a HF directory")
+    parser.add_argument("--steps", type=int, default=None, help="training steps per plan")
+    parser.add_argument("--quick", action="store_true", help="a small subset of the plans")
+    args = parser.parse_args(argv)
+    worlds = [int(w) for w in args.worlds.split(",") if w.strip()]
+    steps = args.steps or (10 if args.quick else 20)
+    out = args.out_dir.resolve()
+    out.mkdir(parents=True, exist_ok=True)
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    cores = cores or 1
+    started = time.monotonic()
+    print(f"fidelity: {args.model}, worlds {worlds}, {steps} steps, {cores} cores -> {out}")
+    cases: list[Case] = []
+    for world in worlds:
+        try:
+            profiles = profile(
+                model=args.model, world=world, folder=out / f"world{world}", quick=args.quick
+            )
+        except RuntimeError as error:
+            print(f"[world {world}] profiling failed: {error}", flush=True)
+            continue
+        plans = all_plans(world, profiles.model, quick=args.quick)
+        print(f"[world {world}] {len(plans)} plans", flush=True)
+        for index, (name, plan) in enumerate(plans, start=1):
+            case = Case(name=name, world=world, plan=plan)
+            run_case(case, profiles=profiles, model=args.model, steps=steps)
+            cases.append(case)
+            print(progress_line(index, len(plans), case), flush=True)
+    summaries = [world_summary(cases, w, cores) for w in worlds if any(c.world == w for c in cases)]
+    elapsed = time.monotonic() - started
+    document = {
+        "model": args.model,
+        "global_batch_size": GLOBAL_BATCH,
+        "steps": steps,
+        "warmup_steps_left_out": WARMUP_STEPS,
+        "quick": args.quick,
+        "cores": cores,
+        "load_average": os.getloadavg(),
+        "wall_s": round(elapsed, 1),
+        "error_definition": "(predicted - measured) / measured; medians and p90 of its absolute",
+        "targets": TARGETS,
+        "worlds": summaries,
+        "plans": [c.as_json() for c in cases],
+    }
+    (out / "fidelity.json").write_text(json.dumps(document, indent=2) + "\n")
+    plot(cases, out / "fidelity.png")
+    print()
+    print(summary_table(summaries))
+    print(f"\n{out / 'fidelity.json'}\n{out / 'fidelity.png'}\nwall time {elapsed / 60:.1f} min")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
