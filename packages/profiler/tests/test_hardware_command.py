@@ -78,6 +78,8 @@ def test_2_gloo_ranks_quick_writes_a_complete_profile(two_runs: list[HardwarePro
     assert (profile.origin, profile.backend, profile.world_size) == ("measured", "gloo", 2)
     assert (profile.num_nodes, profile.devices_per_node) == (1, 2)
     assert profile.device.kind == "cpu"
+    # Copy bandwidth of a CPU core: between 100 MB/s and 1 TB/s.
+    assert 1e8 < (profile.device.memory_bandwidth_bytes_per_s or 0) < 1e12
     physical = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
     assert profile.device.memory_bytes == physical // 2  # RAM shared by the node's 2 ranks
     assert profile.measurement is not None

@@ -177,6 +177,27 @@ def measure_matmul(context: Context, dtype: str, *, quick: bool) -> list[float]:
     return [flops / t for t in times if t > 0]
 
 
+# Large enough to leave every cache; the copy reads and writes it once each.
+COPY_BYTES = 64 * 2**20
+
+
+def measure_memory_bandwidth(context: Context, *, quick: bool) -> list[float]:
+    """Bytes/s of each repeat of a large tensor copy (read + write), all ranks at once: what
+    an optimizer step, which streams parameters, gradients and states, runs at."""
+    elements = (COPY_BYTES // (4 if quick else 1)) // 4
+    source = torch.ones(elements, device=context.device)
+    target = torch.empty_like(source)
+
+    def copy() -> None:
+        target.copy_(source)
+
+    dist.barrier(group=context.world)
+    for _ in range(2):
+        copy()
+    times = [context.timer.seconds(copy) for _ in range(context.settings.matmul_repeats)]
+    return [2 * source.numel() * source.element_size() / t for t in times if t > 0]
+
+
 def measure_overlap(context: Context, *, quick: bool) -> dict[str, list[float]]:
     """Per-call seconds of a matmul loop and a world all_reduce loop, alone and together.
 

@@ -45,6 +45,7 @@ class RankResults:
     collectives: dict[tuple[str, int], list[float]] = field(default_factory=dict)
     matmul_flops: dict[str, list[float]] = field(default_factory=dict)
     overlap: dict[str, list[float]] = field(default_factory=dict)
+    memory_bandwidth: list[float] = field(default_factory=list)  # bytes/s per repeat
 
 
 @dataclass(frozen=True)
@@ -96,6 +97,7 @@ def build_profile(
             kind="cuda" if first.device_kind == "cuda" else "cpu",
             name=first.device_name,
             memory_bytes=min(r.memory_bytes for r in ordered),
+            memory_bandwidth_bytes_per_s=_memory_bandwidth(ordered),
         ),
         compute=tuple(_compute(ordered)),
         collectives=tuple(_collectives(tasks, ordered, layout, warnings)),
@@ -104,6 +106,12 @@ def build_profile(
         tools=tools,
     )
     return profile, warnings
+
+
+def _memory_bandwidth(results: Sequence[RankResults]) -> float | None:
+    """The slowest rank's median copy bandwidth (every rank steps its optimizer at once)."""
+    medians = [statistics.median(r.memory_bandwidth) for r in results if r.memory_bandwidth]
+    return min(medians) if medians else None
 
 
 def _compute(results: Sequence[RankResults]) -> Iterable[ComputeThroughput]:

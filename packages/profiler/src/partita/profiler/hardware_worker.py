@@ -132,6 +132,7 @@ def _steps(
             steps.append((label, _collective_step(context, task, group, nbytes)))
     for dtype in measure.matmul_dtypes(context.device):
         steps.append((f"matmul {dtype}", _matmul_step(context, dtype, quick)))
+    steps.append(("memory bandwidth (copy)", _memory_bandwidth_step(context, quick)))
     if tasks:
         steps.append(("overlap of compute and all_reduce", _overlap_step(context, quick)))
     return steps
@@ -160,6 +161,13 @@ def _matmul_step(
 ) -> Callable[[RankResults], None]:
     def step(results: RankResults) -> None:
         results.matmul_flops[dtype] = measure.measure_matmul(context, dtype, quick=quick)
+
+    return step
+
+
+def _memory_bandwidth_step(context: measure.Context, quick: bool) -> Callable[[RankResults], None]:
+    def step(results: RankResults) -> None:
+        results.memory_bandwidth = measure.measure_memory_bandwidth(context, quick=quick)
 
     return step
 
