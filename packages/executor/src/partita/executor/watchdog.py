@@ -54,13 +54,21 @@ class Watchdog:
                 )
                 os._exit(EXIT_LOST_RANK)
 
-    def diagnosis(self) -> str:
+    def silent_ranks(self) -> list[int]:
+        """The other ranks whose last heartbeat is older than the timeout."""
         now = time.time()
         silent = []
         for rank in range(self.world_size):
             key = KEY.format(rank=rank)
-            seen = float(self.store.get(key)) if self.store.check([key]) else 0.0
+            try:
+                seen = float(self.store.get(key)) if self.store.check([key]) else 0.0
+            except RuntimeError:  # the store itself is gone (rank 0 hosts it)
+                continue
             if rank != self.rank and now - seen > self.timeout_s:
-                silent.append(str(rank))
-        who = f"rank(s) {', '.join(silent)}" if silent else "a rank"
+                silent.append(rank)
+        return silent
+
+    def diagnosis(self) -> str:
+        silent = self.silent_ranks()
+        who = f"rank(s) {', '.join(map(str, silent))}" if silent else "a rank"
         return f"{who} did not reach step start within {self.timeout_s:.0f} s (hung or lost)"

@@ -17,7 +17,7 @@ import torch.distributed as dist
 
 from partita.executor.groups import ParallelGroups
 from partita.executor.trainer import LostRankError, TrainSettings, build_trainer
-from partita.executor.watchdog import Watchdog
+from partita.executor.watchdog import EXIT_LOST_RANK, Watchdog
 from partita.formats import Plan, RankMemory, StepRecord, content_hash, load, save
 
 
@@ -47,16 +47,29 @@ def main(argv: list[str] | None = None) -> int:
     args = parse(argv)
     device, backend = device_and_backend()
     dist.init_process_group(backend, timeout=timedelta(seconds=args.timeout))
+    rank = dist.get_rank()
+    watchdogs: list[Watchdog] = []  # started by _train once the model is built
     try:
-        return _train(args, device, backend)
+        return _train(args, device, backend, watchdogs)
     except LostRankError as error:
-        print(f"partita train: error: [rank {dist.get_rank()}] {error}", file=sys.stderr)
-        return 3
+        print(f"partita train: error: [rank {rank}] {error}", file=sys.stderr)
+        return EXIT_LOST_RANK
+    except RuntimeError:
+        # A collective that timed out because a peer hung races the watchdog: name the
+        # silent rank the same way whichever notices first.
+        if not watchdogs or not watchdogs[0].silent_ranks():
+            raise
+        print(f"partita train: error: [rank {rank}] {watchdogs[0].diagnosis()}", file=sys.stderr)
+        return EXIT_LOST_RANK
     finally:
+        for watchdog in watchdogs:
+            watchdog.stop()
         dist.destroy_process_group()
 
 
-def _train(args: argparse.Namespace, device: torch.device, backend: str) -> int:
+def _train(
+    args: argparse.Namespace, device: torch.device, backend: str, watchdogs: list[Watchdog]
+) -> int:
     from partita.executor.progress import Progress
     from partita.executor.report import build_run_report
 
@@ -73,6 +86,7 @@ def _train(args: argparse.Namespace, device: torch.device, backend: str) -> int:
     trainer = build_trainer(plan=plan, source=args.model, settings=settings, groups=groups)
     progress = Progress(args.steps, unit=trainer.family.unit, enabled=rank == 0)
     watchdog = Watchdog(rank=rank, world_size=dist.get_world_size(), timeout_s=args.timeout)
+    watchdogs.append(watchdog)
 
     def on_step(step: int, loss: float, seconds: float, items: int) -> None:
         watchdog.beat()
