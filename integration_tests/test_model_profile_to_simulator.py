@@ -7,6 +7,7 @@ import pytest
 
 from partita.formats import (
     LayerStrategy,
+    ModelDescription,
     ModelProfile,
     PipelineConfig,
     Plan,
@@ -30,21 +31,29 @@ def measured(tmp_path_factory: pytest.TempPathFactory) -> ModelProfile:
     return load(out, ModelProfile)
 
 
+def _uniform_plan(
+    model: ModelDescription, strategy: LayerStrategy, vocab: VocabStrategy | None = None
+) -> Plan:
+    """Two ranks, one stage, two micro-batches, ``strategy`` for every block."""
+    return Plan(
+        world_size=2,
+        mesh_axis_order=("pp", "dp", "tp"),
+        global_batch_size=4,
+        num_micro_batches=2,
+        pipeline=PipelineConfig(degree=1, schedule="1f1b", stage_num_layers=(len(model.blocks),)),
+        layers=tuple(strategy for _ in model.blocks),
+        vocab=vocab or VocabStrategy(),
+        precision="fp32",
+    )
+
+
 @pytest.mark.parametrize(("tp", "sp"), [(1, "none"), (2, "none"), (2, "megatron"), (2, "ulysses")])
 def test_the_simulator_accepts_a_measured_profile_for_a_uniform_plan(
     measured: ModelProfile, tp: int, sp: str
 ) -> None:
     hardware = hardware_profile_from_spec(PRESETS["cpu-gloo-local"])  # 2 CPU ranks
     model = describe_model("gpt-tiny", seq_len=SEQ)
-    plan = Plan(
-        world_size=2,
-        mesh_axis_order=("pp", "dp", "tp"),
-        global_batch_size=4,
-        num_micro_batches=2,
-        pipeline=PipelineConfig(degree=1, schedule="1f1b", stage_num_layers=(len(model.blocks),)),
-        layers=tuple(LayerStrategy(tp=tp, sp=sp) for _ in model.blocks),
-        precision="fp32",
-    )
+    plan = _uniform_plan(model, LayerStrategy(tp=tp, sp=sp))
     result = simulate(plan, hardware=hardware, model_profile=measured, model=model)
     assert result.iteration_time_s > 0
     assert all(stage.memory.total > 0 for stage in result.stages)
@@ -80,16 +89,7 @@ def test_a_measured_t5_profile_prices_a_uniform_megatron_plan(measured_t5: Model
     looked up at (1, none), every other block at (2, megatron); a missing entry would raise."""
     hardware = hardware_profile_from_spec(PRESETS["cpu-gloo-local"])  # 2 CPU ranks
     model = describe_model("t5-tiny", seq_len=SEQ)
-    plan = Plan(
-        world_size=2,
-        mesh_axis_order=("pp", "dp", "tp"),
-        global_batch_size=4,
-        num_micro_batches=2,
-        pipeline=PipelineConfig(degree=1, schedule="1f1b", stage_num_layers=(len(model.blocks),)),
-        layers=tuple(LayerStrategy(tp=2, sp="megatron") for _ in model.blocks),
-        vocab=VocabStrategy(tp=1),
-        precision="fp32",
-    )
+    plan = _uniform_plan(model, LayerStrategy(tp=2, sp="megatron"), VocabStrategy(tp=1))
     result = simulate(plan, hardware=hardware, model_profile=measured_t5, model=model)
     assert result.iteration_time_s > 0
     assert all(stage.memory.total > 0 for stage in result.stages)
