@@ -55,7 +55,6 @@ class PipelineTrainer(Trainer):
         self.config = resolve_config(self.source)
         self.family = family_of(self.config)
         model = build_model(self.config, seed=self.settings.seed)
-        self.tied = bool(model.tied)
         # A tied table's copies are reported under the one-process model's (first) name.
         self.canonical = {n: tie.names[0] for tie in model.tied for n in tie.names}
         self.setups = layer_setups(model, self.plan, self.groups)

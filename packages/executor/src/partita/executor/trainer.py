@@ -110,7 +110,6 @@ class Trainer:
         self.config = resolve_config(self.source)
         self.family = family_of(self.config)
         model = build_model(self.config, seed=self.settings.seed)
-        self.tied = bool(model.tied)
         setups = layer_setups(model, self.plan, self.groups)
         self.block_groups: LayerGroups = setups[1].groups
         self.parallel = ParallelModel(model, setups)
