@@ -326,7 +326,8 @@ def measure(case: Case, *, profiles: Profiles, model: str, steps: int) -> None:
     save(case.plan, folder / "plan.json")
     run_partita(
         ["train", "--plan", str(folder / "plan.json"), "--model", model, "--steps", str(steps),
-         "--nproc", str(case.world), "--run-dir", str(folder / "train")],
+         "--nproc", str(case.world), "--run-dir", str(folder / "train"),
+         "--no-final-checkpoint"],
         log=folder / "train.log",
     )  # fmt: skip
     report = load(folder / "train" / "run_report.json", RunReport)

@@ -133,13 +133,36 @@ _ARTIFACTS = {
     "run_report.json": "measured step times, losses, peak memory per rank (partita train)",
     "comparison.json": "the table above, as numbers",
     "summary.txt": "this summary (what the demo printed last)",
+    "steps.jsonl": "one line per training step, written as it trained",
 }
+# Folders listed as one line each: what is inside belongs together.
+_FOLDERS = {
+    "checkpoints": "training checkpoint (partita train --resume, partita export)",
+    "hf-model": "the trained model as a Hugging Face directory (partita export)",
+}
+
+
+def _listed_as(relative: Path) -> tuple[Path, str] | None:
+    """The folder a file is listed under, and what it is, when it belongs to one."""
+    for index, part in enumerate(relative.parts[:-1]):
+        if part in _FOLDERS:
+            # A checkpoint is the folder inside checkpoints/; the model is hf-model/ itself.
+            depth = index + 2 if part == "checkpoints" else index + 1
+            return Path(*relative.parts[:depth]), _FOLDERS[part]
+    return None
 
 
 def artifact_lines(folder: Path) -> list[str]:
     lines = []
+    grouped: set[Path] = set()
     for path in sorted(p for p in folder.rglob("*") if p.is_file()):
         relative = path.relative_to(folder)
+        group = _listed_as(relative)
+        if group is not None:
+            if group[0] not in grouped:
+                grouped.add(group[0])
+                lines.append(f"  {str(group[0]) + '/':<36} {group[1]}")
+            continue
         what = _ARTIFACTS.get(path.name, "")
         if relative.parts[0] == "logs":
             what = "output of one stage"

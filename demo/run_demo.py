@@ -11,7 +11,8 @@ A small GPT (demo/gpt-demo/config.json, 10.8 M parameters) on 2 gloo ranks of th
    itself uniform, the best plain data-parallel, ZeRO-3 or 3D plan that differs from it);
 4. simulate both (Chrome trace, timeline and memory plots), train with both on the sample
    text shipped with partita-models, and print predicted against measured iteration time and
-   peak memory per rank, and the searched plan's speed-up over the baseline.
+   peak memory per rank, and the searched plan's speed-up over the baseline; the searched
+   run's final checkpoint is exported as a Hugging Face model directory.
 
 Everything lands in one run folder, runs/demo-<UTC time>/, whose path is printed first and
 last. A stage that fails ends the demo with one line naming it and its log.
@@ -210,9 +211,16 @@ def simulate_and_train(run: Run, role: str, plan_file: Path) -> None:
         f"train with the {role} plan: {run.steps} steps on the sample text, {RANKS} gloo ranks",
         ["train", "--plan", str(folder / "plan.json"), "--model", str(MODEL_DIR),
          "--steps", str(run.steps), "--data", str(sample_text_path()), "--lr", LEARNING_RATE,
-         "--nproc", str(RANKS), "--run-dir", str(folder / "train")],
+         "--nproc", str(RANKS), "--run-dir", str(folder / "train"),
+         *([] if role == "searched" else ["--no-final-checkpoint"])],
         log=run.log(f"train-{role}"),
     )  # fmt: skip
+    if role == "searched":  # the trained model, as transformers reads it
+        stage(
+            "export the searched run's final checkpoint as a Hugging Face model",
+            ["export", str(folder / "train"), "--out", str(folder / "hf-model")],
+            log=run.log("export"),
+        )  # fmt: skip
 
 
 def machine_note() -> str:

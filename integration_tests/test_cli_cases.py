@@ -318,8 +318,7 @@ def test_cli_case_trains_and_reports(
 
     report = load(run_dir / "run_report.json", RunReport)
     assert report.status == "completed"
-    # RunReport has no node count: world_size = nodes x nproc shows both agents joined.
-    assert report.world_size == case.world_size
+    assert report.world_size == case.world_size and report.num_nodes == case.nodes
     assert report.backend == ("nccl" if case.needs_cuda else "gloo")
     assert report.plan_sha256 == content_hash(plan)
     assert content_hash(load(run_dir / "plan.json", Plan)) == content_hash(plan)

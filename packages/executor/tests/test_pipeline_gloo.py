@@ -24,16 +24,9 @@ from pathlib import Path
 
 import pytest
 from gloo_cases import launch_cases
+from plan_cases import BLOCKS, make_plan, random_plan
 
-from partita.formats import (
-    LayerStrategy,
-    PipelineConfig,
-    Plan,
-    VocabStrategy,
-    dumps,
-    validate_plan,
-)
-from partita.models.api import describe_model
+from partita.formats import LayerStrategy, Plan, VocabStrategy, dumps
 
 STEPS = 5
 MODELS = ("gpt-tiny", "llama-tiny", "t5-tiny")
@@ -41,46 +34,7 @@ MODELS = ("gpt-tiny", "llama-tiny", "t5-tiny")
 NUM_RANDOM = {2: 10, 4: 12, 8: 6}
 WORLDS = tuple(int(w) for w in os.environ.get("PARTITA_PIPELINE_WORLDS", "2,4,8").split(","))
 RANDOM_SEED = 20261128
-BATCH = 8
 HERE = Path(__file__).resolve().parent
-_BLOCKS = {m: len(describe_model(m).blocks) for m in MODELS}
-
-
-def _even_stages(blocks: int, pp: int) -> tuple[int, ...]:
-    return tuple(blocks // pp + (1 if s < blocks % pp else 0) for s in range(pp))
-
-
-def _plan(
-    model: str,
-    *,
-    world: int,
-    pp: int,
-    schedule: str = "gpipe",
-    micro_batches: int = 1,
-    layers: tuple[LayerStrategy, ...] | None = None,
-    vocab: VocabStrategy | None = None,
-    stages: tuple[int, ...] | None = None,
-    order: tuple[str, ...] = ("pp", "dp", "tp"),
-) -> Plan | None:
-    blocks = _BLOCKS[model]
-    plan = Plan(
-        world_size=world,
-        mesh_axis_order=order,  # type: ignore[arg-type]
-        global_batch_size=BATCH,
-        num_micro_batches=micro_batches,
-        pipeline=PipelineConfig(
-            degree=pp,
-            schedule=schedule,  # type: ignore[arg-type]
-            stage_num_layers=stages or _even_stages(blocks, pp),
-        ),
-        layers=layers or tuple(LayerStrategy() for _ in range(blocks)),
-        vocab=vocab or VocabStrategy(),
-    )
-    try:
-        validate_plan(plan, world_size=world, model=describe_model(model))
-    except ValueError:
-        return None
-    return plan
 
 
 def _case(name: str, model: str, plan: Plan, **extra: object) -> dict:
@@ -95,10 +49,10 @@ def _pure_pipelines() -> list[dict]:
             if world not in WORLDS:
                 continue
             for model in MODELS:
-                if _BLOCKS[model] < pp:
+                if BLOCKS[model] < pp:
                     continue
                 for m in (1, 2, 4) if pp > 1 else (2, 4):
-                    plan = _plan(model, world=world, pp=pp, schedule=schedule, micro_batches=m)
+                    plan = make_plan(model, world=world, pp=pp, schedule=schedule, micro_batches=m)
                     assert plan is not None
                     cases.append(_case(f"pure/{model}/{schedule}-pp{pp}-m{m}", model, plan))
     return cases
@@ -125,13 +79,13 @@ def _inside_stages() -> list[dict]:
     for model in MODELS:
         for label, (layer, vocab) in INSIDE.items():
             schedule = "1f1b" if len(cases) % 2 else "gpipe"
-            plan = _plan(
+            plan = make_plan(
                 model,
                 world=4,
                 pp=2,
                 schedule=schedule,
                 micro_batches=2,
-                layers=tuple(layer for _ in range(_BLOCKS[model])),
+                layers=tuple(layer for _ in range(BLOCKS[model])),
                 vocab=vocab,
             )
             if plan is not None:
@@ -143,7 +97,7 @@ def _world8() -> list[dict]:
     """Pipelines of 2 and 4 stages with tp x dp inside (world 8)."""
     if 8 not in WORLDS:
         return []
-    gpt = _plan(
+    gpt = make_plan(
         "gpt-tiny",
         world=8,
         pp=2,
@@ -152,7 +106,7 @@ def _world8() -> list[dict]:
         layers=tuple(LayerStrategy(tp=2, dp="zero2") for _ in range(4)),
         vocab=VocabStrategy(tp=2, dp="zero2"),
     )
-    t5 = _plan(
+    t5 = make_plan(
         "t5-tiny",
         world=8,
         pp=4,
@@ -167,50 +121,13 @@ def _world8() -> list[dict]:
     ]
 
 
-def _divisors(n: int) -> list[int]:
-    return [d for d in range(1, n + 1) if n % d == 0]
-
-
-def _random_plan(rng: random.Random, world: int, model: str) -> Plan:
-    while True:
-        blocks = _BLOCKS[model]
-        pp = rng.choice([p for p in _divisors(world) if p <= blocks])
-        per_stage = world // pp
-        cuts = sorted(rng.sample(range(1, blocks), pp - 1))
-        stages = tuple(b - a for a, b in zip([0, *cuts], [*cuts, blocks], strict=True))
-        layers = []
-        degrees = _divisors(per_stage)
-        degrees += degrees[1:]  # twice as likely to split: mixed layouts are the point
-        for _ in range(blocks):
-            tp = rng.choice(degrees)
-            sp = rng.choice(("none", "megatron", "ulysses")) if tp > 1 else "none"
-            dp = rng.choice(("ddp", "zero1", "zero2", "zero3"))
-            layers.append(LayerStrategy(tp=tp, sp=sp, dp=dp, ckpt=rng.random() < 0.3))  # type: ignore[arg-type]
-        vocab = VocabStrategy(
-            tp=rng.choice(degrees),
-            dp=rng.choice(("ddp", "zero1", "zero2", "zero3")),  # type: ignore[arg-type]
-        )
-        plan = _plan(
-            model,
-            world=world,
-            pp=pp,
-            schedule=rng.choice(("gpipe", "1f1b")),
-            micro_batches=rng.choice((1, 2, 4)),
-            layers=tuple(layers),
-            vocab=vocab,
-            stages=stages,
-        )
-        if plan is not None:
-            return plan
-
-
 def _random_cases() -> list[dict]:
     rng = random.Random(RANDOM_SEED)
     cases = []
     for world in WORLDS:
         for index in range(NUM_RANDOM[world]):
             model = MODELS[index % len(MODELS)]
-            plan = _random_plan(rng, world, model)
+            plan = random_plan(rng, world, model)
             cases.append(_case(f"random/w{world}-{index}/{model}", model, plan, random=True))
     return cases
 
@@ -219,7 +136,7 @@ def _sabotaged() -> list[dict]:
     if 4 not in WORLDS:
         return []
     layers = (LayerStrategy(), LayerStrategy(tp=2), LayerStrategy(), LayerStrategy(tp=2))
-    plan = _plan("gpt-tiny", world=4, pp=2, micro_batches=2, layers=layers)
+    plan = make_plan("gpt-tiny", world=4, pp=2, micro_batches=2, layers=layers)
     assert plan is not None
     return [_case("sabotaged", "gpt-tiny", plan, sabotage="skip_layer_dp_sync")]
 

@@ -3,22 +3,27 @@ rank that dies or hangs ends the job in bounded time with a message naming it.""
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
+from partita.executor.checkpoint import latest_checkpoint
 from partita.formats import (
     LayerStrategy,
     PipelineConfig,
     Plan,
     RunReport,
+    TrainingSettings,
     VocabStrategy,
+    content_hash,
     load,
     save,
 )
@@ -28,6 +33,17 @@ def _partita() -> str:
     script = shutil.which("partita", path=str(Path(sys.executable).parent))
     assert script is not None
     return script
+
+
+def _train(*arguments: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
+    """``partita train ARGUMENTS``, its output captured."""
+    return subprocess.run(
+        [_partita(), "train", *arguments],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+    )
 
 
 def _plan(path: Path, *, world: int, strategy: LayerStrategy) -> Path:
@@ -49,23 +65,16 @@ def _plan(path: Path, *, world: int, strategy: LayerStrategy) -> Path:
 def test_train_writes_a_run_report(tmp_path: Path) -> None:
     plan = _plan(tmp_path / "plan.json", world=4, strategy=LayerStrategy(tp=2, sp="megatron"))
     run = tmp_path / "run"
-    done = subprocess.run(
-        [
-            _partita(),
-            "train",
-            "--plan",
-            str(plan),
-            "--model",
-            "gpt-tiny",
-            "--steps",
-            "3",
-            "--run-dir",
-            str(run),
-        ],
-        capture_output=True,
-        text=True,
+    done = _train(
+        "--plan",
+        str(plan),
+        "--model",
+        "gpt-tiny",
+        "--steps",
+        "3",
+        "--run-dir",
+        str(run),
         timeout=300,
-        check=False,
     )
     assert done.returncode == 0, done.stderr[-3000:]
     report = load(run / "run_report.json", RunReport)
@@ -93,9 +102,9 @@ def test_a_pipelined_plan_trains_on_a_text_file(tmp_path: Path) -> None:
         tmp_path / "plan.json",
     )
     run = tmp_path / "run"
-    command = [_partita(), "train", "--plan", str(plan), "--model", "gpt-tiny", "--steps", "3"]
-    command += ["--data", str(sample_text_path()), "--run-dir", str(run)]
-    done = subprocess.run(command, capture_output=True, text=True, timeout=300, check=False)
+    arguments = ["--plan", str(plan), "--model", "gpt-tiny", "--steps", "3"]
+    arguments += ["--data", str(sample_text_path()), "--run-dir", str(run)]
+    done = _train(*arguments, timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
     report = load(run / "run_report.json", RunReport)
     assert report.status == "completed" and [s.step for s in report.steps] == [0, 1, 2]
@@ -104,24 +113,8 @@ def test_a_pipelined_plan_trains_on_a_text_file(tmp_path: Path) -> None:
 
 def test_plan_for_another_world_size_is_refused_before_launch(tmp_path: Path) -> None:
     plan = _plan(tmp_path / "plan.json", world=4, strategy=LayerStrategy())
-    done = subprocess.run(
-        [
-            _partita(),
-            "train",
-            "--plan",
-            str(plan),
-            "--model",
-            "gpt-tiny",
-            "--nproc",
-            "2",
-            "--run-dir",
-            str(tmp_path / "run"),
-        ],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
+    arguments = ["--plan", str(plan), "--model", "gpt-tiny", "--nproc", "2"]
+    done = _train(*arguments, "--run-dir", str(tmp_path / "run"))
     assert done.returncode == 2
     assert done.stderr.strip().splitlines() == [
         f"partita train: error: {plan}: world_size: the plan is for 4 devices but 2 are running"
@@ -150,13 +143,7 @@ def test_inside_a_users_torchrun_a_plan_for_another_world_size_is_refused(tmp_pa
 
 def test_plan_that_does_not_fit_the_model_is_refused(tmp_path: Path) -> None:
     plan = _plan(tmp_path / "plan.json", world=4, strategy=LayerStrategy(tp=4, sp="ulysses"))
-    done = subprocess.run(
-        [_partita(), "train", "--plan", str(plan), "--model", "llama-tiny"],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
+    done = _train("--plan", str(plan), "--model", "llama-tiny")
     assert done.returncode == 2
     assert (
         "layers: the plan has 4 layer strategies but model 'llama-tiny' has 2 block" in done.stderr
@@ -199,24 +186,13 @@ def _worker_pids(job: int) -> dict[int, int]:
     return found
 
 
-@pytest.mark.parametrize("fault", ["killed", "hung"])
-def test_a_lost_rank_stops_the_job_and_is_named(tmp_path: Path, fault: str) -> None:
-    plan = _plan(tmp_path / "plan.json", world=2, strategy=LayerStrategy())
+def _train_and_fault_rank_1(
+    command: list[str], *, fault: str, ready: Callable[[], bool]
+) -> tuple[int, str, float]:
+    """Start ``command``; once its two workers run and ``ready()`` holds, kill (SIGKILL) or
+    hang (SIGSTOP) rank 1. Returns the exit code, stderr and seconds from fault to exit."""
     process = subprocess.Popen(
-        [
-            _partita(),
-            "train",
-            "--plan",
-            str(plan),
-            "--model",
-            "gpt-tiny",
-            "--steps",
-            "100000",
-            "--timeout",
-            "10",
-            "--run-dir",
-            str(tmp_path / "run"),
-        ],
+        command,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,
         text=True,
@@ -225,11 +201,10 @@ def test_a_lost_rank_stops_the_job_and_is_named(tmp_path: Path, fault: str) -> N
     try:
         deadline = time.monotonic() + 120
         pids: dict[int, int] = {}
-        while time.monotonic() < deadline and len(pids) < 2:
-            time.sleep(1.0)
+        while time.monotonic() < deadline and (len(pids) < 2 or not ready()):
+            time.sleep(0.2)
             pids = _worker_pids(process.pid)
-        assert len(pids) == 2, "workers did not start"
-        time.sleep(8.0)  # well into training
+        assert len(pids) == 2 and ready(), "workers did not start or make progress"
         os.kill(pids[1], signal.SIGKILL if fault == "killed" else signal.SIGSTOP)
         start = time.monotonic()
         _, stderr = process.communicate(timeout=150)
@@ -239,8 +214,98 @@ def test_a_lost_rank_stops_the_job_and_is_named(tmp_path: Path, fault: str) -> N
             os.killpg(process.pid, signal.SIGKILL)
         for pid in _worker_pids(process.pid).values():
             os.kill(pid, signal.SIGKILL)
-    assert process.returncode != 0
+    return process.returncode, stderr, elapsed
+
+
+def _error_lines(stderr: str) -> list[str]:
+    return [line for line in stderr.splitlines() if line.startswith("partita train: error:")]
+
+
+@pytest.mark.parametrize("fault", ["killed", "hung"])
+def test_a_lost_rank_stops_the_job_and_is_named(tmp_path: Path, fault: str) -> None:
+    plan = _plan(tmp_path / "plan.json", world=2, strategy=LayerStrategy())
+    command = [_partita(), "train", "--plan", str(plan), "--model", "gpt-tiny"]
+    command += ["--steps", "100000", "--timeout", "10", "--run-dir", str(tmp_path / "run")]
+    started = time.monotonic()
+    code, stderr, elapsed = _train_and_fault_rank_1(
+        command,
+        fault=fault,
+        ready=lambda: time.monotonic() - started > 12,  # well into training
+    )
+    assert code != 0
     assert elapsed < 90
-    last = [line for line in stderr.splitlines() if line.startswith("partita train: error:")]
+    last = _error_lines(stderr)
     assert last, stderr[-2000:]
     assert "rank 1" in last[-1] or "rank(s) 1" in last[-1], last[-1]
+    report = load(tmp_path / "run" / "run_report.json", RunReport)
+    assert report.status == "failed" and report.error == last[-1].split("error: ", 1)[1]
+
+
+def _logged_steps(run: Path) -> list[dict]:
+    log = run / "steps.jsonl"
+    return [json.loads(line) for line in log.read_text().splitlines()] if log.is_file() else []
+
+
+def test_a_killed_run_resumes_from_its_last_checkpoint(tmp_path: Path) -> None:
+    """SIGKILL a rank mid-run, then ``--resume``: the job restarts at the last checkpoint,
+    so no step is lost and at most the steps since that checkpoint are done again (with the
+    same losses, bit for bit), and the final record has every step once."""
+    every, steps = 5, 40
+    plan = _plan(tmp_path / "plan.json", world=2, strategy=LayerStrategy(dp="zero1"))
+    run = tmp_path / "run"
+    command = [_partita(), "train", "--plan", str(plan), "--model", "gpt-tiny"]
+    command += ["--steps", str(steps), "--checkpoint-every", str(every), "--timeout", "10"]
+    command += ["--run-dir", str(run)]
+    code, stderr, elapsed = _train_and_fault_rank_1(
+        command, fault="killed", ready=lambda: len(_logged_steps(run)) >= every + 2
+    )
+    assert code != 0 and elapsed < 90, stderr[-2000:]
+    before = _logged_steps(run)  # what the killed run finished
+    assert len(before) < steps, "the run ended before the kill"
+    latest = latest_checkpoint(run)
+    assert latest is not None
+    saved_at = int(latest.name.split("-")[1])
+    assert 0 <= len(before) - saved_at <= every  # redone after resuming: at most an interval
+
+    done = _train("--resume", str(run), timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    report = load(run / "run_report.json", RunReport)
+    assert report.status == "completed" and report.resumed_from_step == saved_at
+    assert [s.step for s in report.steps] == list(range(steps))
+    again = _logged_steps(run)[len(before) :]
+    assert [s["step"] for s in again] == list(range(saved_at, steps))
+    # Steps before the checkpoint keep their record; those redone match the killed run's.
+    assert [s.loss for s in report.steps[: len(before)]] == [s["loss"] for s in before]
+
+
+def test_resume_refuses_what_is_not_a_run_folder(tmp_path: Path) -> None:
+    done = _train("--resume", str(tmp_path))
+    assert done.returncode == 2
+    assert done.stderr.strip().splitlines() == [
+        f"partita train: error: --resume: {tmp_path} is not a run folder (no run_report.json)"
+    ]
+
+
+def test_resume_keeps_the_runs_settings(tmp_path: Path) -> None:
+    run = tmp_path / "run"
+    plan = _plan(run / "plan.json", world=2, strategy=LayerStrategy())
+    report = RunReport(
+        model="gpt-tiny",
+        plan_sha256=content_hash(plan),
+        world_size=2,
+        backend="gloo",
+        device="cpu",
+        status="failed",
+        unit="tokens",
+        steps=(),
+        peak_memory=(),
+        memory_method="",
+        error="rank 1 was killed by signal 9",
+        settings=TrainingSettings(steps=10, lr=1e-3),
+    )
+    save(report, run / "run_report.json")
+    done = _train("--resume", str(run), "--lr", "0.01")
+    assert done.returncode == 2
+    assert done.stderr.strip().splitlines() == [
+        "partita train: error: --lr: a resumed run keeps its own (lr 0.001)"
+    ]

@@ -4,7 +4,14 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from partita.formats import HardwareProfile, ModelDescription, ModelProfile, Plan, RunReport
+from partita.formats import (
+    CheckpointManifest,
+    HardwareProfile,
+    ModelDescription,
+    ModelProfile,
+    Plan,
+    RunReport,
+)
 
 REPO = Path(__file__).resolve().parents[3]
 EXAMPLES = REPO / "docs" / "examples"
@@ -16,4 +23,5 @@ EXAMPLE_CLASSES: dict[str, type] = {
     "model_description.json": ModelDescription,
     "plan.json": Plan,
     "run_report.json": RunReport,
+    "checkpoint_manifest.json": CheckpointManifest,
 }

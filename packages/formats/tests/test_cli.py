@@ -50,7 +50,8 @@ SUMMARY_MARKERS = {
     "model_profile.json": ["gpt_block", "forward", "ckpt act/sample"],
     "model_description.json": ["blocks.3", "234,880 parameters"],
     "plan.json": ["layers  stage  tp  sp", "ulysses", "zero3", "predicted: iteration"],
-    "run_report.json": ["completed, 5 step(s)", "loss 6.2500 -> 5.8100", "rank"],
+    "run_report.json": ["completed, 5 step(s) of 5", "loss 6.2500 -> 5.8100", "rank"],
+    "checkpoint_manifest.json": ["after step 3 of 5", "data position 3", "loss 6.2500 -> 6.0300"],
 }
 
 

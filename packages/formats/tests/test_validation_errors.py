@@ -181,6 +181,33 @@ FIELD_CASES = [
         _set(("peak_memory", 3, "rank"), 0),
         "run_report.json: peak_memory[3].rank: a second entry for the same rank",
     ),
+    (
+        "run_report.json",
+        _set(("resumed_from_step",), 6),
+        "run_report.json: resumed_from_step: a run resumed after step 6 but records only 5 step(s)",
+    ),
+    (
+        "run_report.json",
+        _set(("settings", "steps"), 8),
+        "run_report.json: steps: a completed run of 8 step(s) records 5",
+    ),
+    (
+        "checkpoint_manifest.json",
+        _set(("step",), 2),
+        "checkpoint_manifest.json: steps: a checkpoint after 2 step(s) records 3",
+    ),
+    (
+        "checkpoint_manifest.json",
+        _set(("steps", 1, "step"), 2),
+        "checkpoint_manifest.json: steps[1].step: expected step 1 (steps are recorded in order, "
+        "once each), got 2",
+    ),
+    (
+        "checkpoint_manifest.json",
+        _set(("rng_ranks",), 2),
+        "checkpoint_manifest.json: rng_ranks: random generator states of 2 ranks in a "
+        "checkpoint of 4",
+    ),
 ]
 
 

@@ -6,7 +6,7 @@ from pathlib import Path
 import pytest
 from support import EXAMPLES
 
-from partita.formats import SPECS, FormatError, LayerStrategy, Plan, load, loads
+from partita.formats import SPECS, FormatError, LayerStrategy, Plan, RunReport, load, loads
 
 
 def test_plan_version_1_is_migrated_forward(data_dir: Path) -> None:
@@ -16,6 +16,13 @@ def test_plan_version_1_is_migrated_forward(data_dir: Path) -> None:
         LayerStrategy(tp=1, sp="none", dp="ddp", ckpt=False),
     )
     assert plan.vocab.tp == 1  # v1 had no vocab strategy
+
+
+def test_run_report_version_1_loads_as_version_2(data_dir: Path) -> None:
+    report = load(data_dir / "run_report_v1.json", RunReport)
+    assert report.status == "completed" and len(report.steps) == 5
+    assert report.settings is None and report.resumed_from_step is None
+    assert report.num_nodes == 1
 
 
 def test_migrated_plan_is_validated_like_a_current_one(data_dir: Path) -> None:

@@ -11,7 +11,7 @@ import re
 import socket
 import subprocess
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 EXIT_OK = 0
 EXIT_FAILED = 1
@@ -23,11 +23,18 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def launch(module: str, nproc: int, arguments: Sequence[str], *, prog: str) -> int:
+def launch(
+    module: str,
+    nproc: int,
+    arguments: Sequence[str],
+    *,
+    prog: str,
+    on_failure: Callable[[str], None] | None = None,
+) -> int:
     """Run ``python -m module *arguments`` on ``nproc`` local ranks; rank output passes through.
 
-    Returns :data:`EXIT_OK`, or prints ``{prog}: error: <one line>`` and returns
-    :data:`EXIT_FAILED`.
+    Returns :data:`EXIT_OK`, or prints ``{prog}: error: <one line>``, hands the line to
+    ``on_failure`` (e.g. to mark a report failed) and returns :data:`EXIT_FAILED`.
     """
     if nproc < 1:
         raise ValueError(f"--nproc must be at least 1, got {nproc}")
@@ -57,7 +64,10 @@ def launch(module: str, nproc: int, arguments: Sequence[str], *, prog: str) -> i
         tail = [*tail[-200:], line]
     code = process.wait()
     if code != 0:
-        print(f"{prog}: error: {failure_line(''.join(tail), code)}", file=sys.stderr)
+        line = failure_line("".join(tail), code)
+        print(f"{prog}: error: {line}", file=sys.stderr)
+        if on_failure is not None:
+            on_failure(line)
         return EXIT_FAILED
     return EXIT_OK
 
@@ -68,6 +78,9 @@ def failure_line(log: str, code: int) -> str:
     lost = re.search(r"\] (rank\(s\) [\d, ]+ did not reach step start.*)", log)
     if lost:
         return lost.group(1).strip()
+    refused = re.search(r"error: \[rank (\d+)\] (.+)", log)  # a rank's own one-line error
+    if refused:
+        return f"rank {refused.group(1)}: {refused.group(2).strip()}"
     root = log[log.find("Root Cause") :] if "Root Cause" in log else log
     match = re.search(r"rank\s*:\s*(\d+)\s*\(local_rank:\s*\d+\)\s*exitcode\s*:\s*(-?\d+)", root)
     if match:

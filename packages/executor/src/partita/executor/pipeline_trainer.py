@@ -37,6 +37,7 @@ from partita.executor.pipeline import (
     recv_activations,
     recv_gradients,
 )
+from partita.executor.sharded_state import canonical_names
 from partita.executor.stage import StageModel, layer_stages
 from partita.executor.trainer import Trainer, check_supported, gather_whole_parameters
 from partita.formats.schedules import build_schedule
@@ -56,7 +57,7 @@ class PipelineTrainer(Trainer):
         self.family = family_of(self.config)
         model = build_model(self.config, seed=self.settings.seed)
         # A tied table's copies are reported under the one-process model's (first) name.
-        self.canonical = {n: tie.names[0] for tie in model.tied for n in tie.names}
+        self.canonical = canonical_names(model)
         self.setups = layer_setups(model, self.plan, self.groups)
         sub = SubGroups(self.plan, self.groups.rank, {s.tp for s in self.setups})
         self.stages = layer_stages(model, self.plan)
@@ -208,6 +209,9 @@ class PipelineTrainer(Trainer):
             group = self.tied_groups.get(id(param))
             if group is not None and param.grad is not None:
                 dist.all_reduce(param.grad, group=group)
+
+    def _local_model(self) -> StageModel:
+        return self.stage_model
 
     def _memory_baseline(self) -> list[object]:
         assert isinstance(self.optimizer, Optimizers)

@@ -144,8 +144,20 @@ class Progress:
             f"ETA {format_duration(eta)}"
         )
 
+    def note(self, text: str) -> None:
+        """Write a line of its own (e.g. a checkpoint saved) without breaking the display."""
+        if not self.enabled or self._closed:
+            return
+        if self.tty and self._written:
+            self.stream.write("\n")
+            self._written = ""
+        self.stream.write(text + "\n")
+        self.stream.flush()
+
     def _due(self, step: int) -> bool:
-        return step == 0 or (step + 1) % self.every == 0 or step + 1 >= self.total_steps
+        # The first step shown is the first this process runs (a resumed run starts later).
+        first = self._steps_seen == 1
+        return first or (step + 1) % self.every == 0 or step + 1 >= self.total_steps
 
     def _redraw(self, line: str) -> None:
         # Spaces wipe what is left of a longer previous line; no terminal escape codes needed.

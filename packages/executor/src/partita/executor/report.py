@@ -8,7 +8,7 @@ from dataclasses import replace
 from importlib.metadata import PackageNotFoundError, version
 from typing import Literal
 
-from partita.formats import RankMemory, RunReport, StepRecord, dumps, loads
+from partita.formats import RankMemory, RunReport, StepRecord, TrainingSettings, dumps, loads
 
 __all__ = ["TOOLS", "build_run_report", "throughput_per_s", "tool_versions"]
 
@@ -57,8 +57,12 @@ def build_run_report(
     peak_memory: Iterable[RankMemory],
     memory_method: str,
     error: str | None = None,
+    status: Literal["running", "completed"] = "completed",
+    settings: TrainingSettings | None = None,
+    resumed_from_step: int | None = None,
+    num_nodes: int = 1,
 ) -> RunReport:
-    """A validated run report: ``failed`` when ``error`` is given, ``completed`` otherwise.
+    """A validated run report: ``failed`` when ``error`` is given, else ``status``.
 
     Non-finite losses become ``None`` and ranks are sorted. The report goes through the format's
     own save and load checks here, so a bad value fails now with a ``FormatError`` rather than
@@ -71,7 +75,7 @@ def build_run_report(
         world_size=world_size,
         backend=backend,
         device=device,
-        status="failed" if error is not None else "completed",
+        status="failed" if error is not None else status,
         unit=unit,
         steps=records,
         peak_memory=tuple(sorted(peak_memory, key=lambda memory: memory.rank)),
@@ -79,5 +83,8 @@ def build_run_report(
         throughput_per_s=throughput_per_s(records),
         error=error,
         tools=tool_versions(),
+        settings=settings,
+        resumed_from_step=resumed_from_step,
+        num_nodes=num_nodes,
     )
     return loads(dumps(report), RunReport)

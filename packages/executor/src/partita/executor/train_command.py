@@ -3,6 +3,9 @@
 Outside torchrun it checks the plan against the model and the number of processes first
 (nothing starts on a bad plan), then starts ``--nproc`` ranks with torchrun on this machine
 and waits. Inside a torchrun the user started (multi-node), it runs as one of the ranks.
+
+``--resume RUN_DIR`` continues a run from its latest checkpoint, with the run's own settings
+and model, under the run's plan or another one (``--plan``, any world size).
 """
 
 from __future__ import annotations
@@ -11,17 +14,22 @@ import argparse
 import os
 import sys
 import time
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from partita.executor.launch import launch
 from partita.formats.cli import Command
 
+# Defaults of a new run; a resumed run takes its own settings instead.
+DEFAULTS = {"steps": 20, "data": "synthetic", "lr": 1e-3, "seed": 0, "checkpoint_every": 0}
+REPORT = "run_report.json"
+
 
 def _add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--plan", required=True, metavar="PLAN", help="plan file")
-    parser.add_argument("--model", required=True, metavar="PRESET|HF_DIR")
-    parser.add_argument("--steps", type=int, default=20)
-    parser.add_argument("--data", default="synthetic", metavar="synthetic|TEXT_FILE")
+    parser.add_argument("--plan", metavar="PLAN", help="plan file (with --resume: the run's)")
+    parser.add_argument("--model", metavar="PRESET|HF_DIR", help="(with --resume: the run's)")
+    parser.add_argument("--steps", type=int, help=f"steps in all (default {DEFAULTS['steps']})")
+    parser.add_argument("--data", metavar="synthetic|TEXT_FILE", help="default: synthetic")
     parser.add_argument(
         "--nproc",
         type=int,
@@ -29,66 +37,205 @@ def _add_arguments(parser: argparse.ArgumentParser) -> None:
         help="processes on this machine (default: the plan's world size)",
     )
     parser.add_argument("--run-dir", metavar="DIR", help="default: runs/train-<time>")
-    parser.add_argument("--lr", type=float, default=1e-3)
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--lr", type=float, help=f"default {DEFAULTS['lr']}")
+    parser.add_argument("--seed", type=int, help=f"default {DEFAULTS['seed']}")
     parser.add_argument(
         "--timeout",
         type=float,
         default=120.0,
         help="seconds a collective may wait before the job is failed",
     )
+    parser.add_argument(
+        "--checkpoint-every",
+        type=int,
+        metavar="N",
+        help="save a checkpoint every N steps (default 0: only after the last step)",
+    )
+    parser.add_argument(
+        "--no-final-checkpoint",
+        action="store_true",
+        help="do not save a checkpoint after the last step",
+    )
+    parser.add_argument(
+        "--keep-checkpoints",
+        type=int,
+        default=2,
+        metavar="K",
+        help="checkpoints kept in the run folder, newest first (default 2)",
+    )
+    parser.add_argument(
+        "--resume",
+        metavar="RUN_DIR",
+        help="continue this run from its latest checkpoint (under --plan if given)",
+    )
+
+
+@dataclass(frozen=True)
+class _Job:
+    plan: str
+    model: str
+    steps: int
+    data: str
+    lr: float
+    seed: int
+    checkpoint_every: int
+    run_dir: Path
+    resume_from: Path | None = None
 
 
 def _run(args: argparse.Namespace) -> int:
     from partita.executor import worker
 
-    if args.steps < 1:
-        raise ValueError("--steps must be at least 1")
-    run_dir = Path(args.run_dir or f"runs/train-{time.strftime('%Y%m%d-%H%M%S')}")
-    forwarded = [
-        "--plan",
-        str(args.plan),
-        "--model",
-        str(args.model),
-        "--steps",
-        str(args.steps),
-        "--data",
-        args.data,
-        "--lr",
-        str(args.lr),
-        "--seed",
-        str(args.seed),
-        "--run-dir",
-        str(run_dir),
-        "--timeout",
-        str(args.timeout),
-    ]
+    job = _resume_job(args) if args.resume else _new_job(args)
+    forwarded = _worker_arguments(args, job)
     if "LOCAL_RANK" in os.environ:  # already one rank of a torchrun job
         # The same checks as before a launch, against the job's world size: every rank
         # refuses a bad plan with the same line before any process group starts.
-        _check_before_launch(args, world_size=int(os.environ.get("WORLD_SIZE", "1")))
+        _check_before_launch(args, job, world_size=int(os.environ.get("WORLD_SIZE", "1")))
         return worker.main(forwarded)
-    nproc = _check_before_launch(args)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    print(f"partita train: {nproc} processes, run folder {run_dir}", file=sys.stderr)
-    return launch("partita.executor.worker", nproc, forwarded, prog="partita train")
+    nproc = _check_before_launch(args, job)
+    job.run_dir.mkdir(parents=True, exist_ok=True)
+    print(f"partita train: {nproc} processes, run folder {job.run_dir}", file=sys.stderr)
+    return launch(
+        "partita.executor.worker",
+        nproc,
+        forwarded,
+        prog="partita train",
+        on_failure=lambda line: _mark_failed(job.run_dir, line),
+    )
 
 
-def _check_before_launch(args: argparse.Namespace, *, world_size: int | None = None) -> int:
+def _new_job(args: argparse.Namespace) -> _Job:
+    if not args.plan or not args.model:
+        raise ValueError("--plan and --model are required (or --resume RUN_DIR)")
+    data = args.data or DEFAULTS["data"]
+    if data != "synthetic":  # recorded absolute, so --resume works from anywhere
+        data = str(Path(data).resolve())
+    return _Job(
+        plan=args.plan,
+        model=args.model,
+        steps=_positive("--steps", args.steps or DEFAULTS["steps"]),
+        data=data,
+        lr=DEFAULTS["lr"] if args.lr is None else args.lr,
+        seed=DEFAULTS["seed"] if args.seed is None else args.seed,
+        checkpoint_every=_every(args),
+        run_dir=Path(args.run_dir or f"runs/train-{time.strftime('%Y%m%d-%H%M%S')}"),
+    )
+
+
+def _resume_job(args: argparse.Namespace) -> _Job:
+    from partita.executor.checkpoint import latest_checkpoint, read_manifest
+    from partita.formats import RunReport, load
+
+    run_dir = Path(args.resume)
+    if args.run_dir:
+        raise ValueError("--run-dir: a resumed run continues in its own folder (--resume)")
+    if not (run_dir / REPORT).is_file():
+        raise ValueError(f"--resume: {run_dir} is not a run folder (no {REPORT})")
+    report = load(run_dir / REPORT, RunReport)
+    settings = report.settings
+    if settings is None:
+        raise ValueError(
+            f"{run_dir / REPORT}: settings: the run did not record its settings, so it "
+            "cannot be resumed"
+        )
+    kept = {"model": report.model, "data": settings.data, "lr": settings.lr, "seed": settings.seed}
+    for name, value in kept.items():
+        given = getattr(args, name)
+        if given is not None and given != value:
+            raise ValueError(f"--{name}: a resumed run keeps its own ({name} {value})")
+    steps = _positive("--steps", args.steps or settings.steps)
+    job = _Job(
+        plan=args.plan or str(run_dir / "plan.json"),
+        model=report.model,
+        steps=steps,
+        data=settings.data,
+        lr=settings.lr,
+        seed=settings.seed,
+        checkpoint_every=settings.checkpoint_every
+        if args.checkpoint_every is None
+        else _every(args),
+        run_dir=run_dir,
+    )
+    checkpoint = latest_checkpoint(run_dir)
+    if checkpoint is None:
+        print(
+            f"partita train: no checkpoint in {run_dir / 'checkpoints'} yet: starting from step 0",
+            file=sys.stderr,
+        )
+        return job
+    manifest = read_manifest(checkpoint)
+    if manifest.model != report.model:
+        raise ValueError(
+            f"{checkpoint}: the checkpoint is of model {manifest.model!r}, the run of "
+            f"{report.model!r}"
+        )
+    if manifest.step >= steps:
+        raise ValueError(
+            f"--steps: {checkpoint} is after step {manifest.step} of {steps} already; "
+            f"give --steps above {manifest.step} to train on"
+        )
+    return replace(job, resume_from=checkpoint)
+
+
+def _positive(flag: str, value: int) -> int:
+    if value < 1:
+        raise ValueError(f"{flag} must be at least 1")
+    return value
+
+
+def _every(args: argparse.Namespace) -> int:
+    every = DEFAULTS["checkpoint_every"] if args.checkpoint_every is None else args.checkpoint_every
+    if every < 0:
+        raise ValueError("--checkpoint-every must be 0 (after the last step only) or more")
+    if args.keep_checkpoints < 1:
+        raise ValueError("--keep-checkpoints must be at least 1")
+    return int(every)
+
+
+def _worker_arguments(args: argparse.Namespace, job: _Job) -> list[str]:
+    forwarded = ["--plan", job.plan, "--model", job.model, "--steps", str(job.steps)]
+    forwarded += ["--data", job.data, "--lr", repr(job.lr), "--seed", str(job.seed)]
+    forwarded += ["--run-dir", str(job.run_dir), "--timeout", str(args.timeout)]
+    forwarded += ["--checkpoint-every", str(job.checkpoint_every)]
+    forwarded += ["--keep-checkpoints", str(args.keep_checkpoints)]
+    if args.no_final_checkpoint:
+        forwarded.append("--no-final-checkpoint")
+    if job.resume_from is not None:
+        forwarded += ["--resume-from", str(job.resume_from)]
+    return forwarded
+
+
+def _check_before_launch(
+    args: argparse.Namespace, job: _Job, *, world_size: int | None = None
+) -> int:
     from partita.executor.trainer import check_supported
     from partita.formats import Plan, load, validate_plan
     from partita.models.api import describe_model
 
-    plan = load(args.plan, Plan)
+    plan = load(job.plan, Plan)
     nproc = world_size or args.nproc or plan.world_size
     try:
-        validate_plan(plan, world_size=nproc, model=describe_model(args.model))
+        validate_plan(plan, world_size=nproc, model=describe_model(job.model))
         check_supported(plan)
     except ValueError as error:
-        raise ValueError(f"{args.plan}: {error}") from None
-    if args.data != "synthetic" and not Path(args.data).is_file():
-        raise ValueError(f"--data: no such text file {args.data!r}")
+        raise ValueError(f"{job.plan}: {error}") from None
+    if job.data != "synthetic" and not Path(job.data).is_file():
+        raise ValueError(f"--data: no such text file {job.data!r}")
     return nproc
+
+
+def _mark_failed(run_dir: Path, line: str) -> None:
+    """The report of a job that failed says so (its steps are those it last recorded)."""
+    from partita.formats import FormatError, RunReport, load, save
+
+    path = run_dir / REPORT
+    try:
+        report = load(path, RunReport)
+    except (FormatError, OSError):
+        return  # the job failed before writing one: the error line is all there is
+    if report.status == "running":
+        save(replace(report, status="failed", error=line), path)
 
 
 COMMAND = Command(

@@ -23,6 +23,8 @@ from partita.executor.data_parallel import make_optimizer, wrap_data_parallel
 from partita.executor.groups import LayerGroups, ParallelGroups
 from partita.executor.memory import PeakMemory
 from partita.executor.parallel_model import ParallelModel, layer_setups
+from partita.executor.sharded_state import TrainState, canonical_names, torch_optimizers
+from partita.executor.stage import StageModel
 from partita.formats import Plan
 from partita.models.api import ModelSource, build_model, resolve_config, synthetic_batch
 from partita.models.families import family_of
@@ -110,6 +112,7 @@ class Trainer:
         self.config = resolve_config(self.source)
         self.family = family_of(self.config)
         model = build_model(self.config, seed=self.settings.seed)
+        self.canonical = canonical_names(model)
         setups = layer_setups(model, self.plan, self.groups)
         self.block_groups: LayerGroups = setups[1].groups
         self.parallel = ParallelModel(model, setups)
@@ -199,14 +202,33 @@ class Trainer:
             grad = param.grad.to_local() if hasattr(param.grad, "to_local") else param.grad
             dist.all_reduce(grad, group=group)
 
+    def train_state(self) -> TrainState:
+        """The parameters and optimizer states, as a checkpoint sees them."""
+        model = self._local_model()
+        return TrainState(
+            module=model,
+            shard_dims=model.shard_dims,
+            canonical=self.canonical,
+            optimizers=torch_optimizers(self.optimizer),
+        )
+
+    def _local_model(self) -> ParallelModel | StageModel:
+        """This rank's layers under the one-process names, with their tensor-parallel cuts."""
+        return self.parallel
+
     def run(
-        self, device: torch.device, on_step: Callable[..., object] | None = None
+        self,
+        device: torch.device,
+        on_step: Callable[..., object] | None = None,
+        *,
+        start_step: int = 0,
     ) -> TrainResult:
-        """Train ``settings.steps`` steps; peak memory is measured over the second step (the
-        first creates the optimizer states; later steps repeat the second)."""
+        """Train steps ``start_step`` .. ``settings.steps - 1`` (a resumed run starts later);
+        peak memory is measured over the second of them (the first of a fresh run creates
+        the optimizer states; later steps repeat the second)."""
         result = TrainResult(unit=self.family.unit)
-        measured = min(1, self.settings.steps - 1)
-        for step in range(self.settings.steps):
+        measured = start_step + min(1, self.settings.steps - start_step - 1)
+        for step in range(start_step, self.settings.steps):
             batch = self.global_batch(step)
             self._all_ranks_alive()
             if step == measured:

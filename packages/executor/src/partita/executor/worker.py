@@ -1,7 +1,9 @@
-"""One rank of ``partita train``, started by torchrun: train, measure, report.
+"""One rank of ``partita train``, started by torchrun: train, checkpoint, measure, report.
 
-Rank 0 shows the progress bar and writes ``run_report.json`` and a copy of the plan into the
-run folder; nothing is written elsewhere.
+Rank 0 shows the progress bar and writes into the run folder: the plan in effect
+(``plan.json``), the run report (``run_report.json``: "running" from the start and after
+every checkpoint, "completed" at the end), the step log (``steps.jsonl``); every rank takes
+part in the checkpoints (``checkpoints/``). Nothing is written elsewhere.
 """
 
 from __future__ import annotations
@@ -16,9 +18,13 @@ import torch
 import torch.distributed as dist
 
 from partita.executor.groups import ParallelGroups
-from partita.executor.trainer import LostRankError, TrainSettings, build_trainer
+from partita.executor.trainer import LostRankError, TrainResult, TrainSettings, build_trainer
+from partita.executor.training_run import TrainingRun
 from partita.executor.watchdog import EXIT_LOST_RANK, Watchdog
-from partita.formats import Plan, RankMemory, StepRecord, content_hash, load, save
+from partita.formats import Plan, RankMemory, TrainingSettings, content_hash, load, save
+
+REPORT = "run_report.json"
+EXIT_BAD_INPUT = 2
 
 
 def parse(argv: list[str] | None = None) -> argparse.Namespace:
@@ -31,6 +37,10 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--run-dir", required=True)
     parser.add_argument("--timeout", type=float, default=120.0)
+    parser.add_argument("--checkpoint-every", type=int, default=0)
+    parser.add_argument("--no-final-checkpoint", action="store_true")
+    parser.add_argument("--keep-checkpoints", type=int, default=2)
+    parser.add_argument("--resume-from", metavar="CHECKPOINT_DIR")
     return parser.parse_args(argv)
 
 
@@ -54,6 +64,9 @@ def main(argv: list[str] | None = None) -> int:
     except LostRankError as error:
         print(f"partita train: error: [rank {rank}] {error}", file=sys.stderr)
         return EXIT_LOST_RANK
+    except ValueError as error:  # e.g. a checkpoint that does not fit this model
+        print(f"partita train: error: [rank {rank}] {error}", file=sys.stderr)
+        return EXIT_BAD_INPUT
     except RuntimeError:
         # A collective that timed out because a peer hung races the watchdog: name the
         # silent rank the same way whichever notices first.
@@ -67,56 +80,131 @@ def main(argv: list[str] | None = None) -> int:
         dist.destroy_process_group()
 
 
+def training_settings(args: argparse.Namespace) -> TrainingSettings:
+    return TrainingSettings(
+        steps=args.steps,
+        lr=args.lr,
+        adam_eps=TrainSettings.adam_eps,
+        seed=args.seed,
+        data=args.data,
+        checkpoint_every=args.checkpoint_every,
+        checkpoint_at_end=not args.no_final_checkpoint,
+    )
+
+
 def _train(
     args: argparse.Namespace, device: torch.device, backend: str, watchdogs: list[Watchdog]
 ) -> int:
     from partita.executor.progress import Progress
-    from partita.executor.report import build_run_report
 
     plan = load(args.plan, Plan)
-    rank = dist.get_rank()
+    rank, world = dist.get_rank(), dist.get_world_size()
+    settings = training_settings(args)
     groups = ParallelGroups(plan=plan, rank=rank, device_type=device.type)
-    settings = TrainSettings(
-        steps=args.steps,
-        lr=args.lr,
-        seed=args.seed,
-        data=args.data,
-        rank_timeout=timedelta(seconds=args.timeout),
+    trainer = build_trainer(
+        plan=plan,
+        source=args.model,
+        settings=TrainSettings(
+            steps=args.steps,
+            lr=args.lr,
+            seed=args.seed,
+            data=args.data,
+            rank_timeout=timedelta(seconds=args.timeout),
+        ),
+        groups=groups,
     )
-    trainer = build_trainer(plan=plan, source=args.model, settings=settings, groups=groups)
+    folder = Path(args.run_dir)
     progress = Progress(args.steps, unit=trainer.family.unit, enabled=rank == 0)
-    watchdog = Watchdog(rank=rank, world_size=dist.get_world_size(), timeout_s=args.timeout)
+    run = TrainingRun(
+        trainer=trainer,
+        model=str(args.model),
+        settings=settings,
+        run_dir=folder,
+        rank=rank,
+        world_size=world,
+        keep_checkpoints=args.keep_checkpoints,
+    )
+    resumed = None
+    if args.resume_from:
+        resumed = run.resume(args.resume_from).step
+        progress.note(f"resumed from {args.resume_from} (after step {resumed})")
+    watchdog = Watchdog(rank=rank, world_size=world, timeout_s=args.timeout)
     watchdogs.append(watchdog)
+    writer = _ReportWriter(args, plan, backend, device, trainer.family.unit, settings, resumed)
+    if rank == 0:
+        folder.mkdir(parents=True, exist_ok=True)
+        save(plan, folder / "plan.json")
+        writer.write(run, status="running")
 
     def on_step(step: int, loss: float, seconds: float, items: int) -> None:
         watchdog.beat()
         progress.update(step, loss, seconds, items)
 
-    result = trainer.run(device, on_step=on_step)
+    def on_checkpoint(path: Path) -> None:
+        watchdog.beat()  # a save is progress too
+        if rank == 0:
+            writer.write(run, status="running")
+            progress.note(f"checkpoint: {path}")
+
+    run.on_checkpoint = on_checkpoint
+    result = run.train(device, on_step=on_step)
     watchdog.stop()
     progress.close()
-    peaks = [0] * dist.get_world_size()
+    peaks = [0] * world
     dist.all_gather_object(peaks, result.peak_memory_bytes)
     if rank == 0:
-        folder = Path(args.run_dir)
-        save(plan, folder / "plan.json")
-        report = build_run_report(
-            model=str(args.model),
-            plan_sha256=content_hash(plan),
-            world_size=dist.get_world_size(),
-            backend=backend,
-            device=device.type,
-            unit=result.unit,
-            steps=[
-                StepRecord(step=i, loss=loss, time_s=t, items=result.items_per_step)
-                for i, (loss, t) in enumerate(zip(result.losses, result.step_times_s, strict=True))
-            ],
-            peak_memory=[RankMemory(rank=r, peak_bytes=int(b)) for r, b in enumerate(peaks)],
-            memory_method=result.memory_method,
-        )
-        path = save(report, folder / "run_report.json")
+        path = writer.write(run, status="completed", result=result, peaks=peaks)
         print(f"run report: {path}", file=sys.stderr)
     return 0
+
+
+class _ReportWriter:
+    """Rank 0's run report: the same header each time, the steps and status of the moment."""
+
+    def __init__(
+        self,
+        args: argparse.Namespace,
+        plan: Plan,
+        backend: str,
+        device: torch.device,
+        unit: str,
+        settings: TrainingSettings,
+        resumed: int | None,
+    ) -> None:
+        self.args, self.plan, self.backend, self.device = args, plan, backend, device
+        self.unit, self.settings, self.resumed = unit, settings, resumed
+
+    def write(
+        self,
+        run: TrainingRun,
+        *,
+        status: str,
+        result: TrainResult | None = None,
+        peaks: list[int] | None = None,
+    ) -> Path:
+        from partita.executor.report import build_run_report
+
+        report = build_run_report(
+            model=str(self.args.model),
+            plan_sha256=content_hash(self.plan),
+            world_size=dist.get_world_size(),
+            backend=self.backend,  # type: ignore[arg-type]
+            device=self.device.type,
+            unit=self.unit,  # type: ignore[arg-type]
+            steps=run.history,
+            peak_memory=[RankMemory(rank=r, peak_bytes=int(b)) for r, b in enumerate(peaks or [])],
+            memory_method=result.memory_method if result is not None else "",
+            status=status,
+            settings=self.settings,
+            resumed_from_step=self.resumed,
+            num_nodes=_num_nodes(),
+        )
+        return save(report, Path(self.args.run_dir) / REPORT)
+
+
+def _num_nodes() -> int:
+    """Nodes of the job: torchrun's agents (``GROUP_WORLD_SIZE``), one when not set."""
+    return int(os.environ.get("GROUP_WORLD_SIZE", "1") or 1)
 
 
 if __name__ == "__main__":

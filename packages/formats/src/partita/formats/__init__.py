@@ -2,6 +2,7 @@
 
 from importlib.metadata import PackageNotFoundError, version
 
+from partita.formats.checkpoint_manifest import CheckpointManifest
 from partita.formats.codec import content_hash, dumps, load, loads, save
 from partita.formats.errors import FormatError
 from partita.formats.hardware_profile import (
@@ -25,7 +26,7 @@ from partita.formats.plan import (
 )
 from partita.formats.plan_checks import validate_plan
 from partita.formats.registry import SPECS
-from partita.formats.run_report import RankMemory, RunReport, StepRecord
+from partita.formats.run_report import RankMemory, RunReport, StepRecord, TrainingSettings
 
 try:
     __version__ = version("partita-formats")
@@ -34,6 +35,7 @@ except PackageNotFoundError:  # running from a source tree that is not installed
 
 __all__ = [
     "SPECS",
+    "CheckpointManifest",
     "CollectiveProfile",
     "ComputeThroughput",
     "Device",
@@ -56,6 +58,7 @@ __all__ = [
     "RunReport",
     "StepRecord",
     "TimingSample",
+    "TrainingSettings",
     "VocabStrategy",
     "__version__",
     "content_hash",

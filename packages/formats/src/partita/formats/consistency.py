@@ -4,11 +4,12 @@ from __future__ import annotations
 
 from collections.abc import Hashable, Iterable
 
+from partita.formats.checkpoint_manifest import CheckpointManifest
 from partita.formats.errors import FormatError
 from partita.formats.hardware_profile import HardwareProfile
 from partita.formats.model_description import ModelDescription
 from partita.formats.model_profile import ModelProfile
-from partita.formats.run_report import RunReport
+from partita.formats.run_report import RunReport, StepRecord
 
 
 def _first_duplicate(keys: Iterable[Hashable]) -> int | None:
@@ -102,3 +103,44 @@ def check_run_report(report: RunReport) -> None:
     duplicate = _first_duplicate(memory.rank for memory in report.peak_memory)
     if duplicate is not None:
         raise FormatError("a second entry for the same rank", path=f"peak_memory[{duplicate}].rank")
+    if report.resumed_from_step is not None and report.resumed_from_step > len(report.steps):
+        raise FormatError(
+            f"a run resumed after step {report.resumed_from_step} but records only "
+            f"{len(report.steps)} step(s)",
+            path="resumed_from_step",
+        )
+    settings = report.settings
+    if (
+        report.status == "completed"
+        and settings is not None
+        and len(report.steps) != settings.steps
+    ):
+        raise FormatError(
+            f"a completed run of {settings.steps} step(s) records {len(report.steps)}",
+            path="steps",
+        )
+
+
+def _check_consecutive(steps: tuple[StepRecord, ...]) -> None:
+    for index, record in enumerate(steps):
+        if record.step != index:
+            raise FormatError(
+                f"expected step {index} (steps are recorded in order, once each), "
+                f"got {record.step}",
+                path=f"steps[{index}].step",
+            )
+
+
+def check_checkpoint_manifest(manifest: CheckpointManifest) -> None:
+    if len(manifest.steps) != manifest.step:
+        raise FormatError(
+            f"a checkpoint after {manifest.step} step(s) records {len(manifest.steps)}",
+            path="steps",
+        )
+    _check_consecutive(manifest.steps)
+    if manifest.rng_ranks not in (0, manifest.world_size):
+        raise FormatError(
+            f"random generator states of {manifest.rng_ranks} ranks in a checkpoint of "
+            f"{manifest.world_size}",
+            path="rng_ranks",
+        )

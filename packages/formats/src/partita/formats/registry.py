@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from partita.formats import (
+    checkpoint_manifest,
     hardware_profile,
     migrations,
     model_description,
@@ -15,6 +16,7 @@ from partita.formats import (
     run_report,
 )
 from partita.formats.consistency import (
+    check_checkpoint_manifest,
     check_hardware_profile,
     check_model_description,
     check_model_profile,
@@ -70,7 +72,15 @@ SPECS: tuple[FormatSpec, ...] = (
         run_report.VERSION,
         run_report.RunReport,
         "run report",
+        migrations={1: migrations.run_report_v1_to_v2},
         check=check_run_report,
+    ),
+    FormatSpec(
+        checkpoint_manifest.FORMAT,
+        checkpoint_manifest.VERSION,
+        checkpoint_manifest.CheckpointManifest,
+        "checkpoint manifest",
+        check=check_checkpoint_manifest,
     ),
 )
 

@@ -1,14 +1,19 @@
-"""``partita.run_report``: what the executor measured while training under a plan."""
+"""``partita.run_report``: what the executor measured while training under a plan.
+
+Version 2 added the run's settings (so ``partita train --resume`` can continue it), the
+``running`` status (the report is written when training starts and at every checkpoint), the
+step a resumed run started from, and the number of nodes.
+"""
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 from typing import Literal
 
-from partita.formats.schema import at_least
+from partita.formats.schema import at_least, greater_than
 
 FORMAT = "partita.run_report"
-VERSION = 1
+VERSION = 2
 
 
 @dataclass(frozen=True)
@@ -26,13 +31,26 @@ class RankMemory:
 
 
 @dataclass(frozen=True)
+class TrainingSettings:
+    """What a run was asked to do. A resumed run keeps them (its ``--steps`` may extend it)."""
+
+    steps: int = field(metadata=at_least(1))
+    lr: float = field(metadata=greater_than(0))
+    adam_eps: float = field(default=1e-8, metadata=greater_than(0))
+    seed: int = 0
+    data: str = "synthetic"  # or the path of a UTF-8 text file
+    checkpoint_every: int = field(default=0, metadata=at_least(0))  # 0: no periodic saves
+    checkpoint_at_end: bool = True
+
+
+@dataclass(frozen=True)
 class RunReport:
     model: str
     plan_sha256: str
     world_size: int = field(metadata=at_least(1))
     backend: Literal["gloo", "nccl"]
     device: str
-    status: Literal["completed", "failed"]
+    status: Literal["running", "completed", "failed"]
     unit: Literal["tokens", "samples"]
     steps: tuple[StepRecord, ...]
     peak_memory: tuple[RankMemory, ...]
@@ -40,3 +58,6 @@ class RunReport:
     throughput_per_s: float = field(default=0.0, metadata=at_least(0))
     error: str | None = None
     tools: dict[str, str] = field(default_factory=dict)
+    settings: TrainingSettings | None = None
+    resumed_from_step: int | None = field(default=None, metadata=at_least(0))
+    num_nodes: int = field(default=1, metadata=at_least(1))

@@ -7,12 +7,13 @@ from collections.abc import Callable
 from itertools import groupby
 from typing import Any
 
+from partita.formats.checkpoint_manifest import CheckpointManifest
 from partita.formats.hardware_profile import HardwareProfile
 from partita.formats.model_description import ModelDescription
 from partita.formats.model_profile import ModelProfile
 from partita.formats.plan import Plan
 from partita.formats.registry import spec_for
-from partita.formats.run_report import RunReport
+from partita.formats.run_report import RunReport, StepRecord
 from partita.formats.text_table import human_bytes, human_rate, human_seconds, table
 
 
@@ -163,19 +164,19 @@ def _model_description(model: ModelDescription) -> str:
 
 
 def _run_report(report: RunReport) -> str:
+    nodes = f"{report.num_nodes} node(s), " if report.num_nodes > 1 else ""
+    planned = f" of {report.settings.steps}" if report.settings is not None else ""
     lines = [
-        f"  {report.model} on {report.world_size} x {report.device} ({report.backend}): "
-        f"{report.status}, {len(report.steps)} step(s)"
+        f"  {report.model} on {nodes}{report.world_size} x {report.device} ({report.backend}): "
+        f"{report.status}, {len(report.steps)} step(s){planned}"
     ]
+    if report.resumed_from_step is not None:
+        lines.append(f"  resumed from the checkpoint after step {report.resumed_from_step}")
     if report.error:
         lines.append(f"  error: {report.error}")
     if report.steps:
-        losses = [s.loss for s in report.steps]
-        first, last = losses[0], losses[-1]
-        median_step = statistics.median(s.time_s for s in report.steps)
         lines.append(
-            f"  loss {_loss(first)} -> {_loss(last)}; median step {human_seconds(median_step)}; "
-            f"{report.throughput_per_s:.1f} {report.unit}/s"
+            f"  {_loss_and_time(report.steps)}; {report.throughput_per_s:.1f} {report.unit}/s"
         )
     if report.peak_memory:
         lines += [
@@ -184,6 +185,28 @@ def _run_report(report: RunReport) -> str:
                 ["rank", "peak"], [[m.rank, human_bytes(m.peak_bytes)] for m in report.peak_memory]
             ),
         ]
+    return "\n".join(lines)
+
+
+def _loss_and_time(steps: tuple[StepRecord, ...]) -> str:
+    median_step = statistics.median(s.time_s for s in steps)
+    return (
+        f"loss {_loss(steps[0].loss)} -> {_loss(steps[-1].loss)}; "
+        f"median step {human_seconds(median_step)}"
+    )
+
+
+def _checkpoint(manifest: CheckpointManifest) -> str:
+    settings = manifest.settings
+    lines = [
+        f"  {manifest.model} after step {manifest.step} of {settings.steps}, saved by "
+        f"{manifest.world_size} rank(s); data position {manifest.data_position} "
+        f"({settings.data})",
+        f"  lr {settings.lr:g}, seed {settings.seed}; random generators of "
+        f"{manifest.rng_ranks} rank(s)",
+    ]
+    if manifest.steps:
+        lines.append(f"  {_loss_and_time(manifest.steps)}")
     return "\n".join(lines)
 
 
@@ -197,4 +220,5 @@ _SUMMARIZERS: dict[type, Callable[[Any], str]] = {
     ModelProfile: _model_profile,
     ModelDescription: _model_description,
     RunReport: _run_report,
+    CheckpointManifest: _checkpoint,
 }

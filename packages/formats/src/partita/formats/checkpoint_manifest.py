@@ -1,0 +1,31 @@
+"""``partita.checkpoint``: the manifest of one training checkpoint directory.
+
+The tensors (model parameters and optimizer states under the one-process model's names, in
+whole-tensor coordinates, and each rank's random generator state) are written by
+``torch.distributed.checkpoint`` beside this file; the manifest says where training stands:
+how many steps are done, where the data stream is, what the run was asked to do, and the
+losses so far. It is written last, so a directory with a manifest is a complete checkpoint.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from partita.formats.run_report import StepRecord, TrainingSettings
+from partita.formats.schema import at_least
+
+FORMAT = "partita.checkpoint"
+VERSION = 1
+
+
+@dataclass(frozen=True)
+class CheckpointManifest:
+    step: int = field(metadata=at_least(1))  # steps completed; training resumes at this index
+    model: str
+    plan_sha256: str  # content hash of the plan.json saved beside the manifest
+    world_size: int = field(metadata=at_least(1))
+    settings: TrainingSettings
+    data_position: int = field(metadata=at_least(0))  # batches of the data stream consumed
+    steps: tuple[StepRecord, ...]  # the record of steps 0 .. step - 1
+    rng_ranks: int = field(default=0, metadata=at_least(0))  # ranks whose generators are saved
+    tools: dict[str, str] = field(default_factory=dict)
