@@ -19,6 +19,7 @@ import torch.distributed as dist
 from torch import nn
 from torch.distributed.fsdp import fully_shard
 from torch.distributed.optim import ZeroRedundancyOptimizer
+from torch.distributed.tensor import DTensor
 from torch.nn.parallel import DistributedDataParallel
 
 from partita.executor.groups import LayerGroups
@@ -66,10 +67,44 @@ def make_optimizer(
 ) -> torch.optim.Optimizer:
     params = [p for p in model.parameters() if p.requires_grad]
     if mode == "zero1" and groups.dp_size > 1:
-        return ZeroRedundancyOptimizer(
-            params, optimizer_class=torch.optim.AdamW, process_group=groups.dp, lr=lr, eps=eps
-        )
-    return torch.optim.AdamW(params, lr=lr, eps=eps)
+        return _zero1(params, groups.dp, lr=lr, eps=eps)
+    return LocalShardAdamW(params, lr=lr, eps=eps)
+
+
+class LocalShardAdamW(torch.optim.AdamW):
+    """AdamW that steps FSDP's sharded parameters (DTensors) through their local shards.
+
+    The update is the same, element by element; what goes is DTensor's dispatch around every
+    operation (gpt-tiny under ZeRO-2 on CPU: a 21 ms step against 3 ms on plain tensors).
+    Each DTensor parameter is stepped through a plain parameter over its local shard (the
+    same storage); its gradient is the DTensor gradient's local shard. Plain parameters are
+    stepped as they are. :attr:`owners` maps a stand-in to its DTensor parameter.
+    """
+
+    def __init__(self, params: list[nn.Parameter], **defaults: float) -> None:
+        self.owners: dict[int, nn.Parameter] = {}
+        self._pairs: list[tuple[nn.Parameter, nn.Parameter]] = []
+        stepped = []
+        for param in params:
+            if isinstance(param, DTensor):
+                local = nn.Parameter(param.to_local().detach(), requires_grad=param.requires_grad)
+                self.owners[id(local)] = param
+                self._pairs.append((local, param))
+                param = local
+            stepped.append(param)
+        super().__init__(stepped, **defaults)  # type: ignore[arg-type]
+
+    @torch.no_grad()
+    def step(self, closure=None):  # type: ignore[no-untyped-def]
+        for local, owner in self._pairs:
+            local.data = owner.to_local()  # the shard FSDP holds now (it does not move)
+            local.grad = None if owner.grad is None else owner.grad.to_local()
+        return super().step(closure)
+
+    def zero_grad(self, set_to_none: bool = True) -> None:
+        for local, owner in self._pairs:
+            owner.grad = local.grad = None
+        super().zero_grad(set_to_none=set_to_none)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -97,15 +132,20 @@ def shard_layer(layer: nn.Module, *, mode: str, groups: LayerGroups, ignored: se
 
 def all_reduce_sum(params: list[nn.Parameter], group: dist.ProcessGroup) -> None:
     """Sum the gradients of ``params`` over ``group`` in one flattened bucket."""
-    grads = [p.grad for p in params if p.grad is not None]
-    if not grads or dist.get_world_size(group) == 1:
+    all_reduce_flat([p.grad for p in params if p.grad is not None], group)
+
+
+def all_reduce_flat(tensors: list[torch.Tensor], group: dist.ProcessGroup) -> None:
+    """Sum ``tensors`` over ``group`` in place, as one flattened all-reduce (one collective
+    instead of one per tensor: on gloo each costs a latency of hundreds of microseconds)."""
+    if not tensors or dist.get_world_size(group) == 1:
         return
-    flat = torch.cat([g.reshape(-1) for g in grads])
+    flat = torch.cat([t.reshape(-1) for t in tensors])
     dist.all_reduce(flat, group=group)
     offset = 0
-    for g in grads:
-        g.copy_(flat[offset : offset + g.numel()].view_as(g))
-        offset += g.numel()
+    for t in tensors:
+        t.copy_(flat[offset : offset + t.numel()].view_as(t))
+        offset += t.numel()
 
 
 class Optimizers:
@@ -140,11 +180,22 @@ def layerwise_optimizers(
             plain.append(param)
     optimizers: list[torch.optim.Optimizer] = []
     if plain:
-        optimizers.append(torch.optim.AdamW(plain, lr=lr, eps=eps))
+        optimizers.append(LocalShardAdamW(plain, lr=lr, eps=eps))
     for group, members in zero.values():
-        optimizers.append(
-            ZeroRedundancyOptimizer(
-                members, optimizer_class=torch.optim.AdamW, process_group=group, lr=lr, eps=eps
-            )
-        )
+        optimizers.append(_zero1(members, group, lr=lr, eps=eps))
     return Optimizers(optimizers)
+
+
+def _zero1(
+    params: list[nn.Parameter], group: dist.ProcessGroup, *, lr: float, eps: float
+) -> ZeroRedundancyOptimizer:
+    # Parameters as bucket views: after its step each rank broadcasts its shard as one
+    # bucket, not one broadcast per parameter (gpt-tiny: 68 broadcasts, ~30 ms on gloo).
+    return ZeroRedundancyOptimizer(
+        params,
+        optimizer_class=torch.optim.AdamW,
+        process_group=group,
+        parameters_as_bucket_view=True,
+        lr=lr,
+        eps=eps,
+    )

@@ -86,6 +86,12 @@ def parameter_pieces(state: TrainState) -> dict[str, Piece]:
     return pieces
 
 
+def _owner(optimizer: torch.optim.Optimizer, param: torch.Tensor) -> torch.Tensor:
+    """The model's parameter behind what ``optimizer`` steps (a stand-in for a DTensor's
+    local shard, see ``data_parallel.LocalShardAdamW``)."""
+    return getattr(optimizer, "owners", {}).get(id(param), param)
+
+
 def optimizer_pieces(state: TrainState) -> dict[str, Piece]:
     """``optimizer/<name>/<state>`` -> this rank's piece of every optimizer state it holds
     (AdamW's moments have their parameter's box; ``step`` is a scalar)."""
@@ -93,7 +99,8 @@ def optimizer_pieces(state: TrainState) -> dict[str, Piece]:
     dims_by_id = _shard_dims_by_id(state)
     pieces = {}
     for optimizer in state.optimizers:
-        for param, values in optimizer.state.items():
+        for stepped, values in optimizer.state.items():
+            param = _owner(optimizer, stepped)
             prefix = f"{OPTIMIZER_PREFIX}{names[id(param)]}/"
             for key, value in values.items():
                 if not isinstance(value, torch.Tensor):
@@ -114,7 +121,7 @@ def create_adam_states(state: TrainState, wanted: Iterable[str]) -> None:
     for optimizer in state.optimizers:
         for group in optimizer.param_groups:
             for param in group["params"]:
-                prefix = f"{OPTIMIZER_PREFIX}{names[id(param)]}/"
+                prefix = f"{OPTIMIZER_PREFIX}{names[id(_owner(optimizer, param))]}/"
                 if prefix + "step" not in wanted or optimizer.state.get(param):
                     continue
                 optimizer.state[param] = {
@@ -132,13 +139,13 @@ def _shard_dims_by_id(state: TrainState) -> dict[int, tuple[int, dist.ProcessGro
 def _piece(
     value: torch.Tensor, param: torch.Tensor, cut: tuple[int, dist.ProcessGroup] | None
 ) -> Piece:
-    """The box of ``value`` (``param`` itself or a state shaped like it)."""
-    shape = list(value.shape)  # a DTensor's shape is its whole (tensor-parallel slice's) shape
+    """The box of ``value``: ``param`` itself or a state shaped like it (or like its local
+    shard, when an optimizer steps a DTensor's shard as a plain tensor)."""
+    shape = list(param.shape)  # a DTensor's shape is its whole (tensor-parallel slice's) shape
     offsets = [0] * len(shape)
-    local = value
-    if isinstance(value, DTensor):
-        local = value.to_local()
-        offsets = _fsdp_offsets(value, local)
+    local = value.to_local() if isinstance(value, DTensor) else value
+    if isinstance(param, DTensor):
+        offsets = _fsdp_offsets(param, local)
     if cut is not None:
         dim, group = cut
         offsets[dim] += dist.get_rank(group) * shape[dim]

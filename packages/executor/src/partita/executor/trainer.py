@@ -19,7 +19,7 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from partita.executor.data_parallel import make_optimizer, wrap_data_parallel
+from partita.executor.data_parallel import all_reduce_flat, make_optimizer, wrap_data_parallel
 from partita.executor.groups import LayerGroups, ParallelGroups
 from partita.executor.memory import PeakMemory
 from partita.executor.parallel_model import ParallelModel, layer_setups
@@ -196,11 +196,15 @@ class Trainer:
         return torch.autocast(device_type=device, dtype=dtype)
 
     def _sum_partial_gradients(self) -> None:
+        """Sum sequence-parallel partial gradients over their tp group, one bucket a group."""
+        by_group: dict[int, tuple[dist.ProcessGroup, list[torch.Tensor]]] = {}
         for param, group in self.partial:
             if param.grad is None:
                 continue
             grad = param.grad.to_local() if hasattr(param.grad, "to_local") else param.grad
-            dist.all_reduce(grad, group=group)
+            by_group.setdefault(id(group), (group, []))[1].append(grad)
+        for group, grads in by_group.values():
+            all_reduce_flat(grads, group)
 
     def train_state(self) -> TrainState:
         """The parameters and optimizer states, as a checkpoint sees them."""
