@@ -51,6 +51,9 @@ WARMUP_STEPS = 3  # as demo/demo_compare.py: left out of the measured step time
 TARGETS = {"median_time_error": 0.10, "median_memory_error": 0.10, "spearman_time": 0.9}
 NUM_RANDOM_LAYERWISE = 4
 TRAIN_TIMEOUT_S = 600
+# Timed runs per layer configuration: more than the profiler's default 10, since layer times
+# on this shared host scatter (an IQR of 20-60% of the median for tp > 1).
+PROFILE_REPEATS = "20"
 
 
 @dataclass
@@ -132,10 +135,18 @@ class Profiles:
     model_profile: ModelProfile
 
 
+def _model_profile_args(model: str, world: int, folder: Path) -> list[str]:
+    tps = [str(t) for t in (1, 2, 4, 8) if t <= world]
+    return [
+        "profile", "model", "--model", model, "--batch-sizes", *BATCH_SIZES, "--tp", *tps,
+        "--nproc", str(world), "--device", "cpu", "--repeats", PROFILE_REPEATS,
+        "--out", str(folder / "model_profile.json"),
+    ]  # fmt: skip
+
+
 def profile(*, model: str, world: int, folder: Path, quick: bool) -> Profiles:
     folder.mkdir(parents=True, exist_ok=True)
     logs = folder / "logs"
-    tps = [str(t) for t in (1, 2, 4, 8) if t <= world]
     steps = [
         ("describe", ["describe", model, "--out", str(folder / "model.json")]),
         (
@@ -144,25 +155,7 @@ def profile(*, model: str, world: int, folder: Path, quick: bool) -> Profiles:
             + (["--quick"] if quick else [])
             + ["--out", str(folder / "hardware.json")],
         ),
-        (
-            "profile-model",
-            [
-                "profile",
-                "model",
-                "--model",
-                model,
-                "--batch-sizes",
-                *BATCH_SIZES,
-                "--tp",
-                *tps,
-                "--nproc",
-                str(world),
-                "--device",
-                "cpu",
-                "--out",
-                str(folder / "model_profile.json"),
-            ],
-        ),
+        ("profile-model", _model_profile_args(model, world, folder)),
     ]
     for name, args in steps:
         started = time.monotonic()
@@ -374,6 +367,36 @@ def _pct(value: object) -> str:
     return "-" if not isinstance(value, float) else f"{value * 100:+.1f}%"
 
 
+def repredict_after(cases: list[Case], profiles: Profiles, *, model: str) -> None:
+    """Profile the model again after the plans ran and predict each plan with that profile
+    too (``predicted_time_s_after``): how far the host's speed drifted while they ran."""
+    from dataclasses import replace
+
+    from partita.simulator.simulation import simulate
+
+    folder = profiles.folder / "after"
+    args = _model_profile_args(model, profiles.world, folder)
+    started = time.monotonic()
+    try:
+        run_partita(args, log=folder / "profile-model.log", timeout_s=1200)
+    except RuntimeError as error:
+        print(f"[world {profiles.world}] profile-model (after): {error}", flush=True)
+        return
+    print(f"[world {profiles.world}] profile-model (after): {time.monotonic() - started:.1f} s")
+    after = replace(profiles, model_profile=load(folder / "model_profile.json", ModelProfile))
+    for case in cases:
+        if case.world != profiles.world or case.error is not None:
+            continue
+        result = simulate(
+            case.plan,
+            hardware=after.hardware,
+            model_profile=after.model_profile,
+            model=after.model,
+            record_events=False,
+        )
+        case.extra["predicted_time_s_after"] = result.iteration_time_s
+
+
 # ---------------------------------------------------------------- statistics and output
 
 
@@ -418,6 +441,17 @@ def world_summary(cases: list[Case], world: int, cores: int) -> dict[str, object
         ),
         "time_bias": _quantile([c.as_json()["time_error"] for c in done], 0.5),  # type: ignore[misc]
     }
+    # The same plans predicted from a model profile taken after they ran.
+    after = [c for c in done if "predicted_time_s_after" in c.extra]
+    if after:
+        summary["median_time_error_with_profile_after"] = _quantile(
+            [abs(float(c.extra["predicted_time_s_after"]) / c.measured_time_s - 1) for c in after],  # type: ignore[arg-type, operator]
+            0.5,
+        )
+        summary["profile_drift"] = _quantile(
+            [abs(float(c.extra["predicted_time_s_after"]) / c.predicted_time_s - 1) for c in after],  # type: ignore[arg-type, operator]
+            0.5,
+        )
     summary["targets"] = {
         key: (None if summary[key] is None else _meets(key, summary[key]))  # type: ignore[arg-type]
         for key in TARGETS
@@ -531,6 +565,7 @@ def main(argv: list[str] | None = None) -> int:
             run_case(case, profiles=profiles, model=args.model, steps=steps)
             cases.append(case)
             print(progress_line(index, len(plans), case), flush=True)
+        repredict_after(cases, profiles, model=args.model)
     summaries = [world_summary(cases, w, cores) for w in worlds if any(c.world == w for c in cases)]
     elapsed = time.monotonic() - started
     document = {
@@ -551,6 +586,14 @@ def main(argv: list[str] | None = None) -> int:
     plot(cases, out / "fidelity.png")
     print()
     print(summary_table(summaries))
+    for summary in summaries:
+        if "profile_drift" in summary:
+            print(
+                f"world {summary['world']}: predicted from a model profile taken after the plans "
+                f"ran: median time error {_pct(summary['median_time_error_with_profile_after'])}"
+                f" (the two profiles' predictions differ by {_pct(summary['profile_drift'])} "
+                "in the median)"
+            )
     print(f"\n{out / 'fidelity.json'}\n{out / 'fidelity.png'}\nwall time {elapsed / 60:.1f} min")
     return 0
 

@@ -6,7 +6,17 @@ from pathlib import Path
 import pytest
 from support import EXAMPLES
 
-from partita.formats import SPECS, FormatError, LayerStrategy, Plan, RunReport, load, loads
+from partita.formats import (
+    SPECS,
+    FormatError,
+    HardwareProfile,
+    LayerStrategy,
+    ModelProfile,
+    Plan,
+    RunReport,
+    load,
+    loads,
+)
 
 
 def test_plan_version_1_is_migrated_forward(data_dir: Path) -> None:
@@ -23,6 +33,17 @@ def test_run_report_version_1_loads_as_version_2(data_dir: Path) -> None:
     assert report.status == "completed" and len(report.steps) == 5
     assert report.settings is None and report.resumed_from_step is None
     assert report.num_nodes == 1
+
+
+def test_hardware_and_model_profiles_of_version_1_load_as_version_2(data_dir: Path) -> None:
+    hardware = load(data_dir / "hardware_profile_v1.json", HardwareProfile)
+    assert hardware.optimizer is None and hardware.fsdp_gather is None
+    profile = load(data_dir / "model_profile_v1.json", ModelProfile)
+    entries = [m for layer_type in profile.layer_types for m in layer_type.memory]
+    assert entries and all(m.param_tensors == 0 for m in entries)
+    assert all(m.backward_peak_bytes_per_sample == 0 for m in entries)
+    timings = [t for layer_type in profile.layer_types for t in layer_type.timings]
+    assert all(t.checkpoint_forward_s is None for t in timings)
 
 
 def test_migrated_plan_is_validated_like_a_current_one(data_dir: Path) -> None:

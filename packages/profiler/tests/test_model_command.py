@@ -127,11 +127,13 @@ def test_activations_are_positive_and_checkpointing_keeps_less(
 ) -> None:
     profile = gpt_runs[0]
     for layer_type in profile.layer_types:
+        # The head is measured with its loss: checkpointed, it would keep a scalar.
+        least = 0 if layer_type.layer_type == "gpt_head" else 1
         for memory in layer_type.memory:
             assert memory.activation_bytes_per_sample > 0
             assert (
-                0
-                < memory.checkpoint_activation_bytes_per_sample
+                least
+                <= memory.checkpoint_activation_bytes_per_sample
                 <= (memory.activation_bytes_per_sample)
             )
             assert memory.origin == "fitted"  # slope over micro-batches 1 and 2
@@ -145,6 +147,30 @@ def test_activations_are_positive_and_checkpointing_keeps_less(
     # The description's estimate of what a block saves is within 5% of the measurement.
     estimate = describe_model("gpt-tiny", seq_len=SEQ).blocks[0].activation_bytes_per_sample
     assert whole.activation_bytes_per_sample == pytest.approx(estimate, rel=0.05)
+
+
+VOCAB = 512
+
+
+def test_the_head_is_measured_with_its_loss_and_backward_working_memory(
+    gpt_runs: tuple[ModelProfile, ModelProfile],
+) -> None:
+    head = gpt_runs[0].layer_type("gpt_head")
+    block = gpt_runs[0].layer_type("gpt_block")
+    assert head is not None and block is not None
+    whole = next(m for m in head.memory if m.tp == 1)
+    logits = SEQ * VOCAB * FP32  # per sample
+    # The loss saves its log-softmax over the vocabulary; its backward needs at least the
+    # gradient of the logits on top (measured: 1.87 x the logits, gradients of the
+    # log-softmax and of the logits overlapping).
+    assert whole.activation_bytes_per_sample >= logits
+    assert 1.5 * logits <= whole.backward_peak_bytes_per_sample <= 3 * logits
+    assert next(m for m in block.memory if m.tp == 1).backward_peak_bytes_per_sample > 0
+    # Every configuration steps the same tensors (shards of them); the head's weight is the
+    # embedding's, so the head's own are its layer norm's weight and bias.
+    model = build_model("gpt-tiny")
+    assert {m.param_tensors for m in block.memory} == {len(list(model.layers[1].parameters()))}
+    assert {m.param_tensors for m in head.memory} == {2}
 
 
 def test_two_runs_agree_within_their_spread(

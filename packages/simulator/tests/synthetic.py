@@ -17,6 +17,7 @@ from partita.formats import (
     OverlapSlowdown,
     PipelineConfig,
     Plan,
+    TensorWork,
 )
 
 SEQ = 16
@@ -66,8 +67,12 @@ def model_profile(
     activation_bytes: float = MiB,
     tps: tuple[int, ...] = (1, 2),
     origin: str = "measured_tp_groups",
+    checkpoint_backward_s: float | None = None,
+    param_tensors: int = 0,
+    backward_peak_bytes: float = 0.0,
 ) -> ModelProfile:
-    """Per-layer times proportional to the per-device micro-batch, divided by tp."""
+    """Per-layer times proportional to the per-device micro-batch, divided by tp; with
+    ``checkpoint_backward_s``, measured checkpointed passes too (forward as without)."""
     timings = tuple(
         LayerTiming(
             tp=tp,
@@ -77,6 +82,10 @@ def model_profile(
             forward_s=forward_s * mb / tp,
             backward_s=backward_s * mb / tp,
             origin=origin,
+            checkpoint_forward_s=None if checkpoint_backward_s is None else forward_s * mb / tp,
+            checkpoint_backward_s=None
+            if checkpoint_backward_s is None
+            else checkpoint_backward_s * mb / tp,
         )  # type: ignore[arg-type]
         for tp in tps
         for mb in (1, 2, 4)
@@ -91,6 +100,8 @@ def model_profile(
             optimizer_bytes=8000 // tp,
             activation_bytes_per_sample=activation_bytes / tp,
             checkpoint_activation_bytes_per_sample=activation_bytes / 8 / tp,
+            param_tensors=param_tensors,
+            backward_peak_bytes_per_sample=backward_peak_bytes / tp,
         )
         for tp in tps
     )
@@ -110,6 +121,9 @@ def hardware(
     p2p_latency_s: float = 0.0,
     bandwidth: float = 1e18,
     overlap: OverlapSlowdown = NO_SLOWDOWN,
+    optimizer: TensorWork | None = None,
+    fsdp_gather: TensorWork | None = None,
+    fsdp_reduce_scatter: TensorWork | None = None,
 ) -> HardwareProfile:
     sizes = [g for g in (2, 4, 8, 16) if g <= world]
     collectives = [
@@ -146,6 +160,9 @@ def hardware(
         compute=(ComputeThroughput(dtype="fp32", flops_per_s=1e9),),
         collectives=tuple(collectives),
         overlap=overlap,
+        optimizer=optimizer,
+        fsdp_gather=fsdp_gather,
+        fsdp_reduce_scatter=fsdp_reduce_scatter,
     )
 
 

@@ -58,17 +58,23 @@ def _dp_plan():  # type: ignore[no-untyped-def]
     return syn.plan(world=4, stages=(2, 2), micro_batches=2, global_batch=4)
 
 
+def _step_end(latency_s: float) -> float:
+    """Every step ends with the executor's token-count and loss all-reduces and a barrier:
+    three small all-reduces, a latency each on the synthetic hardware."""
+    return 3 * latency_s
+
+
 def test_gradient_sync_shorter_than_backward_is_hidden() -> None:
     # Pipeline alone: (M + P - 1)(f + b) = 3 * (2 + 4) = 18 s. Each layer's sync (0.5 s) runs
     # during the previous layer's backward (2 s); only the last layer's is exposed.
     result = _run(_dp_plan(), hw=syn.hardware(world=4, latency_s=0.5))
-    assert result.iteration_time_s == pytest.approx(18.5)
+    assert result.iteration_time_s == pytest.approx(18.5 + _step_end(0.5))
 
 
 def test_gradient_sync_longer_than_backward_is_exposed() -> None:
     # Syncs of 3 s: 16-19 and 19-22 on the first stage, whose backward ends at 18.
     result = _run(_dp_plan(), hw=syn.hardware(world=4, latency_s=3.0))
-    assert result.iteration_time_s == pytest.approx(22.0)
+    assert result.iteration_time_s == pytest.approx(22.0 + _step_end(3.0))
     syncs = [e for e in result.events if e.stream == "dp_comm" and e.stage == 0]
     assert [t for e in syncs for t in (e.start_s, e.end_s)] == pytest.approx([16, 19, 19, 22])
 
@@ -85,8 +91,8 @@ def test_overlap_slows_compute_and_communication_running_together() -> None:
     # blocks.3's sync pending: 2 s x 1.5 to 15 (that sync: 0.5 s x 2, 12-13). The first stage
     # gets the gradient at 15 (not 14): blocks.1 to 17, blocks.0 slowed to 20, its sync alone
     # 20-20.5; blocks.1's sync runs 17-18 at half speed.
-    assert plain.iteration_time_s == pytest.approx(18.5)
-    assert slowed.iteration_time_s == pytest.approx(20.5)
+    assert plain.iteration_time_s == pytest.approx(18.5 + _step_end(0.5))
+    assert slowed.iteration_time_s == pytest.approx(20.5 + _step_end(0.5))
     syncs = [e for e in slowed.events if e.stream == "dp_comm" and e.stage == 0]
     assert [t for e in syncs for t in (e.start_s, e.end_s)] == pytest.approx([17, 18, 20, 20.5])
 
@@ -138,7 +144,7 @@ def test_tensor_parallel_communication_added_unless_measured(origin: str, expect
     result = _run(
         plan, hw=syn.hardware(world=2, latency_s=0.25), profile=syn.model_profile(origin=origin)
     )
-    assert result.iteration_time_s == pytest.approx(expected)
+    assert result.iteration_time_s == pytest.approx(expected + _step_end(0.25))
 
 
 @pytest.mark.parametrize("schedule", ["gpipe", "1f1b"])

@@ -31,7 +31,7 @@ def wrap_data_parallel(
     if groups.dp_size == 1:
         return model
     if mode in ("ddp", "zero1"):
-        return DistributedDataParallel(model, process_group=groups.dp)
+        return DistributedDataParallel(model, process_group=groups.dp, gradient_as_bucket_view=True)
     reshard = mode == "zero3"
     for unit in _units_sharing_parameters(list(layers)):
         # Layers that share a parameter (a tied embedding and head) must be one FSDP group;

@@ -1,12 +1,14 @@
 """Point-to-point transfers of activation dicts between neighbouring pipeline stages.
 
-A forward transfer sends a small header (keys, shapes, dtypes, whether each needs a gradient)
-and then the tensors; the backward transfer sends the gradients of the tensors that needed
-one, in key order (the sender of the activations knows their shapes). Sends are
-asynchronous and their handles are kept until the step ends; receives block (up to the
-process group's timeout). Per (sender, receiver) pair transfers arrive in the order they were
-sent, and both sides walk their schedules in micro-batch order, so no tags are needed
-beyond telling forward from backward.
+A forward transfer is two messages: the sizes (of the whole payload and of its header), then
+one payload holding a header (keys, shapes, dtypes, whether each needs a gradient) and every
+tensor's bytes; the backward transfer is one message holding the gradients of the tensors that
+needed one, in key order (the sender of the activations knows their shapes). One message per
+transfer instead of one per tensor: on gloo each costs a latency of ~0.1-0.2 ms of the
+sender's and receiver's time. Sends are asynchronous and their handles are kept until the step
+ends; receives block (up to the process group's timeout). Per (sender, receiver) pair
+transfers arrive in the order they were sent, and both sides walk their schedules in
+micro-batch order, so no tags are needed beyond telling forward from backward.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ import torch.distributed as dist
 from partita.models.layered import Activations
 
 FORWARD_TAG, BACKWARD_TAG = 1, 2
+ALIGN = 8  # bytes: every tensor starts at a multiple, so its bytes view back as its dtype
 
 
 class Transfers:
@@ -34,19 +37,22 @@ class Transfers:
         self._pending.append((work, tensor))
 
     def send_activations(self, acts: Activations, dst: int) -> None:
+        keys = sorted(acts)
         header = [
-            [key, list(x.shape), str(x.dtype).removeprefix("torch."), bool(x.requires_grad)]
-            for key, x in sorted(acts.items())
-        ]
-        encoded = torch.tensor(list(json.dumps(header).encode()), dtype=torch.uint8)
-        self.send(torch.tensor([encoded.numel()], dtype=torch.int64), dst, FORWARD_TAG)
-        self.send(encoded, dst, FORWARD_TAG)
-        for key, _, _, _ in header:
-            self.send(acts[key], dst, FORWARD_TAG)
+            [key, list(acts[key].shape), str(acts[key].dtype).removeprefix("torch."),
+             bool(acts[key].requires_grad)]
+            for key in keys
+        ]  # fmt: skip
+        encoded = _padded(torch.tensor(list(json.dumps(header).encode()), dtype=torch.uint8))
+        payload = torch.cat([encoded, *(_padded(_bytes(acts[key])) for key in keys)])
+        self.send(
+            torch.tensor([payload.numel(), encoded.numel()], dtype=torch.int64), dst, FORWARD_TAG
+        )
+        self.send(payload, dst, FORWARD_TAG)
 
     def send_gradients(self, grads: list[torch.Tensor], dst: int) -> None:
-        for grad in grads:
-            self.send(grad, dst, BACKWARD_TAG)
+        if grads:
+            self.send(torch.cat([_padded(_bytes(g)) for g in grads]), dst, BACKWARD_TAG)
 
     def wait(self) -> None:
         for work, _ in self._pending:
@@ -56,26 +62,54 @@ class Transfers:
 
 def recv_activations(src: int) -> Activations:
     """The activations ``src`` sent; those that needed a gradient become leaves that need one."""
-    length = torch.empty(1, dtype=torch.int64)
-    dist.recv(length, src=src, tag=FORWARD_TAG)
-    encoded = torch.empty(int(length), dtype=torch.uint8)
-    dist.recv(encoded, src=src, tag=FORWARD_TAG)
+    sizes = torch.empty(2, dtype=torch.int64)
+    dist.recv(sizes, src=src, tag=FORWARD_TAG)
+    payload = torch.empty(int(sizes[0]), dtype=torch.uint8)
+    dist.recv(payload, src=src, tag=FORWARD_TAG)
+    header_bytes = int(sizes[1])
+    header = json.loads(bytes(payload[:header_bytes].tolist()).rstrip(b"\0").decode())
+    offset = header_bytes
     acts = {}
-    for key, shape, dtype, needs_grad in json.loads(bytes(encoded.tolist()).decode()):
-        x = torch.empty(shape, dtype=getattr(torch, dtype))
-        dist.recv(x, src=src, tag=FORWARD_TAG)
+    for key, shape, dtype, needs_grad in header:
+        x, offset = _unpack(payload, offset, shape, getattr(torch, dtype))
         acts[key] = x.requires_grad_(needs_grad)
     return acts
 
 
 def recv_gradients(like: list[torch.Tensor], src: int) -> list[torch.Tensor]:
-    grads = []
+    if not like:
+        return []
+    total = sum(_aligned(x.numel() * x.element_size()) for x in like)
+    payload = torch.empty(total, dtype=torch.uint8)
+    dist.recv(payload, src=src, tag=BACKWARD_TAG)
+    grads, offset = [], 0
     for x in like:
-        grad = torch.empty(x.shape, dtype=x.dtype, device=x.device)
-        dist.recv(grad, src=src, tag=BACKWARD_TAG)
-        grads.append(grad)
+        grad, offset = _unpack(payload, offset, list(x.shape), x.dtype)
+        grads.append(grad.to(x.device))
     return grads
 
 
 def needing_grad(acts: Activations) -> list[str]:
     return [key for key, x in sorted(acts.items()) if x.requires_grad]
+
+
+def _bytes(x: torch.Tensor) -> torch.Tensor:
+    return x.detach().contiguous().reshape(-1).view(torch.uint8)
+
+
+def _aligned(nbytes: int) -> int:
+    return -(-nbytes // ALIGN) * ALIGN
+
+
+def _padded(data: torch.Tensor) -> torch.Tensor:
+    extra = _aligned(data.numel()) - data.numel()
+    return torch.cat([data, data.new_zeros(extra)]) if extra else data
+
+
+def _unpack(
+    payload: torch.Tensor, offset: int, shape: list[int], dtype: torch.dtype
+) -> tuple[torch.Tensor, int]:
+    """The tensor stored at ``offset`` (a copy of its own), and where the next one starts."""
+    nbytes = int(torch.Size(shape).numel()) * torch.empty((), dtype=dtype).element_size()
+    x = payload[offset : offset + nbytes].view(dtype).reshape(shape).clone()
+    return x, offset + _aligned(nbytes)

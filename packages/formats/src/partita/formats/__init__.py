@@ -12,6 +12,7 @@ from partita.formats.hardware_profile import (
     HardwareProfile,
     Measurement,
     OverlapSlowdown,
+    TensorWork,
     TimingSample,
 )
 from partita.formats.model_description import LayerDescription, ModelDescription
@@ -57,6 +58,7 @@ __all__ = [
     "RankMemory",
     "RunReport",
     "StepRecord",
+    "TensorWork",
     "TimingSample",
     "TrainingSettings",
     "VocabStrategy",

@@ -15,7 +15,7 @@ from partita.formats.common import Precision
 from partita.formats.schema import at_least, greater_than
 
 FORMAT = "partita.hardware_profile"
-VERSION = 1
+VERSION = 2
 
 CollectiveOp = Literal["all_reduce", "all_gather", "reduce_scatter", "all_to_all", "p2p"]
 Placement = Literal["consecutive", "strided"]
@@ -66,6 +66,17 @@ class OverlapSlowdown:
 
 
 @dataclass(frozen=True)
+class TensorWork:
+    """Seconds of work over a set of tensors on one device: ``latency_s + tensors *
+    per_tensor_s + bytes * per_byte_s`` (bytes: of the parameters the work is over)."""
+
+    latency_s: float = field(metadata=at_least(0))
+    per_tensor_s: float = field(metadata=at_least(0))
+    per_byte_s: float = field(metadata=at_least(0))
+    origin: Origin = "measured"
+
+
+@dataclass(frozen=True)
 class Measurement:
     warmup: int = field(metadata=at_least(0))
     repeats: int = field(metadata=at_least(1))
@@ -84,6 +95,12 @@ class HardwareProfile:
     compute: tuple[ComputeThroughput, ...]
     collectives: tuple[CollectiveProfile, ...]
     overlap: OverlapSlowdown = OverlapSlowdown()
+    # One AdamW step over a device's parameters (fp32 master weights).
+    optimizer: TensorWork | None = None
+    # FSDP (ZeRO-2/3) on one unit, beyond its collective: gathering the parameters before
+    # forward (copies in and out, hooks), and reduce-scattering the gradients after backward.
+    fsdp_gather: TensorWork | None = None
+    fsdp_reduce_scatter: TensorWork | None = None
     measurement: Measurement | None = None
     tools: dict[str, str] = field(default_factory=dict)
 

@@ -43,7 +43,10 @@ def plan_v1_to_v2(body: dict[str, Any]) -> dict[str, Any]:
     return upgraded
 
 
-def run_report_v1_to_v2(body: dict[str, Any]) -> dict[str, Any]:
-    """Run report v2 only added fields with defaults (``settings``, ``resumed_from_step``,
-    ``num_nodes``) and the ``running`` status: a v1 body is a valid v2 body."""
+def added_optional_fields(body: dict[str, Any]) -> dict[str, Any]:
+    """A version that only added fields with defaults (and values to a field's choices): the
+    older body is read unchanged. Hardware profile v1 -> v2: ``optimizer``; model profile v1
+    -> v2: ``param_tensors`` and ``backward_peak_bytes_per_sample`` of memory entries; run
+    report v1 -> v2: ``settings``, ``resumed_from_step``, ``num_nodes`` and the status
+    ``running``."""
     return body

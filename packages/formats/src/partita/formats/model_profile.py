@@ -3,6 +3,11 @@
 ``tp`` is the layer's tensor-parallel (or, with ``sp = "ulysses"``, Ulysses) group size; for
 embedding and head layer types it is the vocab-parallel degree. ``origin`` says how each value
 was obtained, so the simulator and the user know what was measured and what was not.
+
+Version 2 added the times under activation checkpointing, and per memory entry the number of
+parameter tensors of the shard (what an optimizer step costs per tensor) and the memory a
+backward pass needs beyond the saved activations. A head layer type is measured together
+with the loss that follows it.
 """
 
 from __future__ import annotations
@@ -14,7 +19,7 @@ from partita.formats.common import Precision, SpMode
 from partita.formats.schema import at_least
 
 FORMAT = "partita.model_profile"
-VERSION = 1
+VERSION = 2
 
 Origin = Literal[
     "measured_tp_groups",  # measured with real tensor-parallel process groups
@@ -36,6 +41,10 @@ class LayerTiming:
     backward_s: float = field(metadata=at_least(0))
     spread: float = field(default=0.0, metadata=at_least(0))
     origin: Origin = "measured_tp_groups"
+    # The same passes with the layer under activation checkpointing (the backward includes
+    # the recomputed forward); None when not measured.
+    checkpoint_forward_s: float | None = field(default=None, metadata=at_least(0))
+    checkpoint_backward_s: float | None = field(default=None, metadata=at_least(0))
 
 
 @dataclass(frozen=True)
@@ -49,6 +58,11 @@ class LayerMemory:
     activation_bytes_per_sample: float = field(metadata=at_least(0))
     checkpoint_activation_bytes_per_sample: float = field(metadata=at_least(0))
     origin: Origin = "measured_tp_groups"
+    # Tensors holding the shard's parameters (0: not known).
+    param_tensors: int = field(default=0, metadata=at_least(0))
+    # Working memory of the backward pass above the saved activations and the parameter
+    # gradients (input and output gradients, temporaries), per sample.
+    backward_peak_bytes_per_sample: float = field(default=0.0, metadata=at_least(0))
 
 
 @dataclass(frozen=True)

@@ -43,6 +43,7 @@ SPECS: tuple[FormatSpec, ...] = (
         hardware_profile.VERSION,
         hardware_profile.HardwareProfile,
         "hardware profile",
+        migrations={1: migrations.added_optional_fields},
         check=check_hardware_profile,
     ),
     FormatSpec(
@@ -50,6 +51,7 @@ SPECS: tuple[FormatSpec, ...] = (
         model_profile.VERSION,
         model_profile.ModelProfile,
         "model profile",
+        migrations={1: migrations.added_optional_fields},
         check=check_model_profile,
     ),
     FormatSpec(
@@ -72,7 +74,7 @@ SPECS: tuple[FormatSpec, ...] = (
         run_report.VERSION,
         run_report.RunReport,
         "run report",
-        migrations={1: migrations.run_report_v1_to_v2},
+        migrations={1: migrations.added_optional_fields},
         check=check_run_report,
     ),
     FormatSpec(

@@ -198,6 +198,86 @@ def measure_memory_bandwidth(context: Context, *, quick: bool) -> list[float]:
     return [2 * source.numel() * source.element_size() / t for t in times if t > 0]
 
 
+# (tensors, elements per tensor) of the AdamW steps timed: few and many tensors, small and
+# large ones, so that a fixed, a per-tensor and a per-byte cost can be told apart.
+OPTIMIZER_SHAPES = ((4, 4096), (64, 4096), (4, 1 << 18), (64, 1 << 16))
+
+
+def measure_optimizer_step(context: Context, *, quick: bool) -> dict[tuple[int, int], list[float]]:
+    """Seconds of each repeat of an AdamW step (fp32, gradients set) over each set of
+    ``OPTIMIZER_SHAPES``, all ranks at once (as in training)."""
+    results = {}
+    for tensors, elements in OPTIMIZER_SHAPES:
+        elements //= 4 if quick else 1
+        params = [
+            torch.nn.Parameter(torch.randn(elements, device=context.device)) for _ in range(tensors)
+        ]
+        for param in params:
+            param.grad = torch.randn_like(param)
+        optimizer = torch.optim.AdamW(params, lr=1e-3)
+        dist.barrier(group=context.world)
+        for _ in range(2):
+            optimizer.step()
+        repeats = context.settings.matmul_repeats
+        results[(tensors, elements)] = [
+            context.timer.seconds(optimizer.step) for _ in range(repeats)
+        ]
+    return results
+
+
+# (tensors, elements per tensor) of the FSDP units timed (weights and biases of linear
+# layers, so half the tensors are small).
+FSDP_UNITS = ((2, 64), (16, 64), (4, 256), (16, 256))
+
+
+class _Stack(torch.nn.Module):
+    def __init__(self, layers: int, width: int) -> None:
+        super().__init__()
+        self.layers = torch.nn.ModuleList(torch.nn.Linear(width, width) for _ in range(layers))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        for layer in self.layers:
+            x = layer(x)
+        return x
+
+
+def _time_passes(context: Context, module: torch.nn.Module, x: torch.Tensor) -> tuple[float, float]:
+    out: list[torch.Tensor] = []
+    forward = context.timer.seconds(lambda: out.append(module(x).sum()))
+    backward = context.timer.seconds(lambda: out[0].backward())
+    return forward, backward
+
+
+def measure_fsdp_units(
+    context: Context, *, quick: bool
+) -> dict[tuple[int, int], dict[str, list[float]]]:
+    """Forward and backward seconds of one FSDP2 unit over the world (``fully_shard`` without
+    resharding after forward, as ZeRO-2: the forward gathers, the backward reduce-scatters),
+    and of the same module unsharded, per unit of ``FSDP_UNITS`` (tensors, width). What FSDP
+    adds beyond compute and its collective is fitted from these when the profile is built."""
+    from torch.distributed.device_mesh import DeviceMesh
+    from torch.distributed.fsdp import fully_shard
+
+    ranks = list(range(dist.get_world_size(context.world)))
+    mesh = DeviceMesh.from_group(context.world, context.device.type, mesh=ranks)
+    repeats = context.settings.matmul_repeats
+    results = {}
+    for tensors, width in FSDP_UNITS:
+        width //= 2 if quick else 1
+        x = torch.randn(4, width, device=context.device)
+        module = _Stack(tensors // 2, width).to(context.device)
+        times: dict[str, list[float]] = {}
+        for kind in ("plain", "fsdp"):
+            if kind == "fsdp":
+                fully_shard(module, mesh=mesh, reshard_after_forward=False)
+            dist.barrier(group=context.world)
+            passes = [_time_passes(context, module, x) for _ in range(2 + repeats)][2:]
+            times[f"{kind}_forward"] = [forward for forward, _ in passes]
+            times[f"{kind}_backward"] = [backward for _, backward in passes]
+        results[(tensors, width * width + width)] = times  # elements: one weight and bias
+    return results
+
+
 def measure_overlap(context: Context, *, quick: bool) -> dict[str, list[float]]:
     """Per-call seconds of a matmul loop and a world all_reduce loop, alone and together.
 

@@ -25,6 +25,7 @@ from partita.formats import (
     HardwareProfile,
     Measurement,
     OverlapSlowdown,
+    TensorWork,
     TimingSample,
 )
 from partita.formats.common import Precision
@@ -46,6 +47,10 @@ class RankResults:
     matmul_flops: dict[str, list[float]] = field(default_factory=dict)
     overlap: dict[str, list[float]] = field(default_factory=dict)
     memory_bandwidth: list[float] = field(default_factory=list)  # bytes/s per repeat
+    # (tensors, elements per tensor) -> seconds per repeat of an AdamW step
+    optimizer: dict[tuple[int, int], list[float]] = field(default_factory=dict)
+    # (tensors, elements per tensor) -> plain/fsdp forward/backward -> seconds per repeat
+    fsdp: dict[tuple[int, int], dict[str, list[float]]] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -87,6 +92,7 @@ def build_profile(
         warnings.append("one rank: no collectives and no overlap measured (overlap left at 1)")
     ordered = sorted(results, key=lambda r: r.rank)
     first = ordered[0]
+    collectives = tuple(_collectives(tasks, ordered, layout, warnings))
     profile = HardwareProfile(
         name=name,
         origin="measured",
@@ -100,8 +106,10 @@ def build_profile(
             memory_bandwidth_bytes_per_s=_memory_bandwidth(ordered),
         ),
         compute=tuple(_compute(ordered)),
-        collectives=tuple(_collectives(tasks, ordered, layout, warnings)),
+        collectives=collectives,
         overlap=_overlap(ordered),
+        optimizer=_optimizer(ordered, warnings),
+        **_fsdp(ordered, collectives, layout.num_nodes * layout.devices_per_node, warnings),
         measurement=Measurement(warmup=settings.warmup, repeats=settings.repeats),
         tools=tools,
     )
@@ -112,6 +120,94 @@ def _memory_bandwidth(results: Sequence[RankResults]) -> float | None:
     """The slowest rank's median copy bandwidth (every rank steps its optimizer at once)."""
     medians = [statistics.median(r.memory_bandwidth) for r in results if r.memory_bandwidth]
     return min(medians) if medians else None
+
+
+def _optimizer(results: Sequence[RankResults], warnings: list[str]) -> TensorWork | None:
+    """The AdamW step's cost, fitted to the slowest rank's median time of each measured set
+    of tensors (every rank steps at once)."""
+    points = {
+        shape: max(statistics.median(r.optimizer[shape]) for r in results)
+        for shape in results[0].optimizer
+    }
+    return _tensor_work(points, "optimizer step", warnings)
+
+
+def _fsdp(
+    results: Sequence[RankResults],
+    collectives: Sequence[CollectiveProfile],
+    world: int,
+    warnings: list[str],
+) -> dict[str, TensorWork | None]:
+    """What FSDP adds to a unit's gather (forward) and reduce-scatter (backward) beyond the
+    compute (the unsharded module's time) and the collective (the profile's fit over all
+    ranks, which the units were sharded over); the slowest rank's medians."""
+    fits = {c.op: c for c in collectives if c.group_size == world and c.scope == "intra_node"}
+    found: dict[str, TensorWork | None] = {"fsdp_gather": None, "fsdp_reduce_scatter": None}
+    for name, op, passes in (
+        ("fsdp_gather", "all_gather", "forward"),
+        ("fsdp_reduce_scatter", "reduce_scatter", "backward"),
+    ):
+        fit = fits.get(op)
+        if fit is None or not results[0].fsdp:
+            continue
+        points = {}
+        for shape in results[0].fsdp:
+            nbytes = shape[0] * shape[1] * 4
+            extra = max(
+                statistics.median(r.fsdp[shape][f"fsdp_{passes}"])
+                - statistics.median(r.fsdp[shape][f"plain_{passes}"])
+                for r in results
+            )
+            points[shape] = max(extra - (fit.latency_s + nbytes / fit.bandwidth_bytes_per_s), 0.0)
+        found[name] = _tensor_work(points, name.replace("_", " "), warnings)
+    return found
+
+
+def _tensor_work(
+    points: dict[tuple[int, int], float], what: str, warnings: list[str]
+) -> TensorWork | None:
+    """``latency + tensors * per_tensor + bytes * per_byte`` through (tensors, elements per
+    tensor) -> seconds (fp32 tensors) by least squares with every term at least 0."""
+    if len(points) < 3:
+        return None
+    shapes = sorted(points)
+    rows = [(1.0, float(t), float(t * e * 4)) for t, e in shapes]
+    coefficients = _nonnegative_least_squares(rows, [max(points[s], 1e-9) for s in shapes])
+    if coefficients is None:
+        warnings.append(f"{what}: no cost that grows with tensors or bytes fits; not recorded")
+        return None
+    latency, per_tensor, per_byte = coefficients
+    return TensorWork(latency_s=latency, per_tensor_s=per_tensor, per_byte_s=per_byte)
+
+
+def _nonnegative_least_squares(
+    rows: list[tuple[float, ...]], values: list[float]
+) -> tuple[float, ...] | None:
+    """The best fit of ``rows @ x = values`` in relative error with ``x >= 0``: among the
+    fits over every subset of the columns, the best one whose coefficients are all >= 0
+    (three columns: eight fits); None when none is."""
+    import itertools
+
+    import torch
+
+    matrix = torch.tensor(rows, dtype=torch.float64)
+    target = torch.tensor(values, dtype=torch.float64)
+    scaled = matrix / target[:, None]  # relative: small and large times weigh alike
+    ones = torch.ones(len(values), dtype=torch.float64)
+    best: tuple[float, tuple[float, ...]] | None = None
+    columns = range(matrix.shape[1])
+    for size in range(1, len(columns) + 1):
+        for subset in itertools.combinations(columns, size):
+            fit = torch.linalg.lstsq(scaled[:, list(subset)], ones).solution
+            if bool((fit < 0).any()):
+                continue
+            residual = float(((scaled[:, list(subset)] @ fit - ones) ** 2).sum())
+            full = [0.0] * len(columns)
+            for column, value in zip(subset, fit.tolist(), strict=True):
+                full[column] = value
+            if best is None or residual < best[0]:
+                best = (residual, tuple(full))
+    return None if best is None else best[1]
 
 
 def _compute(results: Sequence[RankResults]) -> Iterable[ComputeThroughput]:

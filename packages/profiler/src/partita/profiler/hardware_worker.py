@@ -133,7 +133,9 @@ def _steps(
     for dtype in measure.matmul_dtypes(context.device):
         steps.append((f"matmul {dtype}", _matmul_step(context, dtype, quick)))
     steps.append(("memory bandwidth (copy)", _memory_bandwidth_step(context, quick)))
+    steps.append(("optimizer step (AdamW)", _optimizer_step(context, quick)))
     if tasks:
+        steps.append(("FSDP units (gather, reduce-scatter)", _fsdp_step(context, quick)))
         steps.append(("overlap of compute and all_reduce", _overlap_step(context, quick)))
     return steps
 
@@ -168,6 +170,20 @@ def _matmul_step(
 def _memory_bandwidth_step(context: measure.Context, quick: bool) -> Callable[[RankResults], None]:
     def step(results: RankResults) -> None:
         results.memory_bandwidth = measure.measure_memory_bandwidth(context, quick=quick)
+
+    return step
+
+
+def _optimizer_step(context: measure.Context, quick: bool) -> Callable[[RankResults], None]:
+    def step(results: RankResults) -> None:
+        results.optimizer = measure.measure_optimizer_step(context, quick=quick)
+
+    return step
+
+
+def _fsdp_step(context: measure.Context, quick: bool) -> Callable[[RankResults], None]:
+    def step(results: RankResults) -> None:
+        results.fsdp = measure.measure_fsdp_units(context, quick=quick)
 
     return step
 

@@ -18,6 +18,17 @@ Memory entries (one per configuration):
   ``fitted``) or, with one size, the bytes over it.
 - ``checkpoint_activation_bytes_per_sample``: the same with the layer under
   ``torch.utils.checkpoint``: what stays is the output.
+- ``backward_peak_bytes_per_sample``: the peak of a forward and backward above what the
+  forward kept, per sample (the slope, so the parameter gradients, which do not grow with the
+  batch, drop out): the gradients of inputs and outputs and the temporaries of backward.
+- ``param_tensors``: the tensors holding the shard's parameters.
+
+Timings of blocks are also taken with the block under activation checkpointing
+(``checkpoint_forward_s``, ``checkpoint_backward_s``: the backward recomputes the forward).
+
+The head layer type is measured with the loss that follows it (as the executor runs them):
+its times and memory hold the loss's forward and backward and what it saves (GPT's log-
+softmax over the vocabulary, the size of the logits).
 """
 
 from __future__ import annotations
@@ -239,6 +250,8 @@ def _measure_config(
         static = _static_bytes(params, settings.dtype)
         for batch in settings.micro_batches:
             acts = measure.layer_input(placed, batches[batch])
+            if model.layer_names[case.index] == "head":
+                layer = measure.WithLoss(placed.layer, model.loss_fn, batches[batch])
             try:
                 measure.run_once(layer, acts, device=settings.device)
             except ValueError as error:
@@ -258,10 +271,23 @@ def _measure_config(
                 repeats=settings.repeats,
                 device=settings.device,
             )
-            timings.append(_timing(case, config, batch, times, origin))
-            retained[batch] = (memory.retained_bytes, memory.checkpoint_retained_bytes)
+            checkpointed = None
+            if case.layer.kind == "block":  # the executor checkpoints blocks only
+                checkpointed = measure.time_passes(
+                    measure.Checkpointed(layer),
+                    acts,
+                    warmup=settings.warmup,
+                    repeats=settings.repeats,
+                    device=settings.device,
+                )
+            timings.append(_timing(case, config, batch, times, origin, checkpointed))
+            retained[batch] = (
+                memory.retained_bytes,
+                memory.checkpoint_retained_bytes,
+                memory.peak_bytes - memory.retained_bytes,
+            )
             progress.update(f"{what} mb {batch}", _times_text(times))
-    return timings, _memory(case, config, static, retained, origin)
+    return timings, _memory(case, config, static, retained, origin, tensors=len(params))
 
 
 def _static_bytes(params: Sequence[torch.nn.Parameter], dtype: str) -> tuple[int, int, int]:
@@ -281,7 +307,12 @@ def _check_limit(settings: Settings, *, what: str, need: int) -> None:
 
 
 def _timing(
-    case: LayerCase, config: Config, batch: int, times: measure.PassTimes, origin: str
+    case: LayerCase,
+    config: Config,
+    batch: int,
+    times: measure.PassTimes,
+    origin: str,
+    checkpointed: measure.PassTimes | None = None,
 ) -> LayerTiming:
     return LayerTiming(
         tp=config.tp,
@@ -292,6 +323,8 @@ def _timing(
         backward_s=times.backward_s,
         spread=times.spread,
         origin=origin,  # type: ignore[arg-type]
+        checkpoint_forward_s=None if checkpointed is None else checkpointed.forward_s,
+        checkpoint_backward_s=None if checkpointed is None else checkpointed.backward_s,
     )
 
 
@@ -306,11 +339,14 @@ def _memory(
     case: LayerCase,
     config: Config,
     static: tuple[int, int, int],
-    retained: dict[int, tuple[int, int]],
+    retained: dict[int, tuple[int, int, int]],
     origin: str,
+    *,
+    tensors: int,
 ) -> LayerMemory:
     full = per_sample({b: kept[0] for b, kept in retained.items()})
     checkpointed = per_sample({b: kept[1] for b, kept in retained.items()})
+    backward = per_sample({b: kept[2] for b, kept in retained.items()})
     return LayerMemory(
         tp=config.tp,
         sp=config.sp,  # type: ignore[arg-type]
@@ -321,6 +357,8 @@ def _memory(
         activation_bytes_per_sample=full,
         checkpoint_activation_bytes_per_sample=checkpointed,
         origin="fitted" if len(retained) > 1 else origin,  # type: ignore[arg-type]
+        param_tensors=tensors,
+        backward_peak_bytes_per_sample=backward,
     )
 
 

@@ -4,7 +4,7 @@ For a pipeline of P stages and M micro-batches where the slowest stage takes ``f
 micro-batch, both GPipe and 1F1B take ``sum_s(f_s + b_s) + (M - 1) * max_s(f_s + b_s)`` plus
 the p2p transfers on the critical path (one forward and one backward per boundary, which
 the sends cannot hide since the receiver waits), plus the part of each stage's gradient sync
-that the last backward does not hide, plus the optimizer step.
+that the last backward does not hide, plus the optimizer step and what follows it.
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ def iteration_time(stages: Sequence[StageWork], *, num_micro_batches: int) -> fl
     per_micro_batch = [s.forward_s + s.backward_s for s in stages]
     pipeline = sum(per_micro_batch) + (num_micro_batches - 1) * max(per_micro_batch)
     transfers = sum(s.send_forward_s + s.send_backward_s for s in stages)
-    tail = max(_exposed_sync(s, num_micro_batches) + s.optimizer_step_s for s in stages)
+    tail = max(_exposed_sync(s, num_micro_batches) + s.tail_s for s in stages)
     return pipeline + transfers + tail
 
 

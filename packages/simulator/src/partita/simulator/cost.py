@@ -1,15 +1,19 @@
 """Durations and sizes from profiles: one method per kind of operation.
 
-Layer times come from the model profile: a line through the measured micro-batch sizes (an
-exact point when there is one). A timing whose origin is ``measured_tp_groups`` already
-contains the tensor-parallel communication; for every other origin the workload adds it.
-Collective times come from the hardware profile's fits, ``latency + bytes / bandwidth``.
+Layer times come from the model profile: the least-squares line through the measured
+micro-batch sizes (times on shared machines scatter; three sizes give a fit). A timing whose
+origin is ``measured_tp_groups`` already contains the tensor-parallel communication; for
+every other origin the workload adds it.
+Collective times come from the hardware profile's fits, ``latency + bytes / bandwidth``; work
+over a set of tensors (the optimizer step, FSDP's own work around its collectives) from its
+``latency + tensors * per_tensor + bytes * per_byte`` fits.
 """
 
 from __future__ import annotations
 
 from collections import defaultdict
 from dataclasses import dataclass, field
+from typing import Literal
 
 from partita.formats import (
     CollectiveProfile,
@@ -18,9 +22,11 @@ from partita.formats import (
     LayerMemory,
     LayerTiming,
     ModelProfile,
+    TensorWork,
 )
 
 TP_COMM_INCLUDED = "measured_tp_groups"
+TensorWorkKind = Literal["optimizer", "fsdp_gather", "fsdp_reduce_scatter"]
 
 
 @dataclass(frozen=True)
@@ -28,6 +34,10 @@ class LayerTimes:
     forward_s: float
     backward_s: float
     includes_tp_comm: bool
+    # Under activation checkpointing, where the profile measured it (the backward holds the
+    # recomputed forward).
+    checkpoint_forward_s: float | None = None
+    checkpoint_backward_s: float | None = None
 
 
 @dataclass
@@ -58,7 +68,20 @@ class CostModel:
         forward = _line_at([(t.micro_batch, t.forward_s) for t in points], micro_batch)
         backward = _line_at([(t.micro_batch, t.backward_s) for t in points], micro_batch)
         included = all(t.origin == TP_COMM_INCLUDED for t in points)
-        return LayerTimes(forward_s=forward, backward_s=backward, includes_tp_comm=included)
+        checkpointed = [t for t in points if t.checkpoint_forward_s is not None]
+        if len(checkpointed) != len(points):
+            return LayerTimes(forward_s=forward, backward_s=backward, includes_tp_comm=included)
+        return LayerTimes(
+            forward_s=forward,
+            backward_s=backward,
+            includes_tp_comm=included,
+            checkpoint_forward_s=_line_at(
+                [(t.micro_batch, t.checkpoint_forward_s or 0.0) for t in points], micro_batch
+            ),
+            checkpoint_backward_s=_line_at(
+                [(t.micro_batch, t.checkpoint_backward_s or 0.0) for t in points], micro_batch
+            ),
+        )
 
     def _timings(self, layer: LayerDescription, *, tp: int, sp: str) -> list[LayerTiming]:
         matching = self._timing_index.get((layer.layer_type, tp, sp, layer.seq_len))
@@ -110,6 +133,15 @@ class CostModel:
             )
         return entry.latency_s + nbytes / entry.bandwidth_bytes_per_s
 
+    # --- work over a set of tensors --------------------------------------------------------------
+    def tensor_work(self, kind: TensorWorkKind, *, tensors: float, nbytes: float) -> float | None:
+        """Seconds of the hardware profile's ``kind`` over ``tensors`` tensors of ``nbytes``
+        in all; None when the profile does not have it."""
+        work: TensorWork | None = getattr(self.hardware, kind)
+        if work is None:
+            return None
+        return work.latency_s + tensors * work.per_tensor_s + nbytes * work.per_byte_s
+
     def _warn(self, message: str) -> None:
         if message not in self.warnings:
             self.warnings.append(message)
@@ -125,14 +157,17 @@ def _best_entry(
 
 
 def _line_at(points: list[tuple[int, float]], x: float) -> float:
-    """Value at ``x`` of the line through the two nearest measured points (or proportional)."""
-    exact = [y for px, y in points if px == x]
-    if exact:
-        return exact[0]
+    """Value at ``x`` of the least-squares line through the measured (micro-batch, seconds)
+    points: with three or more, a fit (times measured on shared machines scatter, and a
+    layer's time grows steadily with its batch); through two, the line; one, proportional."""
     if len(points) == 1:
         px, py = points[0]
         return py * x / px
-    nearest = sorted(points, key=lambda p: (abs(p[0] - x), p[0]))[:2]
-    (x0, y0), (x1, y1) = sorted(nearest)
-    slope = (y1 - y0) / (x1 - x0)
-    return max(0.0, y0 + slope * (x - x0))
+    mean_x = sum(px for px, _ in points) / len(points)
+    mean_y = sum(py for _, py in points) / len(points)
+    variance = sum((px - mean_x) ** 2 for px, _ in points)
+    slope = sum((px - mean_x) * (py - mean_y) for px, py in points) / variance
+    # A noisy fit may fall: never below the fastest measurement, nor under zero.
+    return max(
+        0.0, mean_y + slope * (x - mean_x), min(py for _, py in points) if slope < 0 else 0.0
+    )

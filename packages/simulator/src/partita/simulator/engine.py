@@ -6,7 +6,7 @@ Each stage replays its schedule on a compute stream. A forward waits for the pre
 stage's activations, a backward for the next stage's gradients; transfers run on the sending
 stage's p2p stream. During the last backward on a stage each layer's gradient sync starts as
 soon as that layer's backward ends and runs on the stage's data-parallel stream, so it
-overlaps with the backward of earlier layers (ZeRO-3 reduce-scatters after every backward).
+overlaps with the backward of earlier layers (ZeRO-2/3 reduce-scatter after every backward).
 A compute task that starts while gradient syncs are pending, and a sync that starts while
 compute runs, take longer by the hardware profile's overlap factors (for their whole
 duration: a coarse but cheap model of contention).
@@ -107,6 +107,7 @@ class Engine:
                 yield from self._backward(index, action, final=position == last_backward)
         yield self.env.all_of(state.syncs)
         yield from self._compute(index, "optimizer", state.work.optimizer_step_s, None)
+        yield from self._compute(index, "step end", state.work.after_step_s, None)
         return self.env.now
 
     def _forward(self, index: int, action: Action) -> Process:

@@ -3,9 +3,18 @@
 Per layer: forward and backward compute on one device for its local micro-batch (backward
 includes the recomputed forward when the layer is checkpointed); the blocking
 tensor-parallel collectives that the profile did not already include; a redistribution when
-the layout changes from the previous layer; ZeRO-3's parameter gathers; and the
-data-parallel gradient synchronisation, which the engine overlaps with backward. Per stage:
-p2p sends per micro-batch, static memory and the optimizer step.
+the layout changes from the previous layer; the parameter gathers of ZeRO-2 (before each
+forward) and ZeRO-3 (before each forward and backward); the data-parallel gradient
+synchronisation, which the engine overlaps with backward; its share of the optimizer step;
+and ZeRO-1's parameter gather after the step. Per stage: p2p sends per micro-batch, static
+memory, the optimizer step and what every step ends with (the loss and token-count
+all-reduces and the barrier the executor runs).
+
+How the executor runs each data-parallel mode (``partita.executor``): DDP all-reduces
+gradient buckets during backward; ZeRO-1 all-reduces them too, steps its shard of the
+parameters and broadcasts it (an all-gather) after the step; ZeRO-2 and ZeRO-3 are FSDP
+units that gather parameters before forward (ZeRO-3 again before backward) and
+reduce-scatter gradients after every micro-batch's backward.
 """
 
 from __future__ import annotations
@@ -14,15 +23,20 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field, replace
 from typing import TypeVar
 
-from partita.formats import LayerDescription, LayerStrategy, ModelDescription, Plan
+from partita.formats import LayerDescription, LayerMemory, LayerStrategy, ModelDescription, Plan
 from partita.formats.common import BYTES_PER_ELEMENT
-from partita.simulator.cost import CostModel
+from partita.simulator.cost import CostModel, TensorWorkKind
 from partita.simulator.placement import GroupPlacement, group_placement
 
 T = TypeVar("T")
 
-# Bytes per parameter read and written by one AdamW step (fp32 param, grad, two moments).
+# Bytes per parameter read and written by one AdamW step (fp32 param, grad, two moments):
+# the optimizer's cost from the memory bandwidth when the profile has no measured step.
 OPTIMIZER_STEP_BYTES_PER_PARAM_BYTE = 4.0
+# What every step of the executor ends with: the all-reduces of the labelled-token count and
+# of the loss, and a barrier (one small all-reduce's time each, over all ranks).
+STEP_END_ALL_REDUCES = 3
+SMALL_MESSAGE_BYTES = 8
 ZERO_FACTORS = {  # share of (parameters, gradients, optimizer states) each device keeps
     "ddp": (False, False, False),
     "zero1": (False, False, True),
@@ -45,12 +59,14 @@ class LayerWork:
     forward_s: float  # compute and blocking communication, one micro-batch
     backward_s: float
     grad_sync: tuple[tuple[str, float], ...]  # (collective, seconds), overlappable
-    grad_sync_every_micro_batch: bool  # ZeRO-3 reduce-scatters after every backward
+    grad_sync_every_micro_batch: bool  # FSDP (ZeRO-2/3) reduce-scatters after every backward
     activation_bytes: float  # kept per micro-batch in flight, one device
     transient_bytes: float  # recomputation or gathered ZeRO-3 parameters during backward
     param_bytes: float  # one device, after sharding
     grad_bytes: float
     optimizer_bytes: float
+    optimizer_s: float = 0.0  # this layer's part of the optimizer step (per tensor and byte)
+    after_step_s: float = 0.0  # blocking, after the optimizer step (ZeRO-1's gather)
 
 
 @dataclass(frozen=True)
@@ -61,6 +77,12 @@ class StageWork:
     send_forward_s: float  # activations to the next stage, one micro-batch
     send_backward_s: float  # gradients to the previous stage, one micro-batch
     optimizer_step_s: float
+    after_step_s: float = 0.0  # after the optimizer: ZeRO-1 gathers, the step's end
+
+    @property
+    def tail_s(self) -> float:
+        """What follows the last gradient sync: the optimizer step and the step's end."""
+        return self.optimizer_step_s + self.after_step_s
 
     @property
     def forward_s(self) -> float:
@@ -179,6 +201,7 @@ class WorkloadBuilder:
             send_forward_s=send_forward,
             send_backward_s=send_backward,
             optimizer_step_s=self._optimizer_step(works),
+            after_step_s=sum(w.after_step_s for w in works) + self._step_end(),
         )
 
     def _local_batch(self, strategy: Strategy) -> float:
@@ -223,31 +246,42 @@ class WorkloadBuilder:
         redistribute = self._redistribution(layer, strategy, previous)
         memory = self.cost.layer_memory(layer, tp=strategy.tp, sp=strategy.sp)
         dp_group = self._placement("dp", strategy.tp)
-        gather = (
-            self._collective("all_gather", memory.param_bytes, dp_group)
-            if strategy.dp == "zero3"
-            else 0.0
-        )
-        forward = times.forward_s + tp_comm + redistribute + gather
-        backward = times.backward_s + tp_comm + redistribute + gather
-        if strategy.ckpt:
+        gather = self._collective("all_gather", memory.param_bytes, dp_group)
+        forward = times.forward_s + tp_comm + redistribute
+        backward = times.backward_s + tp_comm + redistribute
+        if strategy.ckpt and times.checkpoint_forward_s is not None:  # measured so
+            assert times.checkpoint_backward_s is not None
+            forward = times.checkpoint_forward_s + tp_comm + redistribute
+            backward = times.checkpoint_backward_s + 2 * tp_comm + redistribute
+        elif strategy.ckpt:  # the backward recomputes the forward
             backward += times.forward_s + tp_comm
-        shard_params, shard_grads, shard_optimizer = ZERO_FACTORS[strategy.dp]
         dp = dp_group.size
+        if strategy.dp in ("zero2", "zero3") and dp > 1:  # FSDP units
+            unit_gather = gather + self._fsdp("fsdp_gather", memory)
+            forward += unit_gather  # gathered before the unit's forward
+            if strategy.dp == "zero3":  # resharded after forward: gathered again for backward
+                backward += unit_gather
+            # FSDP's copies around the reduce-scatter run on the compute thread; the
+            # collective itself overlaps (``grad_sync``).
+            backward += self._fsdp("fsdp_reduce_scatter", memory)
+        shard_params, shard_grads, shard_optimizer = ZERO_FACTORS[strategy.dp]
         full_activations = memory.activation_bytes_per_sample * batch
         kept = memory.checkpoint_activation_bytes_per_sample * batch if strategy.ckpt else 0.0
         return LayerWork(
             name=layer.name,
             forward_s=forward,
             backward_s=backward,
-            grad_sync=self._grad_sync(strategy, memory.param_bytes, memory.grad_bytes, dp_group),
-            grad_sync_every_micro_batch=strategy.dp == "zero3",
+            grad_sync=self._grad_sync(strategy, memory.grad_bytes, dp_group),
+            grad_sync_every_micro_batch=strategy.dp in ("zero2", "zero3"),
             activation_bytes=kept if strategy.ckpt else full_activations,
             transient_bytes=(full_activations if strategy.ckpt else 0.0)
+            + memory.backward_peak_bytes_per_sample * batch
             + (memory.param_bytes * (1 - 1 / dp) if strategy.dp == "zero3" else 0.0),
             param_bytes=memory.param_bytes / (dp if shard_params else 1),
             grad_bytes=memory.grad_bytes / (dp if shard_grads else 1),
             optimizer_bytes=memory.optimizer_bytes / (dp if shard_optimizer else 1),
+            optimizer_s=self._layer_optimizer_step(memory, strategy.dp, dp),
+            after_step_s=gather if strategy.dp == "zero1" else 0.0,
         )
 
     def _tp_comm(self, layer: LayerDescription, strategy: Strategy) -> float:
@@ -277,26 +311,51 @@ class WorkloadBuilder:
         return self._collective("all_gather", self._hidden_bytes(layer, strategy), group)
 
     def _grad_sync(
-        self, strategy: Strategy, param_bytes: float, grad_bytes: float, group: GroupPlacement
+        self, strategy: Strategy, grad_bytes: float, group: GroupPlacement
     ) -> tuple[tuple[str, float], ...]:
         if group.size == 1:
             return ()
-        reduce_scatter = ("reduce_scatter", self._collective("reduce_scatter", grad_bytes, group))
-        all_reduce = ("all_reduce", self._collective("all_reduce", grad_bytes, group))
-        gather = ("all_gather", self._collective("all_gather", param_bytes, group))
-        return {
-            "ddp": (all_reduce,),
-            "zero1": (all_reduce, gather),
-            "zero2": (reduce_scatter, gather),
-            "zero3": (reduce_scatter,),
-        }[strategy.dp]
+        if strategy.dp in ("ddp", "zero1"):
+            return (("all_reduce", self._collective("all_reduce", grad_bytes, group)),)
+        return (("reduce_scatter", self._collective("reduce_scatter", grad_bytes, group)),)
 
-    def _optimizer_step(self, layers: list[LayerWork]) -> float:
+    def _fsdp(self, kind: TensorWorkKind, memory: LayerMemory) -> float:
+        """FSDP's own work on one unit (this layer) beyond its collective, where profiled."""
+        seconds = self.cost.tensor_work(
+            kind, tensors=memory.param_tensors, nbytes=memory.param_bytes
+        )
+        return seconds or 0.0
+
+    def _layer_optimizer_step(self, memory: LayerMemory, dp_mode: str, dp: int) -> float:
+        """Seconds of this layer's share of the AdamW step on one device.
+
+        ZeRO-1 steps whole parameters, 1/dp of them; FSDP (ZeRO-2/3) steps every parameter's
+        1/dp shard; DDP steps all of them whole.
+        """
+        nbytes = memory.param_bytes / (dp if dp_mode != "ddp" else 1)
+        tensors = memory.param_tensors / (dp if dp_mode == "zero1" else 1)
+        measured = self.cost.tensor_work("optimizer", tensors=tensors, nbytes=nbytes)
+        if measured is not None:  # the step's latency is counted once, per stage
+            return measured - self.cost.hardware.optimizer.latency_s  # type: ignore[union-attr]
         bandwidth = self.cost.hardware.device.memory_bandwidth_bytes_per_s
         if not bandwidth:
             return 0.0
-        touched = sum(layer.optimizer_bytes for layer in layers)
-        return OPTIMIZER_STEP_BYTES_PER_PARAM_BYTE * touched / bandwidth
+        return OPTIMIZER_STEP_BYTES_PER_PARAM_BYTE * nbytes / bandwidth
+
+    def _optimizer_step(self, layers: list[LayerWork]) -> float:
+        measured = self.cost.hardware.optimizer
+        latency = measured.latency_s if measured is not None else 0.0
+        return latency + sum(layer.optimizer_s for layer in layers)
+
+    def _step_end(self) -> float:
+        """The executor's per-step all-reduces of the token count and loss, and its barrier."""
+        hardware = self.cost.hardware
+        world = GroupPlacement(
+            size=self.plan.world_size,
+            placement="consecutive",
+            scope="inter_node" if hardware.num_nodes > 1 else "intra_node",
+        )
+        return STEP_END_ALL_REDUCES * self._collective("all_reduce", SMALL_MESSAGE_BYTES, world)
 
 
 def _sublayers(layer: LayerDescription) -> tuple[int, int]:

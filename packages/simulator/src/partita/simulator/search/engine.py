@@ -306,7 +306,11 @@ class _Searcher:
         works = [builder.layer_cost(block, s, None) for s in strategies]
         return _Options(
             strategies=tuple(strategies),
-            time=np.array([w.forward_s + w.backward_s for w in works]),
+            # The optimizer and what follows it run once a step, the passes once a micro-batch:
+            # a coarse proxy, re-scored in full for the shortlist.
+            time=np.array(
+                [w.forward_s + w.backward_s + w.optimizer_s + w.after_step_s for w in works]
+            ),
             static=np.array([w.param_bytes + w.grad_bytes + w.optimizer_bytes for w in works]),
             activation=np.array([w.activation_bytes for w in works]),
             transient=np.array([w.transient_bytes for w in works]),

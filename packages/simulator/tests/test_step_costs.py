@@ -1,0 +1,130 @@
+"""What a step costs beyond the layers' passes, against numbers computed by hand: the
+optimizer step, ZeRO's gathers, FSDP's own work, the step's end, checkpointed passes and the
+backward's working memory (synthetic profiles: a block's forward 1 s and backward 2 s per
+sample, 4000 parameter bytes in 10 tensors)."""
+
+from __future__ import annotations
+
+import pytest
+import synthetic as syn
+
+from partita.formats import LayerStrategy, TensorWork
+from partita.simulator.cost import CostModel, _line_at
+from partita.simulator.simulation import simulate
+from partita.simulator.workload import WorkloadBuilder
+
+OPTIMIZER = TensorWork(latency_s=0.5, per_tensor_s=0.1, per_byte_s=1e-3)
+TENSORS = 10
+
+
+def _stage(mode: str, *, world: int = 2, **hardware: object):  # type: ignore[no-untyped-def]
+    plan = syn.plan(
+        world=world, stages=(1,), micro_batches=1, global_batch=world,
+        strategy=LayerStrategy(dp=mode),  # type: ignore[arg-type]
+    )  # fmt: skip
+    cost = CostModel(
+        hardware=syn.hardware(world=world, **hardware),  # type: ignore[arg-type]
+        model_profile=syn.model_profile(param_tensors=TENSORS),
+    )
+    (stage,) = WorkloadBuilder(plan=plan, model=syn.description(1), cost=cost).build()
+    return stage
+
+
+@pytest.mark.parametrize(
+    ("mode", "expected"),
+    [
+        # latency + tensors x 0.1 s + parameter bytes / 1000 B/s
+        ("ddp", 0.5 + 10 * 0.1 + 4000 / 1000),
+        ("zero1", 0.5 + 5 * 0.1 + 2000 / 1000),  # half the whole tensors
+        ("zero2", 0.5 + 10 * 0.1 + 2000 / 1000),  # every tensor's half
+        ("zero3", 0.5 + 10 * 0.1 + 2000 / 1000),
+    ],
+)
+def test_the_optimizer_step_follows_the_measured_cost_of_what_this_device_steps(
+    mode: str, expected: float
+) -> None:
+    assert _stage(mode, optimizer=OPTIMIZER).optimizer_step_s == pytest.approx(expected)
+
+
+def test_zero1_gathers_after_the_step_and_zero2_before_forward() -> None:
+    # Collectives of 0.25 s: the step ends with 3 small all-reduces (0.75 s) in every mode.
+    ddp, zero1, zero2, zero3 = (
+        _stage(m, latency_s=0.25) for m in ("ddp", "zero1", "zero2", "zero3")
+    )
+    assert ddp.after_step_s == pytest.approx(0.75)
+    assert zero1.after_step_s == pytest.approx(0.75 + 0.25)
+    assert [op for op, _ in zero1.layers[0].grad_sync] == ["all_reduce"]
+    assert zero2.after_step_s == pytest.approx(0.75)
+    # One sample per device: forward 1 s, backward 2 s, plus the gathers.
+    assert (zero2.forward_s, zero2.backward_s) == pytest.approx((1.25, 2.0))
+    assert (zero3.forward_s, zero3.backward_s) == pytest.approx((1.25, 2.25))
+    assert [op for op, _ in zero2.layers[0].grad_sync] == ["reduce_scatter"]
+    assert zero2.layers[0].grad_sync_every_micro_batch
+
+
+def test_fsdp_work_beyond_the_collectives_is_added_where_profiled() -> None:
+    gather = TensorWork(latency_s=0.1, per_tensor_s=0.01, per_byte_s=1 / 4000)  # 0.1+0.1+1
+    scatter = TensorWork(latency_s=0.2, per_tensor_s=0.0, per_byte_s=0.0)
+    zero3 = _stage("zero3", fsdp_gather=gather, fsdp_reduce_scatter=scatter)
+    assert (zero3.forward_s, zero3.backward_s) == pytest.approx((1 + 1.2, 2 + 1.2 + 0.2))
+    # One device: nothing is sharded, FSDP is not applied.
+    alone = _stage("zero3", world=1, fsdp_gather=gather, fsdp_reduce_scatter=scatter)
+    assert (alone.forward_s, alone.backward_s) == pytest.approx((1.0, 2.0))
+
+
+def test_the_iteration_ends_with_the_optimizer_step_and_the_steps_end() -> None:
+    plan = syn.plan(
+        world=2, stages=(1,), micro_batches=1, global_batch=2, strategy=LayerStrategy(dp="zero1")
+    )
+    result = simulate(
+        plan,
+        hardware=syn.hardware(world=2, latency_s=0.25, optimizer=OPTIMIZER),
+        model_profile=syn.model_profile(param_tensors=TENSORS),
+        model=syn.description(1),
+    )
+    # forward 1 + backward 2, sync 0.25 exposed, optimizer 3.0, gather 0.25 + end 0.75.
+    assert result.iteration_time_s == pytest.approx(1 + 2 + 0.25 + 3.0 + 1.0)
+    compute = [e.name for e in result.events if e.stream == "compute"]
+    assert compute[-2:] == ["optimizer", "step end"]
+
+
+def test_measured_checkpointed_passes_replace_the_recomputation_estimate() -> None:
+    plan = syn.plan(
+        world=1, stages=(1,), micro_batches=1, global_batch=1, strategy=LayerStrategy(ckpt=True)
+    )
+    estimated = simulate(
+        plan,
+        hardware=syn.hardware(world=1),
+        model_profile=syn.model_profile(),
+        model=syn.description(1),
+    )
+    measured = simulate(
+        plan,
+        hardware=syn.hardware(world=1),
+        model_profile=syn.model_profile(checkpoint_backward_s=5.0),
+        model=syn.description(1),
+    )
+    assert estimated.iteration_time_s == pytest.approx(1 + 2 + 1)  # forward again in backward
+    assert measured.iteration_time_s == pytest.approx(1 + 5)
+
+
+def test_the_backward_working_memory_is_a_transient_of_the_peak() -> None:
+    plan = syn.plan(world=1, stages=(2,), micro_batches=1, global_batch=1)
+    result = simulate(
+        plan,
+        hardware=syn.hardware(world=1),
+        model_profile=syn.model_profile(backward_peak_bytes=3 * syn.MiB),
+        model=syn.description(2),
+    )
+    memory = result.stages[0].memory
+    assert memory.transient == 3 * syn.MiB  # one layer's backward at a time
+    assert memory.activations == 2 * syn.MiB
+
+
+def test_layer_times_are_a_least_squares_line_through_the_measured_batches() -> None:
+    assert _line_at([(1, 1.0), (2, 2.0), (4, 4.0)], 3) == pytest.approx(3.0)
+    # A scattered middle point moves the line, not the answer at that point alone.
+    assert _line_at([(1, 1.0), (2, 3.0), (4, 4.0)], 2) == pytest.approx(33 / 14)  # 8/3 - 13/42
+    assert _line_at([(2, 2.0)], 1) == pytest.approx(1.0)  # one point: proportional
+    # A fit falling with the batch (noise) stays at the fastest measurement.
+    assert _line_at([(1, 3.0), (2, 1.0), (4, 2.0)], 4) >= 1.0
