@@ -108,6 +108,27 @@ def test_2_gloo_ranks_quick_writes_a_complete_profile(two_runs: list[HardwarePro
     assert profile.overlap.compute >= 1 and profile.overlap.communication >= 1
 
 
+def test_2_gloo_ranks_measure_the_optimizer_step_and_fsdps_own_work(
+    two_runs: list[HardwareProfile],
+) -> None:
+    for profile in two_runs:
+        optimizer = profile.optimizer
+        assert optimizer is not None and optimizer.origin == "measured"
+        # An AdamW step over 64 tensors of 4,096 fp32 elements takes between 10 us and 1 s.
+        step = (
+            optimizer.latency_s + 64 * optimizer.per_tensor_s + 64 * 4096 * 4 * optimizer.per_byte_s
+        )
+        assert 1e-5 < step < 1.0, optimizer
+        assert optimizer.per_tensor_s > 0 or optimizer.per_byte_s > 0
+    # FSDP's work may fit as zero on a quiet machine, but is recorded on every run here.
+    recorded = [p.fsdp_gather for p in two_runs] + [p.fsdp_reduce_scatter for p in two_runs]
+    assert all(work is not None for work in recorded), recorded
+    for work in recorded:
+        assert work is not None
+        unit = work.latency_s + 16 * work.per_tensor_s + 16 * 64 * 64 * 4 * work.per_byte_s
+        assert unit < 1.0, work  # a unit of 64 kB: under a second of overhead
+
+
 def test_2_gloo_ranks_two_runs_agree_within_their_spread(two_runs: list[HardwareProfile]) -> None:
     """Agree: at each (op, size), the two medians differ by at most the two runs' recorded
     spreads (IQR/median) plus BETWEEN_RUNS_MARGIN, for at least half the points (others may

@@ -87,3 +87,33 @@ def test_memory_limits_read_with_units(text: str, expected: int) -> None:
 def test_a_memory_limit_that_is_not_bytes_is_refused() -> None:
     with pytest.raises(ValueError, match="--memory-limit"):
         parse_bytes("lots")
+
+
+def test_rounds_take_each_time_as_the_median_over_the_passes() -> None:
+    from partita.formats import LayerMemory, LayerTiming
+    from partita.profiler.model_run import _Collected, _median_over_rounds
+
+    def timing(micro_batch: int, forward: float, ckpt: float | None) -> LayerTiming:
+        return LayerTiming(
+            tp=1, sp="none", micro_batch=micro_batch, seq_len=8, forward_s=forward,
+            backward_s=2 * forward, spread=0.1, checkpoint_forward_s=ckpt,
+            checkpoint_backward_s=ckpt,
+        )  # fmt: skip
+
+    memory = LayerMemory(
+        tp=1, sp="none", seq_len=8, param_bytes=4, grad_bytes=4, optimizer_bytes=8,
+        activation_bytes_per_sample=1.0, checkpoint_activation_bytes_per_sample=0.5,
+    )  # fmt: skip
+    rounds = []
+    for forwards in ((1.0, 2.0), (3.0, 2.5), (2.0, 9.0)):  # a burst of other work: the 9
+        collected = _Collected()
+        collected.add(
+            "block", [timing(1, forwards[0], forwards[0]), timing(2, forwards[1], None)], memory
+        )
+        rounds.append(collected)
+    merged = _median_over_rounds(rounds)
+    first, second = merged.timings["block"]
+    assert (first.forward_s, first.backward_s, first.checkpoint_forward_s) == (2.0, 4.0, 2.0)
+    assert (second.forward_s, second.checkpoint_backward_s) == (2.5, None)  # None in a round
+    assert merged.memory["block"] == [memory]
+    assert _median_over_rounds(rounds[:1]) is rounds[0]

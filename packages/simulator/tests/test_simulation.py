@@ -58,20 +58,28 @@ def _dp_plan():  # type: ignore[no-untyped-def]
     return syn.plan(world=4, stages=(2, 2), micro_batches=2, global_batch=4)
 
 
+@pytest.fixture
+def one_layer_buckets(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Gradient buckets of one synthetic layer (4000 bytes) each, so each layer syncs alone."""
+    from partita.simulator import workload
+
+    monkeypatch.setattr(workload, "DDP_BUCKET_BYTES", 4000)
+
+
 def _step_end(latency_s: float) -> float:
     """Every step ends with the executor's token-count and loss all-reduces and a barrier:
     three small all-reduces, a latency each on the synthetic hardware."""
     return 3 * latency_s
 
 
-def test_gradient_sync_shorter_than_backward_is_hidden() -> None:
+def test_gradient_sync_shorter_than_backward_is_hidden(one_layer_buckets: None) -> None:
     # Pipeline alone: (M + P - 1)(f + b) = 3 * (2 + 4) = 18 s. Each layer's sync (0.5 s) runs
     # during the previous layer's backward (2 s); only the last layer's is exposed.
     result = _run(_dp_plan(), hw=syn.hardware(world=4, latency_s=0.5))
     assert result.iteration_time_s == pytest.approx(18.5 + _step_end(0.5))
 
 
-def test_gradient_sync_longer_than_backward_is_exposed() -> None:
+def test_gradient_sync_longer_than_backward_is_exposed(one_layer_buckets: None) -> None:
     # Syncs of 3 s: 16-19 and 19-22 on the first stage, whose backward ends at 18.
     result = _run(_dp_plan(), hw=syn.hardware(world=4, latency_s=3.0))
     assert result.iteration_time_s == pytest.approx(22.0 + _step_end(3.0))
@@ -79,7 +87,9 @@ def test_gradient_sync_longer_than_backward_is_exposed() -> None:
     assert [t for e in syncs for t in (e.start_s, e.end_s)] == pytest.approx([16, 19, 19, 22])
 
 
-def test_overlap_slows_compute_and_communication_running_together() -> None:
+def test_overlap_slows_compute_and_communication_running_together(
+    one_layer_buckets: None,
+) -> None:
     plain = _run(_dp_plan(), hw=syn.hardware(world=4, latency_s=0.5))
     slowed = _run(
         _dp_plan(),
@@ -95,6 +105,15 @@ def test_overlap_slows_compute_and_communication_running_together() -> None:
     assert slowed.iteration_time_s == pytest.approx(20.5 + _step_end(0.5))
     syncs = [e for e in slowed.events if e.stream == "dp_comm" and e.stage == 0]
     assert [t for e in syncs for t in (e.start_s, e.end_s)] == pytest.approx([17, 18, 20, 20.5])
+
+
+def test_layers_sharing_a_data_parallel_group_sync_in_one_bucket() -> None:
+    # Both layers of a stage in one bucket: one 3 s all-reduce once the first stage's last
+    # backward (of its first layer) ends at 18.
+    result = _run(_dp_plan(), hw=syn.hardware(world=4, latency_s=3.0))
+    syncs = [e for e in result.events if e.stream == "dp_comm" and e.stage == 0]
+    assert [t for e in syncs for t in (e.start_s, e.end_s)] == pytest.approx([18, 21])
+    assert result.iteration_time_s == pytest.approx(21.0 + _step_end(3.0))
 
 
 @pytest.mark.parametrize(

@@ -46,6 +46,13 @@ from partita.models.families import family_of
 from partita.models.layered import Activations
 from partita.models.losses import IGNORE_INDEX
 
+# DDP's default bucket size.
+BUCKET_BYTES = 25 * 2**20
+
+
+def _nbytes(params: list[nn.Parameter]) -> int:
+    return sum(p.numel() * p.element_size() for p in params)
+
 
 @dataclass
 class PipelineTrainer(Trainer):
@@ -202,9 +209,19 @@ class PipelineTrainer(Trainer):
 
     def _sync_gradients(self) -> None:
         self._sum_partial_gradients()
-        for i, params in self.stage_model.layer_parameters():
-            unsynced = [p for _, p in params if id(p) not in self.sharded]
-            all_reduce_sum(unsynced, self.setups[i].groups.dp)
+        # DDP and ZeRO-1 gradients in buckets of layers sharing a data-parallel group, from
+        # the last layer back (as DDP buckets them): one collective per bucket, not per layer.
+        buckets: dict[int, tuple[dist.ProcessGroup, list[list[nn.Parameter]]]] = {}
+        for i, params in reversed(self.stage_model.layer_parameters()):
+            unsynced = [p for _, p in params if id(p) not in self.sharded and p.grad is not None]
+            group = self.setups[i].groups.dp
+            _, bucket_list = buckets.setdefault(id(group), (group, [[]]))
+            if bucket_list[-1] and _nbytes(bucket_list[-1]) + _nbytes(unsynced) > BUCKET_BYTES:
+                bucket_list.append([])
+            bucket_list[-1].extend(unsynced)
+        for group, bucket_list in buckets.values():
+            for bucket in bucket_list:
+                all_reduce_sum(bucket, group)
         for param in self.stage_model.parameters():
             group = self.tied_groups.get(id(param))
             if group is not None and param.grad is not None:

@@ -58,6 +58,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--warmup", type=int, default=2, help="untimed runs (default 2)")
     parser.add_argument("--repeats", type=int, default=10, help="timed runs (default 10)")
     parser.add_argument(
+        "--rounds",
+        type=int,
+        default=1,
+        help="passes over every configuration, times the median over them (default 1): on a "
+        "shared machine, spreads each configuration's measurements over the whole run",
+    )
+    parser.add_argument(
         "--memory-limit",
         default=None,
         metavar="BYTES",
@@ -89,6 +96,7 @@ def _check_arguments(args: argparse.Namespace) -> None:
         ("--batch-sizes", args.batch_sizes, 1),
         ("--tp", args.tp, 1),
         ("--repeats", [args.repeats], 1),
+        ("--rounds", [args.rounds], 1),
         ("--warmup", [args.warmup], 0),
     ):
         bad = [value for value in values if value < minimum]
@@ -139,6 +147,7 @@ def settings_from(args: argparse.Namespace, *, device: object) -> Settings:
         dtype=args.dtype,
         warmup=args.warmup,
         repeats=args.repeats,
+        rounds=args.rounds,
         memory_limit=None if args.memory_limit is None else parse_bytes(args.memory_limit),
         seed=args.seed,
         progress=not args.quiet,
@@ -165,6 +174,7 @@ def _launch(args: argparse.Namespace) -> int:
         ("--memory-limit", args.memory_limit),
         ("--warmup", args.warmup),
         ("--repeats", args.repeats),
+        ("--rounds", args.rounds),
         ("--seed", args.seed),
         ("--timeout", args.timeout),
     ):
@@ -201,7 +211,12 @@ def _memory_in_one_process(args: argparse.Namespace) -> None:
         settings = settings_from(args, device=torch.device("cpu"))
         local = profile_model(
             dataclasses.replace(
-                settings, out=Path(scratch) / "memory.json", warmup=0, repeats=1, progress=False
+                settings,
+                out=Path(scratch) / "memory.json",
+                warmup=0,
+                repeats=1,
+                rounds=1,
+                progress=False,
             )
         )
     ranks = load(args.out, ModelProfile)

@@ -33,7 +33,9 @@ softmax over the vocabulary, the size of the logits).
 
 from __future__ import annotations
 
+import dataclasses
 import platform
+import statistics
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from importlib.metadata import PackageNotFoundError, version
@@ -72,6 +74,7 @@ class Settings:
     dtype: str
     warmup: int = 2
     repeats: int = 10
+    rounds: int = 1  # passes over every configuration; medians over them
     memory_limit: int | None = None
     seed: int = 0
     progress: bool = True
@@ -132,39 +135,73 @@ def profile_model(
     refused: set[tuple[str, int, Config]] = set()  # (layer type, seq_len, config)
     allowed = _allowed(description, settings.tp_degrees, sp_modes=sp_modes, refused=refused)
     total = sum(len(case.configs) for case in cases) * len(settings.micro_batches)
-    progress = MeasureProgress(total, enabled=settings.progress and groups.writer)
-    collected = _Collected()
+    progress = MeasureProgress(total * settings.rounds, enabled=settings.progress and groups.writer)
     partial = partial_path(settings.out)
     if groups.writer:
         partial.unlink(missing_ok=True)
-    for case in cases:
-        for config in case.configs:
-            try:
-                measured = _measure_config(
-                    settings,
-                    model,
-                    case,
-                    config,
-                    groups=groups,
-                    batches=batches,
-                    allowed=allowed,
-                    progress=progress,
-                )
-            except (ValueError, RuntimeError) as error:  # RuntimeError: CUDA out of memory too
-                progress.close()
-                raise ValueError(_failure(error, case, config, partial, collected)) from None
-            if isinstance(measured, Refused):
-                refused.add((case.layer_type, case.layer.seq_len, config))
-                collected.refused.append(f"{case.layer_type} tp {config.tp} {config.sp}")
-            elif measured is not None:  # None: this rank is not in the group
-                collected.add(case.layer_type, *measured)
-            if groups.writer:
-                save(_profile(settings, description, collected), partial)
-    profile = _profile(settings, description, collected)
+    rounds: list[_Collected] = []
+    for _ in range(settings.rounds):
+        collected = _Collected()
+        rounds.append(collected)
+        for case in cases:
+            for config in case.configs:
+                if (case.layer_type, case.layer.seq_len, config) in refused:
+                    continue  # refused in the first round: not run again
+                try:
+                    measured = _measure_config(
+                        settings,
+                        model,
+                        case,
+                        config,
+                        groups=groups,
+                        batches=batches,
+                        allowed=allowed,
+                        progress=progress,
+                    )
+                except (ValueError, RuntimeError) as error:  # RuntimeError: CUDA out of memory
+                    progress.close()
+                    raise ValueError(_failure(error, case, config, partial, rounds[0])) from None
+                if isinstance(measured, Refused):
+                    refused.add((case.layer_type, case.layer.seq_len, config))
+                    collected.refused.append(f"{case.layer_type} tp {config.tp} {config.sp}")
+                elif measured is not None:  # None: this rank is not in the group
+                    collected.add(case.layer_type, *measured)
+                if groups.writer and len(rounds) == 1:
+                    save(_profile(settings, description, collected), partial)
+    profile = _profile(settings, description, _median_over_rounds(rounds))
     if groups.writer:
         save(profile, settings.out)
         partial.unlink(missing_ok=True)
     return profile
+
+
+def _median_over_rounds(rounds: list[_Collected]) -> _Collected:
+    """The first round's entries with each time the median over the rounds (rounds spread a
+    configuration's measurements over the whole run, so a drift of the machine's speed in
+    the meantime is shared by every configuration). Memory, counted exactly, is the first's."""
+    first = rounds[0]
+    if len(rounds) == 1:
+        return first
+    merged = _Collected(order=list(first.order), memory=first.memory, refused=first.refused)
+    for layer_type in first.order:
+        columns = list(zip(*(r.timings[layer_type] for r in rounds), strict=True))
+        merged.timings[layer_type] = [_median_timing(column) for column in columns]
+    return merged
+
+
+def _median_timing(entries: Sequence[LayerTiming]) -> LayerTiming:
+    def median(values: list[float | None]) -> float | None:
+        return None if any(v is None for v in values) else statistics.median(values)  # type: ignore[type-var]
+
+    first = entries[0]
+    return dataclasses.replace(
+        first,
+        forward_s=statistics.median(e.forward_s for e in entries),
+        backward_s=statistics.median(e.backward_s for e in entries),
+        spread=statistics.median(e.spread for e in entries),
+        checkpoint_forward_s=median([e.checkpoint_forward_s for e in entries]),
+        checkpoint_backward_s=median([e.checkpoint_backward_s for e in entries]),
+    )
 
 
 def _failure(

@@ -37,6 +37,8 @@ OPTIMIZER_STEP_BYTES_PER_PARAM_BYTE = 4.0
 # of the loss, and a barrier (one small all-reduce's time each, over all ranks).
 STEP_END_ALL_REDUCES = 3
 SMALL_MESSAGE_BYTES = 8
+# DDP's bucket size (``bucket_cap_mb``), which the executor's layer-wise trainer uses too.
+DDP_BUCKET_BYTES = 25 * 2**20
 ZERO_FACTORS = {  # share of (parameters, gradients, optimizer states) each device keeps
     "ddp": (False, False, False),
     "zero1": (False, False, True),
@@ -66,7 +68,6 @@ class LayerWork:
     grad_bytes: float
     optimizer_bytes: float
     optimizer_s: float = 0.0  # this layer's part of the optimizer step (per tensor and byte)
-    after_step_s: float = 0.0  # blocking, after the optimizer step (ZeRO-1's gather)
 
 
 @dataclass(frozen=True)
@@ -189,10 +190,14 @@ class WorkloadBuilder:
         for layer, strategy in layers:
             works.append(self.layer_work(layer, strategy, previous))
             previous = strategy
+        strategies = [strategy for _, strategy in layers]
+        works = self._bucketed(works, strategies)
         last_layer, last_strategy = layers[-1]
         first_layer, first_strategy = layers[0]
         degree = self.plan.pipeline.degree
         send_forward = self._p2p(last_layer, last_strategy) if index < degree - 1 else 0.0
+        if send_forward:  # the executor sends the payload's size first
+            send_forward += self._p2p_message(SMALL_MESSAGE_BYTES, last_strategy)
         send_backward = self._p2p(first_layer, first_strategy) if index > 0 else 0.0
         return StageWork(
             stage=index,
@@ -201,7 +206,48 @@ class WorkloadBuilder:
             send_forward_s=send_forward,
             send_backward_s=send_backward,
             optimizer_step_s=self._optimizer_step(works),
-            after_step_s=sum(w.after_step_s for w in works) + self._step_end(),
+            after_step_s=self._zero1_gathers(works, strategies) + self._step_end(),
+        )
+
+    def _bucketed(self, works: list[LayerWork], strategies: list[Strategy]) -> list[LayerWork]:
+        """DDP and ZeRO-1 all-reduce gradients in buckets (of layers sharing a data-parallel
+        group, from the last layer back, up to ``DDP_BUCKET_BYTES``), as DDP and the
+        executor's layer-wise trainer do: one collective a bucket, issued when the backward of
+        the bucket's last layer (in backward order) ends, carried by that layer."""
+        out = list(works)
+        open_buckets: dict[int, tuple[list[int], float]] = {}  # tp -> (layer indices, bytes)
+
+        def close(tp: int) -> None:
+            members, nbytes = open_buckets.pop(tp)
+            group = self._placement("dp", tp)
+            seconds = self._collective("all_reduce", nbytes, group)
+            for index in members:
+                out[index] = replace(out[index], grad_sync=())
+            out[members[-1]] = replace(out[members[-1]], grad_sync=(("all_reduce", seconds),))
+
+        for index in reversed(range(len(works))):
+            work, strategy = works[index], strategies[index]
+            if strategy.dp not in ("ddp", "zero1") or not work.grad_sync:
+                continue
+            members, nbytes = open_buckets.get(strategy.tp, ([], 0.0))
+            if members and nbytes + work.grad_bytes > DDP_BUCKET_BYTES:
+                close(strategy.tp)
+                members, nbytes = [], 0.0
+            open_buckets[strategy.tp] = ([*members, index], nbytes + work.grad_bytes)
+        for tp in list(open_buckets):
+            close(tp)
+        return out
+
+    def _zero1_gathers(self, works: list[LayerWork], strategies: list[Strategy]) -> float:
+        """After the optimizer step each ZeRO-1 rank broadcasts its shard of the parameters
+        as one bucket: an all-gather of the ZeRO-1 layers' parameters per data-parallel group."""
+        by_tp: dict[int, float] = {}
+        for work, strategy in zip(works, strategies, strict=True):
+            if strategy.dp == "zero1":
+                by_tp[strategy.tp] = by_tp.get(strategy.tp, 0.0) + work.param_bytes
+        return sum(
+            self._collective("all_gather", nbytes, self._placement("dp", tp))
+            for tp, nbytes in by_tp.items()
         )
 
     def _local_batch(self, strategy: Strategy) -> float:
@@ -215,6 +261,9 @@ class WorkloadBuilder:
         nbytes = layer.output_bytes_per_sample * scale * self._local_batch(strategy)
         if strategy.sp != "none":
             nbytes /= strategy.tp  # the sequence stays split across the group
+        return self._p2p_message(nbytes, strategy)
+
+    def _p2p_message(self, nbytes: float, strategy: Strategy) -> float:
         pp = self._placement("pp", strategy.tp)
         return self._collective("p2p", nbytes, GroupPlacement(2, pp.placement, pp.scope))
 
@@ -281,7 +330,6 @@ class WorkloadBuilder:
             grad_bytes=memory.grad_bytes / (dp if shard_grads else 1),
             optimizer_bytes=memory.optimizer_bytes / (dp if shard_optimizer else 1),
             optimizer_s=self._layer_optimizer_step(memory, strategy.dp, dp),
-            after_step_s=gather if strategy.dp == "zero1" else 0.0,
         )
 
     def _tp_comm(self, layer: LayerDescription, strategy: Strategy) -> float:

@@ -308,9 +308,7 @@ class _Searcher:
             strategies=tuple(strategies),
             # The optimizer and what follows it run once a step, the passes once a micro-batch:
             # a coarse proxy, re-scored in full for the shortlist.
-            time=np.array(
-                [w.forward_s + w.backward_s + w.optimizer_s + w.after_step_s for w in works]
-            ),
+            time=np.array([w.forward_s + w.backward_s + w.optimizer_s for w in works]),
             static=np.array([w.param_bytes + w.grad_bytes + w.optimizer_bytes for w in works]),
             activation=np.array([w.activation_bytes for w in works]),
             transient=np.array([w.transient_bytes for w in works]),
