@@ -174,6 +174,7 @@ class Trainer:
         with self._autocast():
             outputs = self.wrapped(local)
             loss = self.parallel.loss(outputs, local)
+        del outputs  # the logits: the loss keeps what its backward needs
         count = (local["labels"] != IGNORE_INDEX).sum().to(torch.float64)
         total = count.clone()
         dist.all_reduce(total, group=self.block_groups.dp)
