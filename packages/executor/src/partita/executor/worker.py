@@ -70,9 +70,11 @@ def main(argv: list[str] | None = None) -> int:
     except RuntimeError:
         # A collective that timed out because a peer hung races the watchdog: name the
         # silent rank the same way whichever notices first.
-        if not watchdogs or not watchdogs[0].silent_ranks():
+        silent = watchdogs[0].wait_for_silent_ranks() if watchdogs else []
+        if not silent:
             raise
-        print(f"partita train: error: [rank {rank}] {watchdogs[0].diagnosis()}", file=sys.stderr)
+        diagnosis = watchdogs[0].diagnosis(silent)
+        print(f"partita train: error: [rank {rank}] {diagnosis}", file=sys.stderr)
         return EXIT_LOST_RANK
     finally:
         for watchdog in watchdogs:
