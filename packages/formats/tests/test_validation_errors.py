@@ -132,6 +132,16 @@ FIELD_CASES = [
         "num_heads 4",
     ),
     (
+        "model_description.json",
+        _set(("shared_vocabulary",), ["embedding", "lm_head"]),
+        "model_description.json: shared_vocabulary[1]: no layer is named 'lm_head'",
+    ),
+    (
+        "model_description.json",
+        lambda d: d.update(shared_vocabulary=["embedding", "head"], vocab_size=0),
+        "model_description.json: vocab_size: a shared vocabulary table needs vocab_size > 0",
+    ),
+    (
         "model_profile.json",
         lambda d: d["layer_types"].append(d["layer_types"][0]),
         "model_profile.json: layer_types[3].layer_type: layer type 'gpt_block' appears twice",

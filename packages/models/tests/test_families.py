@@ -76,6 +76,19 @@ def test_description_matches_the_module(name: str) -> None:
         assert layer.params == sum(own.values()) - tied_elsewhere, layer.name
 
 
+@pytest.mark.parametrize("name", FAMILY_NAMES)
+@pytest.mark.parametrize("tie", [True, False])
+def test_shared_vocabulary_names_the_layers_holding_the_tied_table(name: str, tie: bool) -> None:
+    config = resolve_config(_tiny(name))
+    config.tie_word_embeddings = tie
+    model = build_model(config)
+    holders = [
+        tuple(model.layer_names[int(n.split(".")[1])] for n in t.names) for t in model.tied
+    ]
+    assert len(holders) <= 1  # one vocabulary table per model
+    assert describe_model(config).shared_vocabulary == (holders[0] if holders else ())
+
+
 def _earlier(model: LayeredModel, module: torch.nn.Module) -> list[torch.nn.Parameter]:
     index = list(model.layers).index(module)
     return [p for earlier in model.layers[:index] for p in earlier.parameters()]

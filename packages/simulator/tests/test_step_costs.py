@@ -5,6 +5,8 @@ sample, 4000 parameter bytes in 10 tensors)."""
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import pytest
 import synthetic as syn
 
@@ -128,3 +130,41 @@ def test_layer_times_are_a_least_squares_line_through_the_measured_batches() -> 
     assert _line_at([(2, 2.0)], 1) == pytest.approx(1.0)  # one point: proportional
     # A fit falling with the batch (noise) stays at the fastest measurement.
     assert _line_at([(1, 3.0), (2, 1.0), (4, 2.0)], 4) >= 1.0
+
+
+def _shared_table_case(shared: tuple[str, ...]):  # type: ignore[no-untyped-def]
+    plan = syn.plan(world=2, stages=(1, 1), micro_batches=2, global_batch=2)
+    # A table as large as the first holder's parameters: its whole memory is the copy.
+    model = replace(syn.description(2), vocab_size=1000 // syn.HIDDEN + 1, shared_vocabulary=shared)
+    hardware = syn.hardware(world=2, latency_s=0.25)
+    return plan, model, hardware, CostModel(hardware=hardware, model_profile=syn.model_profile())
+
+
+def test_a_table_shared_across_stages_is_summed_between_them_and_kept_on_each() -> None:
+    plan, model, hardware, cost = _shared_table_case(("blocks.0", "blocks.1"))
+    first, last = WorkloadBuilder(plan=plan, model=model, cost=cost).build()
+    assert first.tied_sync_s == last.tied_sync_s == pytest.approx(0.25)
+    assert first.tied_copy_bytes == (0.0, 0.0, 0.0)  # counted in its layer's profile
+    layer = first.layers[0]
+    assert last.tied_copy_bytes == pytest.approx(
+        (layer.param_bytes, layer.grad_bytes, layer.optimizer_bytes)
+    )
+    result = simulate(plan, hardware=hardware, model_profile=syn.model_profile(), model=model)
+    syncs = [e for e in result.events if e.name == "tied table sync"]
+    assert sorted(e.stage for e in syncs) == [0, 1]
+    assert syncs[0].start_s == pytest.approx(syncs[1].start_s)  # each waits for the other
+    plain_plan, plain_model, _, _ = _shared_table_case(())
+    plain = simulate(
+        plain_plan, hardware=hardware, model_profile=syn.model_profile(), model=plain_model
+    )
+    assert result.iteration_time_s > plain.iteration_time_s + 0.25 - 1e-9
+    assert result.stages[1].memory.parameters == pytest.approx(
+        plain.stages[1].memory.parameters + layer.param_bytes
+    )
+
+
+def test_a_table_shared_within_one_stage_costs_nothing_extra() -> None:
+    _, model, _, cost = _shared_table_case(("blocks.0", "blocks.1"))
+    one_stage = syn.plan(world=2, stages=(2,), micro_batches=1, global_batch=2)
+    (stage,) = WorkloadBuilder(plan=one_stage, model=model, cost=cost).build()
+    assert stage.tied_sync_s == 0.0 and stage.tied_copy_bytes == (0.0, 0.0, 0.0)

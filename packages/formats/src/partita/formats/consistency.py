@@ -46,6 +46,12 @@ def check_model_description(model: ModelDescription) -> None:
             f"num_kv_heads {model.num_kv_heads} does not divide num_heads {model.num_heads}",
             path="num_kv_heads",
         )
+    names = [layer.name for layer in model.layers]
+    for index, name in enumerate(model.shared_vocabulary):
+        if name not in names:
+            raise FormatError(f"no layer is named {name!r}", path=f"shared_vocabulary[{index}]")
+    if model.shared_vocabulary and not model.vocab_size:
+        raise FormatError("a shared vocabulary table needs vocab_size > 0", path="vocab_size")
 
 
 def check_model_profile(profile: ModelProfile) -> None:

@@ -52,6 +52,11 @@ class ModelDescription:
     activation_bytes_per_element: int = field(metadata=at_least(1))
     layers: tuple[LayerDescription, ...]
     source: dict[str, str] = field(default_factory=dict)
+    # The layers holding a copy of one vocabulary table (``vocab_size x hidden_size``: tied
+    # input and output embeddings, T5's shared table), in model order; empty when none is
+    # shared. The first holder's ``params`` count the table, the others' do not. Pipeline
+    # stages that hold a copy each keep it and sum its gradient with the others every step.
+    shared_vocabulary: tuple[str, ...] = ()
 
     @property
     def blocks(self) -> tuple[LayerDescription, ...]:

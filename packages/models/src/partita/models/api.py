@@ -10,7 +10,7 @@ from typing import Any
 import torch
 from transformers import PretrainedConfig
 
-from partita.formats import ModelDescription
+from partita.formats import LayerDescription, ModelDescription
 from partita.models.config import load_config
 from partita.models.families import family_of
 from partita.models.layered import Activations, LayeredModel
@@ -56,7 +56,27 @@ def describe_model(
         else layer
         for layer in description.layers
     )
-    return dataclasses.replace(description, layers=layers)
+    return dataclasses.replace(
+        description, layers=layers, shared_vocabulary=_shared_vocabulary(config, layers)
+    )
+
+
+def _shared_vocabulary(
+    config: PretrainedConfig, layers: tuple[LayerDescription, ...]
+) -> tuple[str, ...]:
+    """The layers holding a copy of the vocabulary table, as the families' ``build`` tie
+    them: the embedding, the blocks that look tokens up in it (``vocab_parallel``), and the
+    head when the config ties the output embedding."""
+    if not getattr(config, "vocab_size", 0):
+        return ()
+    holders = [
+        layer.name
+        for layer in layers
+        if layer.kind == "embedding"
+        or (layer.kind == "block" and layer.vocab_parallel)
+        or (layer.kind == "head" and getattr(config, "tie_word_embeddings", False))
+    ]
+    return tuple(holders) if len(holders) > 1 else ()
 
 
 def synthetic_batch(

@@ -83,6 +83,10 @@ class Engine:
             [self.env.event() for _ in range(num_micro_batches)] for _ in stages
         ]
         self.gradient_ready = [[self.env.event() for _ in range(num_micro_batches)] for _ in stages]
+        # The stages holding a tied table sum its gradient together: each waits for all.
+        self.tied_arrived = {
+            i: self.env.event() for i, work in enumerate(stages) if work.tied_sync_s > 0
+        }
 
     def run(self) -> EngineOutput:
         done = [self.env.process(self._stage(index)) for index in range(len(self.states))]
@@ -106,6 +110,10 @@ class Engine:
             else:
                 yield from self._backward(index, action, final=position == last_backward)
         yield self.env.all_of(state.syncs)
+        if index in self.tied_arrived:
+            self.tied_arrived[index].succeed()
+            yield self.env.all_of(list(self.tied_arrived.values()))
+            yield from self._compute(index, "tied table sync", state.work.tied_sync_s, None)
         yield from self._compute(index, "optimizer", state.work.optimizer_step_s, None)
         yield from self._compute(index, "step end", state.work.after_step_s, None)
         return self.env.now

@@ -10,7 +10,7 @@ def static_bytes(work: StageWork) -> float:
     """Parameters, gradients and optimizer states held for the whole iteration."""
     return sum(
         layer.param_bytes + layer.grad_bytes + layer.optimizer_bytes for layer in work.layers
-    )
+    ) + sum(work.tied_copy_bytes)
 
 
 def peak_breakdown(work: StageWork, *, in_flight: int) -> MemoryBreakdown:
@@ -20,10 +20,11 @@ def peak_breakdown(work: StageWork, *, in_flight: int) -> MemoryBreakdown:
     parameters) lives during a backward, when the micro-batch being processed is still
     counted among those in flight.
     """
+    params, grads, optimizer = work.tied_copy_bytes
     return MemoryBreakdown(
-        parameters=sum(layer.param_bytes for layer in work.layers),
-        gradients=sum(layer.grad_bytes for layer in work.layers),
-        optimizer_states=sum(layer.optimizer_bytes for layer in work.layers),
+        parameters=sum(layer.param_bytes for layer in work.layers) + params,
+        gradients=sum(layer.grad_bytes for layer in work.layers) + grads,
+        optimizer_states=sum(layer.optimizer_bytes for layer in work.layers) + optimizer,
         activations=in_flight * work.activation_bytes,
         transient=max((layer.transient_bytes for layer in work.layers), default=0.0),
     )

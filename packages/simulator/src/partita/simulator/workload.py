@@ -79,11 +79,17 @@ class StageWork:
     send_backward_s: float  # gradients to the previous stage, one micro-batch
     optimizer_step_s: float
     after_step_s: float = 0.0  # after the optimizer: ZeRO-1 gathers, the step's end
+    # The all-reduce of a vocabulary table's gradient between the stages holding a copy
+    # (before the optimizer; every holder waits for the others), and the copy this stage
+    # keeps beyond what its layers' profiles count: (parameter, gradient, optimizer) bytes.
+    tied_sync_s: float = 0.0
+    tied_copy_bytes: tuple[float, float, float] = (0.0, 0.0, 0.0)
 
     @property
     def tail_s(self) -> float:
-        """What follows the last gradient sync: the optimizer step and the step's end."""
-        return self.optimizer_step_s + self.after_step_s
+        """What follows the last gradient sync: the tied table's sum, the optimizer step and
+        the step's end."""
+        return self.tied_sync_s + self.optimizer_step_s + self.after_step_s
 
     @property
     def forward_s(self) -> float:
@@ -167,7 +173,42 @@ class WorkloadBuilder:
 
     def build(self) -> list[StageWork]:
         stages = stage_layers(self.plan, self.model)
-        return [self._stage(index, layers) for index, layers in enumerate(stages)]
+        works = [self._stage(index, layers) for index, layers in enumerate(stages)]
+        return self._with_tied_table(works, stages)
+
+    def _with_tied_table(
+        self, works: list[StageWork], stages: list[list[tuple[LayerDescription, Strategy]]]
+    ) -> list[StageWork]:
+        """A vocabulary table shared by layers on several stages (GPT's embedding and head
+        in a pipeline): each holder stage keeps a copy and all-reduces its gradient with the
+        others after the backward, as the executor does."""
+        shared = self.model.shared_vocabulary
+        holders = [
+            i for i, layers in enumerate(stages) if any(layer.name in shared for layer, _ in layers)
+        ]
+        if len(holders) < 2:
+            return works
+        first = next(layer for layer in self.model.layers if layer.name == shared[0])
+        vocab_tp = self.plan.vocab.tp
+        memory = self.cost.layer_memory(first, tp=vocab_tp, sp="none")
+        table_share = min(1.0, self.model.vocab_size * first.hidden_size / max(first.params, 1))
+        copy = (
+            memory.param_bytes * table_share,
+            memory.grad_bytes * table_share,
+            memory.optimizer_bytes * table_share,
+        )
+        along_pp = self._placement("pp", vocab_tp)
+        group = replace(along_pp, size=len(holders))
+        seconds = self._collective("all_reduce", memory.grad_bytes * table_share, group)
+        out = list(works)
+        for i in holders:
+            owns_first = any(layer.name == shared[0] for layer, _ in stages[i])
+            out[i] = replace(
+                out[i],
+                tied_sync_s=seconds,
+                tied_copy_bytes=(0.0, 0.0, 0.0) if owns_first else copy,
+            )
+        return out
 
     def _placement(self, axis: str, tp: int) -> GroupPlacement:
         hardware = self.cost.hardware
