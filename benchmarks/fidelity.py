@@ -12,6 +12,7 @@ against measured).
 
     python benchmarks/fidelity.py --out-dir DIR [--worlds 2,4] [--model gpt-tiny] [--steps N]
         [--quick]
+    python benchmarks/fidelity.py --out-dir DIR --replot RUN/fidelity.json   # redraw only
 
 A script, not a pytest file: it takes minutes (one `partita train` per plan). The errors are
 |predicted - measured| / measured. On a 2-core host world size 4 oversubscribes the cores.
@@ -30,6 +31,7 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 
@@ -626,11 +628,12 @@ def summary_table(summaries: list[dict[str, object]]) -> str:
     )
 
 
-def plot(cases: list[Case], path: Path) -> None:
+def plot(cases: list[Case] | list[SimpleNamespace], path: Path) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import LogLocator, NullFormatter, ScalarFormatter
 
     figure, (left, right) = plt.subplots(1, 2, figsize=(11, 5))
     panels = [
@@ -650,8 +653,16 @@ def plot(cases: list[Case], path: Path) -> None:
         if values:
             low, high = min(values) * 0.8, max(values) * 1.25
             axis.plot([low, high], [low, high], "k--", linewidth=1, label="y = x")
+            axis.fill_between(
+                [low, high], [low * 0.9, high * 0.9], [low * 1.1, high * 1.1],
+                color="0.85", label="within 10%", zorder=0,
+            )  # fmt: skip
             axis.set_xscale("log")
             axis.set_yscale("log")
+            for ticks in (axis.xaxis, axis.yaxis):  # plain numbers, no crowded minor labels
+                ticks.set_major_locator(LogLocator(subs=(1.0, 2.0, 5.0)))
+                ticks.set_major_formatter(ScalarFormatter())
+                ticks.set_minor_formatter(NullFormatter())
         axis.set_xlabel(f"measured {title}")
         axis.set_ylabel(f"predicted {title}")
         axis.set_title(title)
@@ -660,6 +671,19 @@ def plot(cases: list[Case], path: Path) -> None:
     figure.tight_layout()
     figure.savefig(path, dpi=120)
     plt.close(figure)
+
+
+def replot(report: Path, out: Path) -> int:
+    """The scatter plot of an earlier run, from its JSON (no training)."""
+    try:
+        plans = json.loads(report.read_text())["plans"]
+    except (OSError, ValueError, KeyError) as error:
+        print(f"fidelity: error: {report}: cannot read the plans ({error})", file=sys.stderr)
+        return 2
+    out.mkdir(parents=True, exist_ok=True)
+    plot([SimpleNamespace(**plan) for plan in plans], out / "fidelity.png")
+    print(out / "fidelity.png")
+    return 0
 
 
 # ---------------------------------------------------------------- main
@@ -672,7 +696,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--model", default="gpt-tiny", help="a preset or a HF directory")
     parser.add_argument("--steps", type=int, default=None, help="training steps per plan")
     parser.add_argument("--quick", action="store_true", help="a small subset of the plans")
+    parser.add_argument(
+        "--replot", type=Path, metavar="JSON", help="redraw fidelity.png from a fidelity.json"
+    )
     args = parser.parse_args(argv)
+    if args.replot is not None:
+        return replot(args.replot, args.out_dir)
     worlds = [int(w) for w in args.worlds.split(",") if w.strip()]
     steps = args.steps or (10 if args.quick else 20)
     out = args.out_dir.resolve()
