@@ -82,9 +82,7 @@ def test_shared_vocabulary_names_the_layers_holding_the_tied_table(name: str, ti
     config = resolve_config(_tiny(name))
     config.tie_word_embeddings = tie
     model = build_model(config)
-    holders = [
-        tuple(model.layer_names[int(n.split(".")[1])] for n in t.names) for t in model.tied
-    ]
+    holders = [tuple(model.layer_names[int(n.split(".")[1])] for n in t.names) for t in model.tied]
     assert len(holders) <= 1  # one vocabulary table per model
     assert describe_model(config).shared_vocabulary == (holders[0] if holders else ())
 
