@@ -8,9 +8,8 @@ from partita.simulator.workload import StageWork
 
 def static_bytes(work: StageWork) -> float:
     """Parameters, gradients and optimizer states held for the whole iteration."""
-    return sum(
-        layer.param_bytes + layer.grad_bytes + layer.optimizer_bytes for layer in work.layers
-    ) + sum(work.tied_copy_bytes)
+    held = peak_breakdown(work, in_flight=0)
+    return held.parameters + held.gradients + held.optimizer_states
 
 
 def peak_breakdown(work: StageWork, *, in_flight: int) -> MemoryBreakdown:
