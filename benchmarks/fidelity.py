@@ -517,6 +517,16 @@ def merge_hardware(a: HardwareProfile, b: HardwareProfile) -> HardwareProfile:
         optimizer=work(a.optimizer, b.optimizer),
         fsdp_gather=work(a.fsdp_gather, b.fsdp_gather),
         fsdp_reduce_scatter=work(a.fsdp_reduce_scatter, b.fsdp_reduce_scatter),
+        ddp_reducer=work(a.ddp_reducer, b.ddp_reducer),
+        sync=(
+            replace(
+                a.sync,
+                latency_s=_mean(a.sync.latency_s, b.sync.latency_s),
+                compute_fraction=_mean(a.sync.compute_fraction, b.sync.compute_fraction),
+            )
+            if a.sync and b.sync
+            else a.sync or b.sync
+        ),
     )
 
 

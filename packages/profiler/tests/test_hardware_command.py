@@ -108,7 +108,7 @@ def test_2_gloo_ranks_quick_writes_a_complete_profile(two_runs: list[HardwarePro
     assert profile.overlap.compute >= 1 and profile.overlap.communication >= 1
 
 
-def test_2_gloo_ranks_measure_the_optimizer_step_and_fsdps_own_work(
+def test_2_gloo_ranks_measure_the_optimizer_step_and_the_work_of_ddp_and_fsdp(
     two_runs: list[HardwareProfile],
 ) -> None:
     for profile in two_runs:
@@ -120,13 +120,18 @@ def test_2_gloo_ranks_measure_the_optimizer_step_and_fsdps_own_work(
         )
         assert 1e-5 < step < 1.0, optimizer
         assert optimizer.per_tensor_s > 0 or optimizer.per_byte_s > 0
-    # FSDP's work may fit as zero on a quiet machine, but is recorded on every run here.
-    recorded = [p.fsdp_gather for p in two_runs] + [p.fsdp_reduce_scatter for p in two_runs]
+    # DDP's and FSDP's work may fit as zero on a quiet machine, but is recorded on every run.
+    recorded = [
+        work for p in two_runs for work in (p.fsdp_gather, p.fsdp_reduce_scatter, p.ddp_reducer)
+    ]
     assert all(work is not None for work in recorded), recorded
     for work in recorded:
         assert work is not None
         unit = work.latency_s + 16 * work.per_tensor_s + 16 * 64 * 64 * 4 * work.per_byte_s
-        assert unit < 1.0, work  # a unit of 64 kB: under a second of overhead
+        assert unit < 1.0, work  # 16 tensors of 64 kB in all: under a second of overhead
+    for profile in two_runs:  # a meeting after compute: under 0.1 s and at most the compute
+        assert profile.sync is not None, profile
+        assert profile.sync.latency_s < 0.1 and profile.sync.compute_fraction <= 1.0, profile
 
 
 def test_2_gloo_ranks_two_runs_agree_within_their_spread(two_runs: list[HardwareProfile]) -> None:

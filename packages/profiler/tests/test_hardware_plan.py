@@ -123,6 +123,45 @@ def test_the_profile_takes_the_last_arrival_of_the_slowest_group() -> None:
     assert (profile.overlap.compute, profile.overlap.communication) == (pytest.approx(1.3), 1.0)
 
 
+def _with_wrapped_and_sync(results: RankResults, slow: float) -> RankResults:
+    """Rounds of compute then a meeting cost 0.3 ms + a quarter of the compute beyond their
+    parts; DDP costs 1 ms + 10 us a tensor beyond its all-reduce (the profile's fit)."""
+    for count in (0, 2, 8):
+        compute = count * 1e-3 * slow
+        results.sync[count] = {
+            "rounds": [compute + 0.5e-3 + 0.3e-3 + 0.25 * compute],
+            "compute": [compute],
+            "collective": [0.5e-3],
+        }
+    for tensors, elements in ((2, 4160), (16, 4160), (4, 65792)):
+        nbytes = 4 * tensors * elements * 4  # four units
+        all_reduce = 200e-6 + nbytes / 0.25e9  # the fit of a 4-rank all_reduce above
+        results.wrapped[(tensors, elements)] = {
+            "plain_forward": [1e-3],
+            "plain_backward": [2e-3],
+            "ddp_forward": [1e-3],
+            "ddp_backward": [2e-3 + all_reduce + 1e-3 + 4 * tensors * 10e-6],
+            "fsdp_forward": [1e-3],
+            "fsdp_backward": [2e-3],
+        }
+    return results
+
+
+def test_ddps_reducer_and_the_cost_of_meeting_are_fitted_beyond_their_parts() -> None:
+    ranks = [_with_wrapped_and_sync(_rank(r, node=0), slow=1.0 + r) for r in range(4)]
+    layout = layout_of(ranks, backend="gloo", local_world_size=4)
+    profile, _ = build_profile(
+        name="t", tasks=build_tasks(4), results=ranks, layout=layout, settings=Settings(), tools={}
+    )
+    assert profile.sync is not None and profile.ddp_reducer is not None
+    # The slowest rank (4x the compute) counts: 0.3 ms + 0.25 of its compute.
+    assert profile.sync.latency_s == pytest.approx(0.3e-3, rel=1e-3)
+    assert profile.sync.compute_fraction == pytest.approx(0.25, rel=1e-3)
+    reducer = profile.ddp_reducer
+    assert (reducer.latency_s, reducer.per_tensor_s) == pytest.approx((1e-3, 10e-6), rel=1e-3)
+    assert reducer.per_byte_s == pytest.approx(0.0, abs=1e-15)
+
+
 def test_uneven_nodes_are_refused() -> None:
     ranks = [_rank(0, 0), _rank(1, 0), _rank(2, 0), _rank(3, 1)]
     with pytest.raises(ValueError, match="same number of ranks"):

@@ -17,6 +17,7 @@ from partita.formats import (
     OverlapSlowdown,
     PipelineConfig,
     Plan,
+    SyncCost,
     TensorWork,
 )
 
@@ -124,6 +125,8 @@ def hardware(
     optimizer: TensorWork | None = None,
     fsdp_gather: TensorWork | None = None,
     fsdp_reduce_scatter: TensorWork | None = None,
+    ddp_reducer: TensorWork | None = None,
+    sync: SyncCost | None = None,
 ) -> HardwareProfile:
     sizes = [g for g in (2, 4, 8, 16) if g <= world]
     collectives = [
@@ -163,6 +166,8 @@ def hardware(
         optimizer=optimizer,
         fsdp_gather=fsdp_gather,
         fsdp_reduce_scatter=fsdp_reduce_scatter,
+        ddp_reducer=ddp_reducer,
+        sync=sync,
     )
 
 

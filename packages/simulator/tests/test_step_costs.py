@@ -10,7 +10,7 @@ from dataclasses import replace
 import pytest
 import synthetic as syn
 
-from partita.formats import LayerStrategy, TensorWork
+from partita.formats import LayerStrategy, SyncCost, TensorWork
 from partita.simulator.cost import CostModel, _line_at
 from partita.simulator.simulation import simulate
 from partita.simulator.workload import WorkloadBuilder
@@ -72,6 +72,38 @@ def test_fsdp_work_beyond_the_collectives_is_added_where_profiled() -> None:
     # One device: nothing is sharded, FSDP is not applied.
     alone = _stage("zero3", world=1, fsdp_gather=gather, fsdp_reduce_scatter=scatter)
     assert (alone.forward_s, alone.backward_s) == pytest.approx((1.0, 2.0))
+
+
+def test_ddps_reducer_is_priced_only_where_the_executor_wraps_the_model_in_ddp() -> None:
+    reducer = TensorWork(latency_s=0.3, per_tensor_s=0.01, per_byte_s=1 / 8000)  # 0.1 + 0.5
+    ddp = _stage("ddp", ddp_reducer=reducer)
+    assert ddp.backward_s == pytest.approx(2 + 0.6)
+    assert ddp.after_step_s == pytest.approx(0.3)  # the latency, once a step
+    # FSDP has no reducer; one device has no DDP.
+    zero2 = _stage("zero2", ddp_reducer=reducer)
+    alone = _stage("ddp", world=1, ddp_reducer=reducer)
+    for stage in (zero2, alone):
+        assert (stage.backward_s, stage.after_step_s) == pytest.approx((2.0, 0.0))
+    # Two micro-batches run through the layer-wise trainer, which all-reduces by itself.
+    plan = syn.plan(world=2, stages=(1,), micro_batches=2, global_batch=4)
+    cost = CostModel(
+        hardware=syn.hardware(world=2, ddp_reducer=reducer),
+        model_profile=syn.model_profile(param_tensors=TENSORS),
+    )
+    (layerwise,) = WorkloadBuilder(plan=plan, model=syn.description(1), cost=cost).build()
+    assert (layerwise.backward_s, layerwise.after_step_s) == pytest.approx((2.0, 0.0))
+
+
+def test_meeting_ranks_pay_the_profiled_sync_cost_beyond_each_blocking_collective() -> None:
+    sync = SyncCost(latency_s=0.1, compute_fraction=0.5)
+    zero3 = _stage("zero3", latency_s=0.25, sync=sync)
+    # Compute x1.5; the gather (0.25 s) before forward and again before backward, +0.1 each.
+    assert (zero3.forward_s, zero3.backward_s) == pytest.approx((1.5 + 0.35, 3.0 + 0.35))
+    assert zero3.after_step_s == pytest.approx(3 * 0.35)  # the step end's three meetings
+    # The reduce-scatter overlaps the backward: no meeting.
+    assert [seconds for _, seconds in zero3.layers[0].grad_sync] == pytest.approx([0.25])
+    alone = _stage("ddp", world=1, sync=sync)
+    assert (alone.forward_s, alone.backward_s, alone.after_step_s) == pytest.approx((1, 2, 0))
 
 
 def test_the_iteration_ends_with_the_optimizer_step_and_the_steps_end() -> None:

@@ -59,18 +59,10 @@ class TrainResult:
 
 
 def is_uniform(plan: Plan) -> bool:
-    """One pipeline stage, one micro-batch and one strategy for every block (the embedding and
-    head with the blocks' data parallelism and their tp or none): the whole-model path
-    (:class:`Trainer`). Several micro-batches on one stage accumulate gradients under the
-    schedule like a pipeline's (``PipelineTrainer``)."""
-    first = plan.layers[0]
-    return (
-        plan.pipeline.degree == 1
-        and plan.num_micro_batches == 1
-        and all(layer == first for layer in plan.layers)
-        and plan.vocab.tp in (1, first.tp)
-        and plan.vocab.dp == first.dp
-    )
+    """Whether the whole-model path (:class:`Trainer`) runs the plan (``Plan.is_whole_model``);
+    several micro-batches on one stage accumulate gradients under the schedule like a
+    pipeline's (``PipelineTrainer``)."""
+    return plan.is_whole_model
 
 
 def check_supported(plan: Plan) -> None:

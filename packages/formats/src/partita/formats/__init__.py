@@ -12,6 +12,7 @@ from partita.formats.hardware_profile import (
     HardwareProfile,
     Measurement,
     OverlapSlowdown,
+    SyncCost,
     TensorWork,
     TimingSample,
 )
@@ -58,6 +59,7 @@ __all__ = [
     "RankMemory",
     "RunReport",
     "StepRecord",
+    "SyncCost",
     "TensorWork",
     "TimingSample",
     "TrainingSettings",

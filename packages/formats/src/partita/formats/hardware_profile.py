@@ -77,6 +77,18 @@ class TensorWork:
 
 
 @dataclass(frozen=True)
+class SyncCost:
+    """What a blocking collective costs in training beyond its back-to-back time: the ranks
+    arrive apart (the compute before it varies between them, and all wait for the last) and it
+    starts cold. ``latency_s`` per collective, plus ``compute_fraction`` of the compute since
+    the ranks last met."""
+
+    latency_s: float = field(metadata=at_least(0))
+    compute_fraction: float = field(metadata=at_least(0))
+    origin: Origin = "measured"
+
+
+@dataclass(frozen=True)
 class Measurement:
     warmup: int = field(metadata=at_least(0))
     repeats: int = field(metadata=at_least(1))
@@ -101,6 +113,11 @@ class HardwareProfile:
     # forward (copies in and out, hooks), and reduce-scattering the gradients after backward.
     fsdp_gather: TensorWork | None = None
     fsdp_reduce_scatter: TensorWork | None = None
+    # DDP's reducer over a device's parameters, once a step, beyond the all-reduce of its
+    # buckets: its forward and backward hooks, bucket copies and, on shared CPU cores, the
+    # all-reduce's contention with the backward.
+    ddp_reducer: TensorWork | None = None
+    sync: SyncCost | None = None
     measurement: Measurement | None = None
     tools: dict[str, str] = field(default_factory=dict)
 

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 import torch
 import torch.distributed as dist
 
+from partita.profiler import hardware_plan as plan
 from partita.profiler.hardware_plan import Settings, Task, element_count
 from partita.profiler.hardware_timing import TORCH_DTYPES, Timer, matmul_dtypes
 
@@ -225,11 +226,6 @@ def measure_optimizer_step(context: Context, *, quick: bool) -> dict[tuple[int, 
     return results
 
 
-# (tensors, elements per tensor) of the FSDP units timed (weights and biases of linear
-# layers, so half the tensors are small).
-FSDP_UNITS = ((2, 64), (16, 64), (4, 256), (16, 256))
-
-
 class _Stack(torch.nn.Module):
     def __init__(self, layers: int, width: int) -> None:
         super().__init__()
@@ -241,6 +237,17 @@ class _Stack(torch.nn.Module):
         return x
 
 
+class _Model(torch.nn.Module):
+    def __init__(self, units: int, layers: int, width: int) -> None:
+        super().__init__()
+        self.units = torch.nn.ModuleList(_Stack(layers, width) for _ in range(units))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        for unit in self.units:
+            x = unit(x)
+        return x
+
+
 def _time_passes(context: Context, module: torch.nn.Module, x: torch.Tensor) -> tuple[float, float]:
     out: list[torch.Tensor] = []
     forward = context.timer.seconds(lambda: out.append(module(x).sum()))
@@ -248,33 +255,94 @@ def _time_passes(context: Context, module: torch.nn.Module, x: torch.Tensor) -> 
     return forward, backward
 
 
-def measure_fsdp_units(
+def measure_wrapped_models(
     context: Context, *, quick: bool
 ) -> dict[tuple[int, int], dict[str, list[float]]]:
-    """Forward and backward seconds of one FSDP2 unit over the world (``fully_shard`` without
-    resharding after forward, as ZeRO-2: the forward gathers, the backward reduce-scatters),
-    and of the same module unsharded, per unit of ``FSDP_UNITS`` (tensors, width). What FSDP
-    adds beyond compute and its collective is fitted from these when the profile is built."""
+    """Forward and backward seconds of a model of ``UNITS_PER_MODEL`` units of each shape of
+    ``WRAPPED_UNITS`` (tensors, width) over the world, wrapped as the executor wraps a model:
+    ``plain`` (not wrapped), ``ddp`` (DistributedDataParallel) and ``fsdp`` (each unit and the
+    root ``fully_shard``-ed without resharding after forward, as ZeRO-2: the forward gathers,
+    the backward reduce-scatters). What DDP and FSDP add beyond compute and their collectives
+    is fitted from these when the profile is built."""
     from torch.distributed.device_mesh import DeviceMesh
     from torch.distributed.fsdp import fully_shard
+    from torch.nn.parallel import DistributedDataParallel
 
     ranks = list(range(dist.get_world_size(context.world)))
     mesh = DeviceMesh.from_group(context.world, context.device.type, mesh=ranks)
     repeats = context.settings.matmul_repeats
     results = {}
-    for tensors, width in FSDP_UNITS:
+    for tensors, width in plan.WRAPPED_UNITS:
         width //= 2 if quick else 1
         x = torch.randn(4, width, device=context.device)
-        module = _Stack(tensors // 2, width).to(context.device)
         times: dict[str, list[float]] = {}
-        for kind in ("plain", "fsdp"):
-            if kind == "fsdp":
+        for kind in ("plain", "ddp", "fsdp"):
+            torch.manual_seed(0)
+            module: torch.nn.Module = _Model(plan.UNITS_PER_MODEL, tensors // 2, width).to(
+                context.device
+            )
+            if kind == "ddp":
+                module = DistributedDataParallel(
+                    module, process_group=context.world, gradient_as_bucket_view=True
+                )
+            elif kind == "fsdp":
+                for unit in module.units:  # type: ignore[union-attr]
+                    fully_shard(unit, mesh=mesh, reshard_after_forward=False)
                 fully_shard(module, mesh=mesh, reshard_after_forward=False)
             dist.barrier(group=context.world)
             passes = [_time_passes(context, module, x) for _ in range(2 + repeats)][2:]
             times[f"{kind}_forward"] = [forward for forward, _ in passes]
             times[f"{kind}_backward"] = [backward for _, backward in passes]
         results[(tensors, width * width + width)] = times  # elements: one weight and bias
+    return results
+
+
+def measure_sync_cost(context: Context, *, quick: bool) -> dict[int, dict[str, list[float]]]:
+    """Seconds per meeting of ``SYNC_MEETINGS`` rounds of (some matmuls, then a small world
+    all_reduce, where the ranks meet), of the matmuls alone (all ranks at once, not meeting)
+    and of the all_reduces alone (back to back), per count of ``SYNC_MATMULS``.
+
+    In training a blocking collective costs more than back to back: the ranks arrive apart,
+    as the compute before it varies between them, and it starts cold. The excess of the
+    rounds over their parts is fitted against the compute when the profile is built.
+    """
+    n = plan.SYNC_MATMUL_SIZE // (2 if quick else 1)
+    a = torch.randn(n, n, device=context.device)
+    small = torch.zeros(2, device=context.device)
+    meetings = plan.SYNC_MEETINGS // (2 if quick else 1)
+
+    def compute(count: int) -> None:
+        for _ in range(count):
+            torch.mm(a, a)
+
+    def rounds(count: int, meet: bool) -> Callable[[], None]:
+        def run() -> None:
+            for _ in range(meetings):
+                compute(count)
+                if meet:
+                    dist.all_reduce(small, group=context.world)
+
+        return run
+
+    def per_meeting(call: Callable[[], None]) -> float:
+        dist.barrier(group=context.world)
+        return context.timer.seconds(call) / meetings
+
+    def meet_only() -> None:
+        for _ in range(meetings):
+            dist.all_reduce(small, group=context.world)
+
+    results = {
+        count: {"rounds": [], "compute": [], "collective": []} for count in plan.SYNC_MATMULS
+    }
+    compute(2)
+    # The parts of one count are timed one after the other, repeat by repeat, so that a drift
+    # of the host's speed (shared cores) reaches them alike.
+    for _ in range(context.settings.matmul_repeats):
+        for count, parts in results.items():
+            parts["rounds"].append(per_meeting(rounds(count, meet=True)))
+            parts["compute"].append(per_meeting(rounds(count, meet=False)))
+            parts["collective"].append(per_meeting(meet_only))
     return results
 
 

@@ -52,6 +52,20 @@ class Settings:
 
 QUICK = Settings(sizes=QUICK_SIZES, warmup=1, repeats=7, matmul_repeats=5, overlap_calls=8)
 
+# (tensors, elements per tensor) of each unit of the wrapped models timed (weights and biases
+# of linear layers, so half the tensors are small), and how many units a model has: several,
+# because FSDP's per-unit cost inside a model (hooks, the root's pre-forward, the wait on the
+# previous unit's reduce-scatter) is about twice what one lone unit shows.
+WRAPPED_UNITS = ((2, 64), (16, 64), (4, 256), (16, 256))
+UNITS_PER_MODEL = 4
+# Compute between the ranks' meetings when timing what a meeting costs in training (matmuls
+# of SYNC_MATMUL_SIZE; on this CPU about 0, 0.7, 2.8 and 8 ms), and the meetings per timing.
+SYNC_MATMULS = (0, 2, 8, 24)
+SYNC_MATMUL_SIZE = 256
+SYNC_MEETINGS = 20
+# DDP's bucket size (``bucket_cap_mb``), as the simulator prices its all-reduces.
+DDP_BUCKET_BYTES = 25 * 2**20
+
 
 @dataclass(frozen=True)
 class Task:

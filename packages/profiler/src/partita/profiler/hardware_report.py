@@ -25,13 +25,20 @@ from partita.formats import (
     HardwareProfile,
     Measurement,
     OverlapSlowdown,
+    SyncCost,
     TensorWork,
     TimingSample,
 )
 from partita.formats.common import Precision
 from partita.formats.hardware_profile import Scope
 from partita.profiler.fitting import LineFit, fit_line, summarize
-from partita.profiler.hardware_plan import Settings, Task, scope_of
+from partita.profiler.hardware_plan import (
+    DDP_BUCKET_BYTES,
+    UNITS_PER_MODEL,
+    Settings,
+    Task,
+    scope_of,
+)
 
 
 @dataclass
@@ -49,8 +56,11 @@ class RankResults:
     memory_bandwidth: list[float] = field(default_factory=list)  # bytes/s per repeat
     # (tensors, elements per tensor) -> seconds per repeat of an AdamW step
     optimizer: dict[tuple[int, int], list[float]] = field(default_factory=dict)
-    # (tensors, elements per tensor) -> plain/fsdp forward/backward -> seconds per repeat
-    fsdp: dict[tuple[int, int], dict[str, list[float]]] = field(default_factory=dict)
+    # (tensors, elements per tensor) of each unit of a wrapped model -> plain/ddp/fsdp
+    # forward/backward -> seconds per repeat
+    wrapped: dict[tuple[int, int], dict[str, list[float]]] = field(default_factory=dict)
+    # matmuls between meetings -> rounds/compute/collective -> seconds per meeting per repeat
+    sync: dict[int, dict[str, list[float]]] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -109,7 +119,8 @@ def build_profile(
         collectives=collectives,
         overlap=_overlap(ordered),
         optimizer=_optimizer(ordered, warnings),
-        **_fsdp(ordered, collectives, layout.num_nodes * layout.devices_per_node, warnings),
+        **_wrappers(ordered, collectives, layout.num_nodes * layout.devices_per_node, warnings),
+        sync=_sync(ordered, warnings),
         measurement=Measurement(warmup=settings.warmup, repeats=settings.repeats),
         tools=tools,
     )
@@ -129,50 +140,112 @@ def _optimizer(results: Sequence[RankResults], warnings: list[str]) -> TensorWor
         shape: max(statistics.median(r.optimizer[shape]) for r in results)
         for shape in results[0].optimizer
     }
-    return _tensor_work(points, "optimizer step", warnings)
+    return _tensor_work(points, "optimizer step", warnings, relative=True)
 
 
-def _fsdp(
+def _extra(results: Sequence[RankResults], shape: tuple[int, int], kind: str, passes: str) -> float:
+    """The slowest rank's median seconds that wrapping (``kind``) adds to a pass (or both)."""
+    names = ("forward", "backward") if passes == "both" else (passes,)
+    return max(
+        sum(
+            statistics.median(r.wrapped[shape][f"{kind}_{name}"])
+            - statistics.median(r.wrapped[shape][f"plain_{name}"])
+            for name in names
+        )
+        for r in results
+    )
+
+
+def _wrappers(
     results: Sequence[RankResults],
     collectives: Sequence[CollectiveProfile],
     world: int,
     warnings: list[str],
 ) -> dict[str, TensorWork | None]:
-    """What FSDP adds to a unit's gather (forward) and reduce-scatter (backward) beyond the
-    compute (the unsharded module's time) and the collective (the profile's fit over all
-    ranks, which the units were sharded over); the slowest rank's medians."""
+    """What DDP adds to a step and FSDP to a unit's gather (forward) and reduce-scatter
+    (backward) beyond the compute (the unwrapped model's time) and the collectives (the
+    profile's fits over all ranks): the slowest rank's medians. FSDP's points are per unit;
+    DDP's are per model (its reducer works once a step, over every parameter, in buckets of
+    ``DDP_BUCKET_BYTES`` as the simulator prices them)."""
     fits = {c.op: c for c in collectives if c.group_size == world and c.scope == "intra_node"}
-    found: dict[str, TensorWork | None] = {"fsdp_gather": None, "fsdp_reduce_scatter": None}
+    found: dict[str, TensorWork | None] = {
+        "ddp_reducer": None,
+        "fsdp_gather": None,
+        "fsdp_reduce_scatter": None,
+    }
+    if not results[0].wrapped:
+        return found
+
+    def collective(op: str, nbytes: float) -> float:
+        fit = fits[op]
+        return fit.latency_s + nbytes / fit.bandwidth_bytes_per_s
+
+    units = UNITS_PER_MODEL
     for name, op, passes in (
         ("fsdp_gather", "all_gather", "forward"),
         ("fsdp_reduce_scatter", "reduce_scatter", "backward"),
     ):
-        fit = fits.get(op)
-        if fit is None or not results[0].fsdp:
+        if op not in fits:
             continue
-        points = {}
-        for shape in results[0].fsdp:
-            nbytes = shape[0] * shape[1] * 4
-            extra = max(
-                statistics.median(r.fsdp[shape][f"fsdp_{passes}"])
-                - statistics.median(r.fsdp[shape][f"plain_{passes}"])
-                for r in results
+        points = {
+            shape: max(
+                _extra(results, shape, "fsdp", passes) / units
+                - collective(op, shape[0] * shape[1] * 4),
+                0.0,
             )
-            points[shape] = max(extra - (fit.latency_s + nbytes / fit.bandwidth_bytes_per_s), 0.0)
-        found[name] = _tensor_work(points, name.replace("_", " "), warnings)
+            for shape in results[0].wrapped
+        }
+        found[name] = _tensor_work(points, name.replace("_", " "), warnings, relative=False)
+    if "all_reduce" in fits:
+        points = {}
+        for tensors, elements in results[0].wrapped:
+            nbytes = units * tensors * elements * 4
+            buckets = max(1, math.ceil(nbytes / DDP_BUCKET_BYTES))
+            all_reduce = buckets * collective("all_reduce", nbytes / buckets)
+            extra = _extra(results, (tensors, elements), "ddp", "both") - all_reduce
+            points[(units * tensors, elements)] = max(extra, 0.0)
+        found["ddp_reducer"] = _tensor_work(points, "DDP reducer", warnings, relative=False)
     return found
 
 
+def _sync(results: Sequence[RankResults], warnings: list[str]) -> SyncCost | None:
+    """``latency + fraction x compute`` through the excess of (compute, then meet) rounds over
+    compute alone and meeting alone, against the compute: the slowest rank's medians."""
+    if not results[0].sync:
+        return None
+    points = []
+    for count in sorted(results[0].sync):
+        median = {
+            part: max(statistics.median(r.sync[count][part]) for r in results)
+            for part in ("rounds", "compute", "collective")
+        }
+        excess = median["rounds"] - median["compute"] - median["collective"]
+        points.append((median["compute"], max(excess, 0.0)))
+    fit = _nonnegative_least_squares(
+        [(1.0, compute) for compute, _ in points],
+        [max(excess, 1e-9) for _, excess in points],
+        relative=False,
+    )
+    if fit is None:
+        warnings.append("ranks meeting after compute: no cost fits; not recorded")
+        return None
+    latency, fraction = fit
+    return SyncCost(latency_s=latency, compute_fraction=fraction)
+
+
 def _tensor_work(
-    points: dict[tuple[int, int], float], what: str, warnings: list[str]
+    points: dict[tuple[int, int], float], what: str, warnings: list[str], *, relative: bool
 ) -> TensorWork | None:
     """``latency + tensors * per_tensor + bytes * per_byte`` through (tensors, elements per
-    tensor) -> seconds (fp32 tensors) by least squares with every term at least 0."""
+    tensor) -> seconds (fp32 tensors) by least squares with every term at least 0; in
+    absolute error for residuals beyond a collective's fit, which may be near 0 (in relative
+    error such a point alone would decide the fit)."""
     if len(points) < 3:
         return None
     shapes = sorted(points)
     rows = [(1.0, float(t), float(t * e * 4)) for t, e in shapes]
-    coefficients = _nonnegative_least_squares(rows, [max(points[s], 1e-9) for s in shapes])
+    values = [max(points[s], 1e-9) for s in shapes]
+    coefficients = _nonnegative_least_squares(rows, values, relative=relative)
     if coefficients is None:
         warnings.append(f"{what}: no cost that grows with tensors or bytes fits; not recorded")
         return None
@@ -181,7 +254,7 @@ def _tensor_work(
 
 
 def _nonnegative_least_squares(
-    rows: list[tuple[float, ...]], values: list[float]
+    rows: list[tuple[float, ...]], values: list[float], *, relative: bool = True
 ) -> tuple[float, ...] | None:
     """The best fit of ``rows @ x = values`` in relative error with ``x >= 0``: among the
     fits over every subset of the columns, the best one whose coefficients are all >= 0
@@ -192,16 +265,18 @@ def _nonnegative_least_squares(
 
     matrix = torch.tensor(rows, dtype=torch.float64)
     target = torch.tensor(values, dtype=torch.float64)
-    scaled = matrix / target[:, None]  # relative: small and large times weigh alike
-    ones = torch.ones(len(values), dtype=torch.float64)
+    # Relative: small and large times weigh alike. Absolute: scaled to the largest value.
+    weights = target if relative else torch.full_like(target, float(target.abs().max()) or 1.0)
+    scaled = matrix / weights[:, None]
+    goal = target / weights
     best: tuple[float, tuple[float, ...]] | None = None
     columns = range(matrix.shape[1])
     for size in range(1, len(columns) + 1):
         for subset in itertools.combinations(columns, size):
-            fit = torch.linalg.lstsq(scaled[:, list(subset)], ones).solution
+            fit = torch.linalg.lstsq(scaled[:, list(subset)], goal).solution
             if bool((fit < 0).any()):
                 continue
-            residual = float(((scaled[:, list(subset)] @ fit - ones) ** 2).sum())
+            residual = float(((scaled[:, list(subset)] @ fit - goal) ** 2).sum())
             full = [0.0] * len(columns)
             for column, value in zip(subset, fit.tolist(), strict=True):
                 full[column] = value

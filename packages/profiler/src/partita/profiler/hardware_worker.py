@@ -135,7 +135,8 @@ def _steps(
     steps.append(("memory bandwidth (copy)", _memory_bandwidth_step(context, quick)))
     steps.append(("optimizer step (AdamW)", _optimizer_step(context, quick)))
     if tasks:
-        steps.append(("FSDP units (gather, reduce-scatter)", _fsdp_step(context, quick)))
+        steps.append(("DDP and FSDP wrapped models", _wrapped_step(context, quick)))
+        steps.append(("ranks meeting after compute", _sync_step(context, quick)))
         steps.append(("overlap of compute and all_reduce", _overlap_step(context, quick)))
     return steps
 
@@ -181,9 +182,16 @@ def _optimizer_step(context: measure.Context, quick: bool) -> Callable[[RankResu
     return step
 
 
-def _fsdp_step(context: measure.Context, quick: bool) -> Callable[[RankResults], None]:
+def _wrapped_step(context: measure.Context, quick: bool) -> Callable[[RankResults], None]:
     def step(results: RankResults) -> None:
-        results.fsdp = measure.measure_fsdp_units(context, quick=quick)
+        results.wrapped = measure.measure_wrapped_models(context, quick=quick)
+
+    return step
+
+
+def _sync_step(context: measure.Context, quick: bool) -> Callable[[RankResults], None]:
+    def step(results: RankResults) -> None:
+        results.sync = measure.measure_sync_cost(context, quick=quick)
 
     return step
 

@@ -26,7 +26,7 @@ from partita.formats import (
 )
 
 TP_COMM_INCLUDED = "measured_tp_groups"
-TensorWorkKind = Literal["optimizer", "fsdp_gather", "fsdp_reduce_scatter"]
+TensorWorkKind = Literal["optimizer", "fsdp_gather", "fsdp_reduce_scatter", "ddp_reducer"]
 
 
 @dataclass(frozen=True)

@@ -25,7 +25,7 @@ from typing import TypeVar
 
 from partita.formats import LayerDescription, LayerMemory, LayerStrategy, ModelDescription, Plan
 from partita.formats.common import BYTES_PER_ELEMENT
-from partita.simulator.cost import CostModel, TensorWorkKind
+from partita.simulator.cost import CostModel, LayerTimes, TensorWorkKind
 from partita.simulator.placement import GroupPlacement, group_placement
 
 T = TypeVar("T")
@@ -165,6 +165,7 @@ class WorkloadBuilder:
             plan.micro_batch_size,
             plan.mesh_axis_order,
             plan.precision,
+            plan.is_whole_model,
         )
 
     @property
@@ -199,7 +200,7 @@ class WorkloadBuilder:
         )
         along_pp = self._placement("pp", vocab_tp)
         group = replace(along_pp, size=len(holders))
-        seconds = self._collective("all_reduce", memory.grad_bytes * table_share, group)
+        seconds = self._meeting("all_reduce", memory.grad_bytes * table_share, group)
         out = list(works)
         for i in holders:
             owns_first = any(layer.name == shared[0] for layer, _ in stages[i])
@@ -225,6 +226,20 @@ class WorkloadBuilder:
             op, nbytes, group_size=group.size, placement=group.placement, scope=group.scope
         )
 
+    def _meeting(self, op: str, nbytes: float, group: GroupPlacement) -> float:
+        """A blocking collective, where the ranks meet: its time and, where profiled, what a
+        meeting costs in training beyond it (``HardwareProfile.sync``: the ranks arrive apart
+        and it starts cold)."""
+        sync = self.cost.hardware.sync
+        seconds = self._collective(op, nbytes, group)
+        return seconds + sync.latency_s if sync is not None and group.size > 1 else seconds
+
+    def _compute_scale(self) -> float:
+        """Ranks that meet wait for the slowest: compute between meetings takes longer by the
+        profile's ``sync.compute_fraction`` (every multi-rank step meets, at least at its end)."""
+        sync = self.cost.hardware.sync
+        return 1.0 + sync.compute_fraction if sync and self.plan.world_size > 1 else 1.0
+
     def _stage(self, index: int, layers: list[tuple[LayerDescription, Strategy]]) -> StageWork:
         works = []
         previous: Strategy | None = None
@@ -247,7 +262,9 @@ class WorkloadBuilder:
             send_forward_s=send_forward,
             send_backward_s=send_backward,
             optimizer_step_s=self._optimizer_step(works),
-            after_step_s=self._zero1_gathers(works, strategies) + self._step_end(),
+            after_step_s=self._zero1_gathers(works, strategies)
+            + self._ddp_reducer_latency(strategies)
+            + self._step_end(),
         )
 
     def _bucketed(self, works: list[LayerWork], strategies: list[Strategy]) -> list[LayerWork]:
@@ -287,7 +304,7 @@ class WorkloadBuilder:
             if strategy.dp == "zero1":
                 by_tp[strategy.tp] = by_tp.get(strategy.tp, 0.0) + work.param_bytes
         return sum(
-            self._collective("all_gather", nbytes, self._placement("dp", tp))
+            self._meeting("all_gather", nbytes, self._placement("dp", tp))
             for tp, nbytes in by_tp.items()
         )
 
@@ -306,7 +323,7 @@ class WorkloadBuilder:
 
     def _p2p_message(self, nbytes: float, strategy: Strategy) -> float:
         pp = self._placement("pp", strategy.tp)
-        return self._collective("p2p", nbytes, GroupPlacement(2, pp.placement, pp.scope))
+        return self._meeting("p2p", nbytes, GroupPlacement(2, pp.placement, pp.scope))
 
     def layer_work(
         self, layer: LayerDescription, strategy: Strategy, previous: Strategy | None
@@ -332,11 +349,12 @@ class WorkloadBuilder:
     ) -> LayerWork:
         batch = self._local_batch(strategy)
         times = self.cost.layer_times(layer, tp=strategy.tp, sp=strategy.sp, micro_batch=batch)
+        times = _scaled(times, self._compute_scale())
         tp_comm = 0.0 if times.includes_tp_comm else self._tp_comm(layer, strategy)
         redistribute = self._redistribution(layer, strategy, previous)
         memory = self.cost.layer_memory(layer, tp=strategy.tp, sp=strategy.sp)
         dp_group = self._placement("dp", strategy.tp)
-        gather = self._collective("all_gather", memory.param_bytes, dp_group)
+        gather = self._meeting("all_gather", memory.param_bytes, dp_group)
         forward = times.forward_s + tp_comm + redistribute
         backward = times.backward_s + tp_comm + redistribute
         if strategy.ckpt and times.checkpoint_forward_s is not None:  # measured so
@@ -354,6 +372,8 @@ class WorkloadBuilder:
             # FSDP's copies around the reduce-scatter run on the compute thread; the
             # collective itself overlaps (``grad_sync``).
             backward += self._fsdp("fsdp_reduce_scatter", memory)
+        if self._under_ddp(strategy, dp):  # its reducer's hooks and copies, this layer's part
+            backward += self._tensor_work_share("ddp_reducer", memory)
         shard_params, shard_grads, shard_optimizer = ZERO_FACTORS[strategy.dp]
         full_activations = memory.activation_bytes_per_sample * batch
         kept = memory.checkpoint_activation_bytes_per_sample * batch if strategy.ckpt else 0.0
@@ -379,16 +399,16 @@ class WorkloadBuilder:
         group = self._placement("tp", strategy.tp)
         hidden = self._hidden_bytes(layer, strategy)
         if layer.kind != "block":  # vocab-parallel embedding or head: one all-reduce
-            return self._collective("all_reduce", hidden, group)
+            return self._meeting("all_reduce", hidden, group)
         attentions, ffns = _sublayers(layer)
         if strategy.sp == "ulysses":  # q, k, v in and the output back, per attention
-            return 4 * attentions * self._collective("all_to_all", hidden / strategy.tp, group)
+            return 4 * attentions * self._meeting("all_to_all", hidden / strategy.tp, group)
         count = attentions + ffns
         if strategy.sp == "megatron":
-            gather = self._collective("all_gather", hidden, group)
-            scatter = self._collective("reduce_scatter", hidden, group)
+            gather = self._meeting("all_gather", hidden, group)
+            scatter = self._meeting("reduce_scatter", hidden, group)
             return count * (gather + scatter)
-        return count * self._collective("all_reduce", hidden, group)
+        return count * self._meeting("all_reduce", hidden, group)
 
     def _redistribution(
         self, layer: LayerDescription, strategy: Strategy, previous: Strategy | None
@@ -397,7 +417,7 @@ class WorkloadBuilder:
             return 0.0
         wider = max(previous.tp, strategy.tp)
         group = self._placement("tp", wider)
-        return self._collective("all_gather", self._hidden_bytes(layer, strategy), group)
+        return self._meeting("all_gather", self._hidden_bytes(layer, strategy), group)
 
     def _grad_sync(
         self, strategy: Strategy, grad_bytes: float, group: GroupPlacement
@@ -414,6 +434,30 @@ class WorkloadBuilder:
             kind, tensors=memory.param_tensors, nbytes=memory.param_bytes
         )
         return seconds or 0.0
+
+    def _under_ddp(self, strategy: Strategy, dp: int) -> bool:
+        """The executor wraps a whole-model plan's DDP and ZeRO-1 in DistributedDataParallel;
+        its pipeline trainer all-reduces buckets itself, with no reducer."""
+        return self.plan.is_whole_model and strategy.dp in ("ddp", "zero1") and dp > 1
+
+    def _tensor_work_share(self, kind: TensorWorkKind, memory: LayerMemory) -> float:
+        """A layer's part (per tensor and byte, not the latency) of once-a-step work."""
+        seconds = self.cost.tensor_work(
+            kind, tensors=memory.param_tensors, nbytes=memory.param_bytes
+        )
+        if seconds is None:
+            return 0.0
+        latency: float = getattr(self.cost.hardware, kind).latency_s
+        return seconds - latency
+
+    def _ddp_reducer_latency(self, strategies: list[Strategy]) -> float:
+        """The reducer's fixed part, once a step (counted with the step's end)."""
+        work = self.cost.hardware.ddp_reducer
+        if work is None or not any(
+            self._under_ddp(s, self._placement("dp", s.tp).size) for s in strategies
+        ):
+            return 0.0
+        return work.latency_s
 
     def _layer_optimizer_step(self, memory: LayerMemory, dp_mode: str, dp: int) -> float:
         """Seconds of this layer's share of the AdamW step on one device.
@@ -434,7 +478,7 @@ class WorkloadBuilder:
     def _optimizer_step(self, layers: list[LayerWork]) -> float:
         measured = self.cost.hardware.optimizer
         latency = measured.latency_s if measured is not None else 0.0
-        return latency + sum(layer.optimizer_s for layer in layers)
+        return (latency + sum(layer.optimizer_s for layer in layers)) * self._compute_scale()
 
     def _step_end(self) -> float:
         """The executor's per-step all-reduces of the token count and loss, and its barrier."""
@@ -444,7 +488,23 @@ class WorkloadBuilder:
             placement="consecutive",
             scope="inter_node" if hardware.num_nodes > 1 else "intra_node",
         )
-        return STEP_END_ALL_REDUCES * self._collective("all_reduce", SMALL_MESSAGE_BYTES, world)
+        return STEP_END_ALL_REDUCES * self._meeting("all_reduce", SMALL_MESSAGE_BYTES, world)
+
+
+def _scaled(times: LayerTimes, scale: float) -> LayerTimes:
+    if scale == 1.0:
+        return times
+
+    def times_scale(seconds: float | None) -> float | None:
+        return None if seconds is None else seconds * scale
+
+    return replace(
+        times,
+        forward_s=times.forward_s * scale,
+        backward_s=times.backward_s * scale,
+        checkpoint_forward_s=times_scale(times.checkpoint_forward_s),
+        checkpoint_backward_s=times_scale(times.checkpoint_backward_s),
+    )
 
 
 def _sublayers(layer: LayerDescription) -> tuple[int, int]:
