@@ -40,14 +40,12 @@ from partita.executor.pipeline import (
 from partita.executor.sharded_state import canonical_names
 from partita.executor.stage import StageModel, layer_stages
 from partita.executor.trainer import Trainer, check_supported, gather_whole_parameters
+from partita.formats.common import DDP_BUCKET_BYTES
 from partita.formats.schedules import build_schedule
 from partita.models.api import build_model, resolve_config
 from partita.models.families import family_of
 from partita.models.layered import Activations
 from partita.models.losses import IGNORE_INDEX
-
-# DDP's default bucket size.
-BUCKET_BYTES = 25 * 2**20
 
 
 def _nbytes(params: list[nn.Parameter]) -> int:
@@ -216,7 +214,7 @@ class PipelineTrainer(Trainer):
             unsynced = [p for _, p in params if id(p) not in self.sharded and p.grad is not None]
             group = self.setups[i].groups.dp
             _, bucket_list = buckets.setdefault(id(group), (group, [[]]))
-            if bucket_list[-1] and _nbytes(bucket_list[-1]) + _nbytes(unsynced) > BUCKET_BYTES:
+            if bucket_list[-1] and _nbytes(bucket_list[-1]) + _nbytes(unsynced) > DDP_BUCKET_BYTES:
                 bucket_list.append([])
             bucket_list[-1].extend(unsynced)
         for group, bucket_list in buckets.values():

@@ -20,3 +20,6 @@ MESH_AXES: tuple[str, ...] = get_args(MeshAxis)
 FAMILIES: tuple[str, ...] = get_args(Family)
 
 BYTES_PER_ELEMENT: dict[str, int] = {"fp32": 4, "bf16": 2, "fp16": 2}
+# DDP's default bucket size (``bucket_cap_mb``): the executor's layer-wise trainer buckets its
+# gradient all-reduces by it, the simulator prices them so and the profiler fits DDP with it.
+DDP_BUCKET_BYTES = 25 * 2**20

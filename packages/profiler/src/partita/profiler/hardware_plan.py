@@ -63,8 +63,6 @@ UNITS_PER_MODEL = 4
 SYNC_MATMULS = (0, 2, 8, 24)
 SYNC_MATMUL_SIZE = 256
 SYNC_MEETINGS = 20
-# DDP's bucket size (``bucket_cap_mb``), as the simulator prices its all-reduces.
-DDP_BUCKET_BYTES = 25 * 2**20
 
 
 @dataclass(frozen=True)

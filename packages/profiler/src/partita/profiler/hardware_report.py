@@ -29,16 +29,10 @@ from partita.formats import (
     TensorWork,
     TimingSample,
 )
-from partita.formats.common import Precision
+from partita.formats.common import DDP_BUCKET_BYTES, Precision
 from partita.formats.hardware_profile import Scope
 from partita.profiler.fitting import LineFit, fit_line, summarize
-from partita.profiler.hardware_plan import (
-    DDP_BUCKET_BYTES,
-    UNITS_PER_MODEL,
-    Settings,
-    Task,
-    scope_of,
-)
+from partita.profiler.hardware_plan import UNITS_PER_MODEL, Settings, Task, scope_of
 
 
 @dataclass

@@ -24,7 +24,7 @@ from dataclasses import dataclass, field, replace
 from typing import TypeVar
 
 from partita.formats import LayerDescription, LayerMemory, LayerStrategy, ModelDescription, Plan
-from partita.formats.common import BYTES_PER_ELEMENT
+from partita.formats.common import BYTES_PER_ELEMENT, DDP_BUCKET_BYTES
 from partita.simulator.cost import CostModel, LayerTimes, TensorWorkKind
 from partita.simulator.placement import GroupPlacement, group_placement
 
@@ -37,8 +37,6 @@ OPTIMIZER_STEP_BYTES_PER_PARAM_BYTE = 4.0
 # of the loss, and a barrier (one small all-reduce's time each, over all ranks).
 STEP_END_ALL_REDUCES = 3
 SMALL_MESSAGE_BYTES = 8
-# DDP's bucket size (``bucket_cap_mb``), which the executor's layer-wise trainer uses too.
-DDP_BUCKET_BYTES = 25 * 2**20
 ZERO_FACTORS = {  # share of (parameters, gradients, optimizer states) each device keeps
     "ddp": (False, False, False),
     "zero1": (False, False, True),
@@ -373,7 +371,10 @@ class WorkloadBuilder:
             # collective itself overlaps (``grad_sync``).
             backward += self._fsdp("fsdp_reduce_scatter", memory)
         if self._under_ddp(strategy, dp):  # its reducer's hooks and copies, this layer's part
-            backward += self._tensor_work_share("ddp_reducer", memory)
+            reducer = self._tensor_work_share(
+                "ddp_reducer", tensors=memory.param_tensors, nbytes=memory.param_bytes
+            )
+            backward += reducer or 0.0
         shard_params, shard_grads, shard_optimizer = ZERO_FACTORS[strategy.dp]
         full_activations = memory.activation_bytes_per_sample * batch
         kept = memory.checkpoint_activation_bytes_per_sample * batch if strategy.ckpt else 0.0
@@ -440,13 +441,14 @@ class WorkloadBuilder:
         its pipeline trainer all-reduces buckets itself, with no reducer."""
         return self.plan.is_whole_model and strategy.dp in ("ddp", "zero1") and dp > 1
 
-    def _tensor_work_share(self, kind: TensorWorkKind, memory: LayerMemory) -> float:
-        """A layer's part (per tensor and byte, not the latency) of once-a-step work."""
-        seconds = self.cost.tensor_work(
-            kind, tensors=memory.param_tensors, nbytes=memory.param_bytes
-        )
+    def _tensor_work_share(
+        self, kind: TensorWorkKind, *, tensors: float, nbytes: float
+    ) -> float | None:
+        """A layer's part (per tensor and byte, not the latency, which is paid once a step)
+        of once-a-step work; None where the profile does not have it."""
+        seconds = self.cost.tensor_work(kind, tensors=tensors, nbytes=nbytes)
         if seconds is None:
-            return 0.0
+            return None
         latency: float = getattr(self.cost.hardware, kind).latency_s
         return seconds - latency
 
@@ -467,9 +469,9 @@ class WorkloadBuilder:
         """
         nbytes = memory.param_bytes / (dp if dp_mode != "ddp" else 1)
         tensors = memory.param_tensors / (dp if dp_mode == "zero1" else 1)
-        measured = self.cost.tensor_work("optimizer", tensors=tensors, nbytes=nbytes)
+        measured = self._tensor_work_share("optimizer", tensors=tensors, nbytes=nbytes)
         if measured is not None:  # the step's latency is counted once, per stage
-            return measured - self.cost.hardware.optimizer.latency_s  # type: ignore[union-attr]
+            return measured
         bandwidth = self.cost.hardware.device.memory_bandwidth_bytes_per_s
         if not bandwidth:
             return 0.0
