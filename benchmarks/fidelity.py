@@ -2,8 +2,9 @@
 
 For a tiny model at each world size (gloo ranks on this CPU host): profile the machine and the
 model, enumerate every valid uniform plan the executor runs plus a few pipeline and seeded
-random layer-wise plans, train each for a few steps, profile the machine and the model again,
-and simulate each plan (iteration time, peak memory per rank) from the two profiles averaged
+random layer-wise plans, train each for a few steps (twice by default: a second pass in
+reverse order, see ``run_passes``), profile the machine and the model again, and simulate
+each plan (iteration time, peak memory per rank) from the two profiles averaged
 (see ``profile_after``: the host's speed drifts over the minutes the plans take; the errors
 from each profile alone and the drift between them are reported too). Writes
 ``fidelity.json`` (per plan and per world size: median and p90 absolute relative error of time
@@ -11,7 +12,7 @@ and memory, Spearman rank correlation of times, targets met) and ``fidelity.png`
 against measured).
 
     python benchmarks/fidelity.py --out-dir DIR [--worlds 2,4] [--model gpt-tiny] [--steps N]
-        [--quick]
+        [--passes 2] [--quick]
     python benchmarks/fidelity.py --out-dir DIR --replot RUN/fidelity.json   # redraw only
 
 A script, not a pytest file: it takes minutes (one `partita train` per plan). The errors are
@@ -32,6 +33,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import SimpleNamespace
+from typing import TypeVar
 
 import numpy as np
 
@@ -41,9 +43,12 @@ from partita.formats import (
     LayerStrategy,
     ModelDescription,
     ModelProfile,
+    OverlapSlowdown,
     PipelineConfig,
     Plan,
     RunReport,
+    SyncCost,
+    TensorWork,
     VocabStrategy,
     load,
     save,
@@ -55,6 +60,7 @@ BATCH_SIZES = ("1", "2", "4")
 WARMUP_STEPS = 3  # as demo/demo_compare.py: left out of the measured step time
 TARGETS = {"median_time_error": 0.10, "median_memory_error": 0.10, "spearman_time": 0.9}
 NUM_RANDOM_LAYERWISE = 4
+Fitted = TypeVar("Fitted", TensorWork, SyncCost, OverlapSlowdown)  # costs fitted to floats
 TRAIN_TIMEOUT_S = 600
 # Timed runs per layer configuration in each of PROFILE_ROUNDS passes over all of them: 21
 # in all, against the profiler's default 10, since layer times on this shared host scatter
@@ -74,6 +80,7 @@ class Case:
     measured_memory_bytes: float | None = None
     error: str | None = None
     wall_s: float = 0.0
+    pass_times_s: list[float] = field(default_factory=list)  # median step time of each pass
     extra: dict[str, object] = field(default_factory=dict)
 
     def as_json(self) -> dict[str, object]:
@@ -88,6 +95,7 @@ class Case:
             "memory_error": _rel_error(self.predicted_memory_bytes, self.measured_memory_bytes),
             "error": self.error,
             "wall_s": round(self.wall_s, 2),
+            "measured_time_s_passes": self.pass_times_s,
             **self.extra,
         }
 
@@ -325,8 +333,12 @@ def predict(case: Case, profiles: Profiles) -> None:
     case.predicted_memory_bytes = max(result.peak_memory_bytes)
 
 
-def measure(case: Case, *, profiles: Profiles, model: str, steps: int) -> None:
+def measure(case: Case, *, profiles: Profiles, model: str, steps: int, repeat: int) -> None:
+    """Train the plan once (``repeat`` numbers the pass) and record its median step time and
+    peak memory; the case's measurement is the mean of its passes' medians."""
     folder = profiles.folder / "plans" / case.name
+    if repeat:
+        folder = folder / f"pass{repeat + 1}"
     folder.mkdir(parents=True, exist_ok=True)
     save(case.plan, folder / "plan.json")
     run_partita(
@@ -339,23 +351,48 @@ def measure(case: Case, *, profiles: Profiles, model: str, steps: int) -> None:
     if report.status != "completed":
         raise RuntimeError(f"run report status {report.status}: {report.error}")
     times = [s.time_s for s in report.steps]
-    case.measured_time_s = statistics.median(times[WARMUP_STEPS:] or times)
-    case.measured_memory_bytes = max(m.peak_bytes for m in report.peak_memory)
+    case.pass_times_s.append(statistics.median(times[WARMUP_STEPS:] or times))
+    case.measured_time_s = statistics.fmean(case.pass_times_s)
+    peak = max(m.peak_bytes for m in report.peak_memory)
+    case.measured_memory_bytes = max(peak, case.measured_memory_bytes or 0)
     case.extra["memory_method"] = report.memory_method
 
 
-def run_case(case: Case, *, profiles: Profiles, model: str, steps: int) -> None:
+def run_case(case: Case, *, profiles: Profiles, model: str, steps: int, repeat: int) -> None:
     started = time.monotonic()
     try:
-        predict(case, profiles)
-        measure(case, profiles=profiles, model=model, steps=steps)
+        if not repeat:
+            predict(case, profiles)
+        measure(case, profiles=profiles, model=model, steps=steps, repeat=repeat)
     except Exception as error:  # a failing plan is recorded, the run goes on
         case.error = f"{type(error).__name__}: {error}"
-    case.wall_s = time.monotonic() - started
+    case.wall_s += time.monotonic() - started
 
 
-def progress_line(index: int, total: int, case: Case) -> str:
-    head = f"[world {case.world}] {index:>2}/{total} {case.name:<28}"
+def run_passes(
+    plans: list[tuple[str, Plan]], *, profiles: Profiles, model: str, steps: int, passes: int
+) -> list[Case]:
+    """Every plan trained ``passes`` times, every other pass in reverse order.
+
+    Step times of one plan differ by ~15% between runs minutes apart on this host, as much
+    as the cost differences between many plans. Going back and forth puts every plan's mean
+    position at the middle of the run, where the averaged before/after profile stands, and
+    the spread between passes says how far measurements alone can be trusted.
+    """
+    cases = [Case(name=name, world=profiles.world, plan=plan) for name, plan in plans]
+    for repeat in range(passes):
+        order = list(enumerate(cases, start=1))
+        for index, case in order if repeat % 2 == 0 else reversed(order):
+            if case.error is not None:
+                continue
+            run_case(case, profiles=profiles, model=model, steps=steps, repeat=repeat)
+            print(progress_line(index, len(cases), case, repeat=repeat, passes=passes), flush=True)
+    return cases
+
+
+def progress_line(index: int, total: int, case: Case, *, repeat: int = 0, passes: int = 1) -> str:
+    step = f" pass {repeat + 1}/{passes}" if passes > 1 else ""
+    head = f"[world {case.world}{step}] {index:>2}/{total} {case.name:<28}"
     if case.error:
         return f"{head} FAILED ({case.wall_s:.0f} s): {case.error}"
     row = case.as_json()
@@ -474,9 +511,7 @@ def merge_model_profiles(a: ModelProfile, b: ModelProfile) -> ModelProfile:
 def merge_hardware(a: HardwareProfile, b: HardwareProfile) -> HardwareProfile:
     """Fits averaged: latencies and seconds per byte (so bandwidths by their harmonic mean),
     matmul rates, overlap factors, the optimizer's and FSDP's costs."""
-    from dataclasses import replace
-
-    from partita.formats import TensorWork
+    from dataclasses import fields, replace
 
     later = {(c.op, c.group_size, c.placement, c.scope): c for c in b.collectives}
     collectives = []
@@ -491,15 +526,13 @@ def merge_hardware(a: HardwareProfile, b: HardwareProfile) -> HardwareProfile:
             )
         collectives.append(c)
 
-    def work(x: TensorWork | None, y: TensorWork | None) -> TensorWork | None:
+    def work(x: Fitted | None, y: Fitted | None) -> Fitted | None:
+        """Every float field of two fits of one cost averaged."""
         if x is None or y is None:
             return x or y
-        return replace(
-            x,
-            latency_s=_mean(x.latency_s, y.latency_s),
-            per_tensor_s=_mean(x.per_tensor_s, y.per_tensor_s),
-            per_byte_s=_mean(x.per_byte_s, y.per_byte_s),
-        )
+        # Numbers read from JSON may be ints (a fit of 0 s): not the origin, a string.
+        floats = {f.name for f in fields(x) if isinstance(getattr(x, f.name), int | float)}
+        return replace(x, **{name: _mean(getattr(x, name), getattr(y, name)) for name in floats})
 
     rates = {c.dtype: c.flops_per_s for c in b.compute}
     return replace(
@@ -509,24 +542,12 @@ def merge_hardware(a: HardwareProfile, b: HardwareProfile) -> HardwareProfile:
             replace(c, flops_per_s=_mean(c.flops_per_s, rates.get(c.dtype, c.flops_per_s)))
             for c in a.compute
         ),
-        overlap=replace(
-            a.overlap,
-            compute=_mean(a.overlap.compute, b.overlap.compute),
-            communication=_mean(a.overlap.communication, b.overlap.communication),
-        ),
+        overlap=work(a.overlap, b.overlap),
         optimizer=work(a.optimizer, b.optimizer),
         fsdp_gather=work(a.fsdp_gather, b.fsdp_gather),
         fsdp_reduce_scatter=work(a.fsdp_reduce_scatter, b.fsdp_reduce_scatter),
         ddp_reducer=work(a.ddp_reducer, b.ddp_reducer),
-        sync=(
-            replace(
-                a.sync,
-                latency_s=_mean(a.sync.latency_s, b.sync.latency_s),
-                compute_fraction=_mean(a.sync.compute_fraction, b.sync.compute_fraction),
-            )
-            if a.sync and b.sync
-            else a.sync or b.sync
-        ),
+        sync=work(a.sync, b.sync),
     )
 
 
@@ -595,6 +616,16 @@ def world_summary(cases: list[Case], world: int, cores: int) -> dict[str, object
                 for c in paired
             ],
             0.5,
+        )
+    # How far two trainings of the same plan agree: the noise floor of the errors above.
+    repeated = [c for c in done if len(c.pass_times_s) > 1]
+    if repeated:
+        summary["measurement_spread"] = _quantile(
+            [abs(c.pass_times_s[0] - c.pass_times_s[-1]) / c.measured_time_s for c in repeated],  # type: ignore[operator]
+            0.5,
+        )
+        summary["spearman_between_passes"] = spearman(
+            [c.pass_times_s[0] for c in repeated], [c.pass_times_s[-1] for c in repeated]
         )
     summary["targets"] = {
         key: (None if summary[key] is None else _meets(key, summary[key]))  # type: ignore[arg-type]
@@ -707,13 +738,21 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--steps", type=int, default=None, help="training steps per plan")
     parser.add_argument("--quick", action="store_true", help="a small subset of the plans")
     parser.add_argument(
+        "--passes",
+        type=int,
+        default=2,
+        help="times each plan is trained, every other pass in reverse order (default 2)",
+    )
+    parser.add_argument(
         "--replot", type=Path, metavar="JSON", help="redraw fidelity.png from a fidelity.json"
     )
     args = parser.parse_args(argv)
     if args.replot is not None:
         return replot(args.replot, args.out_dir)
     worlds = [int(w) for w in args.worlds.split(",") if w.strip()]
-    steps = args.steps or (10 if args.quick else 20)
+    if args.passes < 1:
+        parser.error("--passes must be at least 1")
+    steps = args.steps or (10 if args.quick else 30)
     out = args.out_dir.resolve()
     out.mkdir(parents=True, exist_ok=True)
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
@@ -730,12 +769,10 @@ def main(argv: list[str] | None = None) -> int:
             print(f"[world {world}] profiling failed: {error}", flush=True)
             continue
         plans = all_plans(world, profiles.model, quick=args.quick)
-        print(f"[world {world}] {len(plans)} plans", flush=True)
-        for index, (name, plan) in enumerate(plans, start=1):
-            case = Case(name=name, world=world, plan=plan)
-            run_case(case, profiles=profiles, model=args.model, steps=steps)
-            cases.append(case)
-            print(progress_line(index, len(plans), case), flush=True)
+        print(f"[world {world}] {len(plans)} plans, {args.passes} passes", flush=True)
+        cases += run_passes(
+            plans, profiles=profiles, model=args.model, steps=steps, passes=args.passes
+        )
         profile_after(cases, profiles)
     summaries = [world_summary(cases, w, cores) for w in worlds if any(c.world == w for c in cases)]
     elapsed = time.monotonic() - started
@@ -743,6 +780,7 @@ def main(argv: list[str] | None = None) -> int:
         "model": args.model,
         "global_batch_size": GLOBAL_BATCH,
         "steps": steps,
+        "passes": args.passes,
         "warmup_steps_left_out": WARMUP_STEPS,
         "quick": args.quick,
         "cores": cores,
@@ -765,6 +803,12 @@ def main(argv: list[str] | None = None) -> int:
                 f"{_fraction(summary.get('median_time_error_profile_before_only'))}, after alone: "
                 f"{_fraction(summary.get('median_time_error_profile_after_only'))}; the two "
                 f"profiles' predictions differ by {_fraction(summary['profile_drift'])} (median)"
+            )
+        if "measurement_spread" in summary:
+            print(
+                f"world {summary['world']}: the first and last pass of a plan differ by "
+                f"{_fraction(summary['measurement_spread'])} of its time (median); their rank "
+                f"correlation is {summary['spearman_between_passes']}"
             )
     print(f"\n{out / 'fidelity.json'}\n{out / 'fidelity.png'}\nwall time {elapsed / 60:.1f} min")
     return 0
