@@ -416,6 +416,10 @@ def _fraction(value: object) -> str:
     return "-" if not isinstance(value, float) else f"{value * 100:.1f}%"
 
 
+def _correlation(value: object) -> str:
+    return "-" if not isinstance(value, float) else f"{value:.3f}"
+
+
 def _pct(value: object) -> str:
     return "-" if not isinstance(value, float) else f"{value * 100:+.1f}%"
 
@@ -643,11 +647,6 @@ def _quantile(values: list[float], q: float) -> float | None:
 
 
 def summary_table(summaries: list[dict[str, object]]) -> str:
-    def fmt(value: object, pct: bool = True) -> str:
-        if not isinstance(value, float):
-            return "-"
-        return f"{value * 100:.1f}%" if pct else f"{value:.3f}"
-
     headers = ["world", "run", "failed", "time med", "time p90", "mem med", "mem p90",
                "spearman", "targets (time, mem, rank)"]  # fmt: skip
     rows = [headers]
@@ -659,9 +658,9 @@ def summary_table(summaries: list[dict[str, object]]) -> str:
         )
         rows.append(
             [str(s["world"]) + (" (oversubscribed)" if s["oversubscribed"] else ""),
-             str(s["plans_run"]), str(s["plans_failed"]), fmt(s["median_time_error"]),
-             fmt(s["p90_time_error"]), fmt(s["median_memory_error"]),
-             fmt(s["p90_memory_error"]), fmt(s["spearman_time"], pct=False), marks]
+             str(s["plans_run"]), str(s["plans_failed"]), _fraction(s["median_time_error"]),
+             _fraction(s["p90_time_error"]), _fraction(s["median_memory_error"]),
+             _fraction(s["p90_memory_error"]), _correlation(s["spearman_time"]), marks]
         )  # fmt: skip
     widths = [max(len(row[i]) for row in rows) for i in range(len(headers))]
     return "\n".join(
@@ -808,7 +807,7 @@ def main(argv: list[str] | None = None) -> int:
             print(
                 f"world {summary['world']}: the first and last pass of a plan differ by "
                 f"{_fraction(summary['measurement_spread'])} of its time (median); their rank "
-                f"correlation is {summary['spearman_between_passes']}"
+                f"correlation is {_correlation(summary['spearman_between_passes'])}"
             )
     print(f"\n{out / 'fidelity.json'}\n{out / 'fidelity.png'}\nwall time {elapsed / 60:.1f} min")
     return 0

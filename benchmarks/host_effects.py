@@ -17,7 +17,8 @@ cost-model change can be checked against numbers rather than guesses:
     is busy too).
 ``handoff``
     Rounds of rank 0 computing then sending, rank 1 receiving, computing, sending back, against
-    two blocks on a rank while the other waits and an empty round: the excess per handoff.
+    an empty round plus two blocks, each timed around the block alone on a rank while the
+    other waits: the excess per handoff.
 ``step_parts``
     A gpt-tiny training step (zero_grad, forward, loss, backward, AdamW step) against its
     forward and backward and its optimizer step timed back to back, both ranks at once.
@@ -83,12 +84,20 @@ def _worker(out: Path) -> None:
         for work in pending:
             work.wait()
 
-    def alone(count: int) -> None:  # rank 1 waits in a receive meanwhile
+    def alone(count: int) -> float:
+        """Seconds of one block on rank 0, timed around the block only, while rank 1 waits
+        in a receive (the send that releases it is not part of the time)."""
+        dist.barrier()
+        elapsed = torch.zeros(1, dtype=torch.float64)
         if rank == 0:
+            start = time.perf_counter()
             block(count)
+            elapsed += time.perf_counter() - start
             dist.send(token, 1)
         else:
             dist.recv(token, 0)
+        dist.all_reduce(elapsed, op=dist.ReduceOp.MAX)
+        return float(elapsed)
 
     def rounds(count: int) -> None:
         if rank == 0:
@@ -110,7 +119,7 @@ def _worker(out: Path) -> None:
         sample("round_empty", seconds(lambda: rounds(0)))
         for count in BLOCKS:
             sample(f"stream_{count}", seconds(lambda c=count: stream(c)))
-            sample(f"alone_{count}", seconds(lambda c=count: alone(c)))
+            sample(f"alone_{count}", alone(count))
             sample(f"both_{count}", seconds(lambda c=count: block(c)))
             sample(f"round_{count}", seconds(lambda c=count: rounds(c)))
     med = {key: statistics.median(values) for key, values in samples.items()}
@@ -133,6 +142,10 @@ def _worker(out: Path) -> None:
     result["step_parts"] = _step_parts(seconds)
     if rank == 0:
         out.write_text(json.dumps(result, indent=2) + "\n")
+    # Both ranks tear gloo down together: a rank leaving while the other still writes the
+    # file sometimes aborted in gloo's teardown ("terminate called without an active
+    # exception").
+    dist.barrier()
     dist.destroy_process_group()
 
 
