@@ -3,10 +3,11 @@
 For a tiny model at each world size (gloo ranks on this CPU host): profile the machine and the
 model, enumerate every valid uniform plan the executor runs plus a few pipeline and seeded
 random layer-wise plans, train each for a few steps (twice by default: a second pass in
-reverse order, see ``run_passes``), profile the machine and the model again, and simulate
-each plan (iteration time, peak memory per rank) from the two profiles averaged
-(see ``profile_after``: the host's speed drifts over the minutes the plans take; the errors
-from each profile alone and the drift between them are reported too). Writes
+reverse order, see ``run_passes``), profile the machine and the model again between the
+passes and after them, and simulate each plan (iteration time, peak memory per rank) from
+all the profiles averaged (see ``predict_from_profiles``: the host's speed drifts over the
+minutes the plans take and one profile scatters; the errors from the first and the last
+profile alone and the drift between them are reported too). Writes
 ``fidelity.json`` (per plan and per world size: median and p90 absolute relative error of time
 and memory, Spearman rank correlation of times, targets met) and ``fidelity.png`` (predicted
 against measured).
@@ -30,6 +31,7 @@ import statistics
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import SimpleNamespace
@@ -149,6 +151,7 @@ class Profiles:
     model: ModelDescription
     hardware: HardwareProfile
     model_profile: ModelProfile
+    quick: bool = False  # profiled with --quick (and so profiled again)
 
 
 def _model_profile_args(model: str, world: int, folder: Path) -> list[str]:
@@ -187,6 +190,7 @@ def profile(*, model: str, world: int, folder: Path, quick: bool) -> Profiles:
         model=load(folder / "model.json", ModelDescription),
         hardware=load(folder / "hardware.json", HardwareProfile),
         model_profile=load(folder / "model_profile.json", ModelProfile),
+        quick=quick,
     )
 
 
@@ -370,14 +374,21 @@ def run_case(case: Case, *, profiles: Profiles, model: str, steps: int, repeat: 
 
 
 def run_passes(
-    plans: list[tuple[str, Plan]], *, profiles: Profiles, model: str, steps: int, passes: int
+    plans: list[tuple[str, Plan]],
+    *,
+    profiles: Profiles,
+    model: str,
+    steps: int,
+    passes: int,
+    between: Callable[[int], object] | None = None,
 ) -> list[Case]:
-    """Every plan trained ``passes`` times, every other pass in reverse order.
+    """Every plan trained ``passes`` times, every other pass in reverse order; ``between(k)``
+    runs after pass k (1-based) when another follows.
 
     Step times of one plan differ by ~15% between runs minutes apart on this host, as much
     as the cost differences between many plans. Going back and forth puts every plan's mean
-    position at the middle of the run, where the averaged before/after profile stands, and
-    the spread between passes says how far measurements alone can be trusted.
+    position at the middle of the run, where the averaged profiles stand, and the spread
+    between passes says how far measurements alone can be trusted.
     """
     cases = [Case(name=name, world=profiles.world, plan=plan) for name, plan in plans]
     for repeat in range(passes):
@@ -387,6 +398,8 @@ def run_passes(
                 continue
             run_case(case, profiles=profiles, model=model, steps=steps, repeat=repeat)
             print(progress_line(index, len(cases), case, repeat=repeat, passes=passes), flush=True)
+        if between is not None and repeat < passes - 1:
+            between(repeat + 1)
     return cases
 
 
@@ -424,134 +437,146 @@ def _pct(value: object) -> str:
     return "-" if not isinstance(value, float) else f"{value * 100:+.1f}%"
 
 
-def profile_after(cases: list[Case], before: Profiles) -> None:
-    """Profile the hardware and the model again after the plans ran, average the two
-    profiles, and predict every plan from the average (``predicted_*``; the predictions from
-    each profile alone are kept as ``predicted_time_s_before`` / ``_after``).
-
-    On a shared host the speed drifts over minutes: layer times of two profiles taken 15
-    minutes apart differ by ~20-30% here. Averaging a profile taken before the plans ran with
-    one taken after lets both sides see the host as it was during the runs, so what the
-    errors measure is the cost model rather than the drift (which is reported apart).
-    """
+def reprofile(before: Profiles, label: str) -> Profiles | None:
+    """The hardware and the model profiled again (into ``label/``), as ``before`` was; None
+    (said on the console) if profiling fails, the run goes on with the others."""
     from dataclasses import replace
 
     world = before.world
-    folder = before.folder / "after"
+    folder = before.folder / label
     steps = [
-        ("profile-hardware", _hardware_profile_args(world, folder, quick=False)),
+        ("profile-hardware", _hardware_profile_args(world, folder, quick=before.quick)),
         ("profile-model", _model_profile_args(before.source, world, folder)),
     ]
     try:
         for name, args in steps:
             started = time.monotonic()
             run_partita(args, log=folder / "logs" / f"{name}.log", timeout_s=1200)
-            print(f"[world {world}] {name} (after): {time.monotonic() - started:.1f} s")
+            print(f"[world {world}] {name} ({label}): {time.monotonic() - started:.1f} s")
     except RuntimeError as error:
-        print(f"[world {world}] profiling after the plans failed: {error}", flush=True)
-        return
-    after = replace(
+        print(f"[world {world}] profiling ({label}) failed: {error}", flush=True)
+        return None
+    return replace(
         before,
         hardware=load(folder / "hardware.json", HardwareProfile),
         model_profile=load(folder / "model_profile.json", ModelProfile),
     )
+
+
+def predict_from_profiles(cases: list[Case], taken: list[tuple[str, Profiles]]) -> None:
+    """Predict every plan from all the profiles ``taken`` (label, profiles; in the order they
+    were taken) averaged (``predicted_*``); the time predicted from each alone is kept as
+    ``predicted_time_s_<label>``.
+
+    On a shared host the speed drifts over minutes and one profile's layer times scatter by
+    ~10% (two profiles taken 15 minutes apart differed by 20-30% here). Averaging profiles
+    taken before, between and after the passes lets them see the host as it was during the
+    runs, so what the errors measure is the cost model rather than the drift (which is
+    reported apart).
+    """
+    from dataclasses import replace
+
+    first = taken[0][1]
     merged = replace(
-        before,
-        hardware=merge_hardware(before.hardware, after.hardware),
-        model_profile=merge_model_profiles(before.model_profile, after.model_profile),
+        first,
+        hardware=merge_hardware([p.hardware for _, p in taken]),
+        model_profile=merge_model_profiles([p.model_profile for _, p in taken]),
     )
-    save(merged.hardware, before.folder / "merged" / "hardware.json")
-    save(merged.model_profile, before.folder / "merged" / "model_profile.json")
+    save(merged.hardware, first.folder / "merged" / "hardware.json")
+    save(merged.model_profile, first.folder / "merged" / "model_profile.json")
     for case in cases:
-        if case.world != world or case.error is not None:
+        if case.world != first.world or case.error is not None:
             continue
-        case.extra["predicted_time_s_before"] = case.predicted_time_s
-        case.extra["predicted_memory_bytes_before"] = case.predicted_memory_bytes
-        predict(case, after)
-        case.extra["predicted_time_s_after"] = case.predicted_time_s
+        for label, profiles in taken:
+            predict(case, profiles)
+            case.extra[f"predicted_time_s_{label}"] = case.predicted_time_s
+            case.extra[f"predicted_memory_bytes_{label}"] = case.predicted_memory_bytes
         predict(case, merged)
 
 
-def _mean(a: float, b: float) -> float:
-    return (a + b) / 2
+def _mean(values: list[float]) -> float:
+    return sum(values) / len(values)
 
 
-def merge_model_profiles(a: ModelProfile, b: ModelProfile) -> ModelProfile:
-    """Timings averaged entry by entry (same layer type, tp, sp, batch, sequence); memory,
-    counted to the byte, from ``a``."""
+def merge_model_profiles(profiles: list[ModelProfile]) -> ModelProfile:
+    """Timings averaged entry by entry (same layer type, tp, sp, batch, sequence) over the
+    profiles that have the entry; memory, counted to the byte, from the first."""
     from dataclasses import replace
 
-    def both(x: float | None, y: float | None) -> float | None:
-        return None if x is None or y is None else _mean(x, y)
+    first, others = profiles[0], profiles[1:]
+
+    def mean_of(values: list[float | None]) -> float | None:
+        present = [v for v in values if v is not None]
+        return _mean(present) if len(present) == len(values) else None
 
     layer_types = []
-    for first in a.layer_types:
-        second = b.layer_type(first.layer_type)
-        later = (
-            {}
-            if second is None
-            else {(t.tp, t.sp, t.micro_batch, t.seq_len): t for t in second.timings}
-        )
+    for layer_type in first.layer_types:
+        later = [
+            {(t.tp, t.sp, t.micro_batch, t.seq_len): t for t in other.timings}
+            for other in (p.layer_type(layer_type.layer_type) for p in others)
+            if other is not None
+        ]
         timings = []
-        for t in first.timings:
-            u = later.get((t.tp, t.sp, t.micro_batch, t.seq_len))
-            if u is None:
-                timings.append(t)
-                continue
+        for t in layer_type.timings:
+            key = (t.tp, t.sp, t.micro_batch, t.seq_len)
+            same = [t, *(entries[key] for entries in later if key in entries)]
             timings.append(
                 replace(
                     t,
-                    forward_s=_mean(t.forward_s, u.forward_s),
-                    backward_s=_mean(t.backward_s, u.backward_s),
-                    spread=max(t.spread, u.spread),
-                    checkpoint_forward_s=both(t.checkpoint_forward_s, u.checkpoint_forward_s),
-                    checkpoint_backward_s=both(t.checkpoint_backward_s, u.checkpoint_backward_s),
+                    forward_s=_mean([u.forward_s for u in same]),
+                    backward_s=_mean([u.backward_s for u in same]),
+                    spread=max(u.spread for u in same),
+                    checkpoint_forward_s=mean_of([u.checkpoint_forward_s for u in same]),
+                    checkpoint_backward_s=mean_of([u.checkpoint_backward_s for u in same]),
                 )
             )
-        layer_types.append(replace(first, timings=tuple(timings)))
-    return replace(a, layer_types=tuple(layer_types))
+        layer_types.append(replace(layer_type, timings=tuple(timings)))
+    return replace(first, layer_types=tuple(layer_types))
 
 
-def merge_hardware(a: HardwareProfile, b: HardwareProfile) -> HardwareProfile:
+def merge_hardware(profiles: list[HardwareProfile]) -> HardwareProfile:
     """Fits averaged: latencies and seconds per byte (so bandwidths by their harmonic mean),
     matmul rates, overlap factors, the optimizer's and FSDP's costs."""
     from dataclasses import fields, replace
 
-    later = {(c.op, c.group_size, c.placement, c.scope): c for c in b.collectives}
+    first, others = profiles[0], profiles[1:]
+    later = [{(c.op, c.group_size, c.placement, c.scope): c for c in p.collectives} for p in others]
     collectives = []
-    for c in a.collectives:
-        d = later.get((c.op, c.group_size, c.placement, c.scope))
-        if d is not None:
-            c = replace(
+    for c in first.collectives:
+        key = (c.op, c.group_size, c.placement, c.scope)
+        same = [c, *(entries[key] for entries in later if key in entries)]
+        collectives.append(
+            replace(
                 c,
-                latency_s=_mean(c.latency_s, d.latency_s),
-                bandwidth_bytes_per_s=1
-                / _mean(1 / c.bandwidth_bytes_per_s, 1 / d.bandwidth_bytes_per_s),
+                latency_s=_mean([d.latency_s for d in same]),
+                bandwidth_bytes_per_s=1 / _mean([1 / d.bandwidth_bytes_per_s for d in same]),
             )
-        collectives.append(c)
+        )
 
-    def work(x: Fitted | None, y: Fitted | None) -> Fitted | None:
-        """Every float field of two fits of one cost averaged."""
-        if x is None or y is None:
-            return x or y
+    def work(values: list[Fitted | None]) -> Fitted | None:
+        """Every float field of the fits of one cost averaged (over the profiles with one)."""
+        present = [v for v in values if v is not None]
+        if not present:
+            return None
+        x = present[0]
         # Numbers read from JSON may be ints (a fit of 0 s): not the origin, a string.
         floats = {f.name for f in fields(x) if isinstance(getattr(x, f.name), int | float)}
-        return replace(x, **{name: _mean(getattr(x, name), getattr(y, name)) for name in floats})
+        return replace(x, **{name: _mean([getattr(v, name) for v in present]) for name in floats})
 
-    rates = {c.dtype: c.flops_per_s for c in b.compute}
+    def rates(dtype: str, own: float) -> float:
+        found = [own, *(c.flops_per_s for p in others for c in p.compute if c.dtype == dtype)]
+        return _mean(found)
+
     return replace(
-        a,
+        first,
         collectives=tuple(collectives),
-        compute=tuple(
-            replace(c, flops_per_s=_mean(c.flops_per_s, rates.get(c.dtype, c.flops_per_s)))
-            for c in a.compute
-        ),
-        overlap=work(a.overlap, b.overlap),
-        optimizer=work(a.optimizer, b.optimizer),
-        fsdp_gather=work(a.fsdp_gather, b.fsdp_gather),
-        fsdp_reduce_scatter=work(a.fsdp_reduce_scatter, b.fsdp_reduce_scatter),
-        ddp_reducer=work(a.ddp_reducer, b.ddp_reducer),
-        sync=work(a.sync, b.sync),
+        compute=tuple(replace(c, flops_per_s=rates(c.dtype, c.flops_per_s)) for c in first.compute),
+        overlap=work([p.overlap for p in profiles]),
+        optimizer=work([p.optimizer for p in profiles]),
+        fsdp_gather=work([p.fsdp_gather for p in profiles]),
+        fsdp_reduce_scatter=work([p.fsdp_reduce_scatter for p in profiles]),
+        ddp_reducer=work([p.ddp_reducer for p in profiles]),
+        sync=work([p.sync for p in profiles]),
     )
 
 
@@ -769,10 +794,25 @@ def main(argv: list[str] | None = None) -> int:
             continue
         plans = all_plans(world, profiles.model, quick=args.quick)
         print(f"[world {world}] {len(plans)} plans, {args.passes} passes", flush=True)
+        taken = [("before", profiles)]
+
+        def between(
+            done: int, before: Profiles = profiles, taken: list[tuple[str, Profiles]] = taken
+        ) -> None:
+            again = reprofile(before, f"between{done}")
+            if again is not None:
+                taken.append((f"between{done}", again))
+
         cases += run_passes(
-            plans, profiles=profiles, model=args.model, steps=steps, passes=args.passes
+            plans,
+            profiles=profiles,
+            model=args.model,
+            steps=steps,
+            passes=args.passes,
+            between=between,
         )
-        profile_after(cases, profiles)
+        after = reprofile(profiles, "after")
+        predict_from_profiles(cases, taken + ([("after", after)] if after is not None else []))
     summaries = [world_summary(cases, w, cores) for w in worlds if any(c.world == w for c in cases)]
     elapsed = time.monotonic() - started
     document = {

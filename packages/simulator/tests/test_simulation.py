@@ -72,39 +72,68 @@ def _step_end(latency_s: float) -> float:
     return 3 * latency_s
 
 
+def _whole_model_dp_plan():  # type: ignore[no-untyped-def]
+    """Two layers, one stage, DDP over 2 ranks: 1 + 1 s forward, 2 + 2 s backward."""
+    plan = syn.plan(world=2, stages=(2,), micro_batches=1, global_batch=2)
+    assert plan.is_whole_model
+    return plan
+
+
 def test_gradient_sync_shorter_than_backward_is_hidden(one_layer_buckets: None) -> None:
-    # Pipeline alone: (M + P - 1)(f + b) = 3 * (2 + 4) = 18 s. Each layer's sync (0.5 s) runs
-    # during the previous layer's backward (2 s); only the last layer's is exposed.
-    result = _run(_dp_plan(), hw=syn.hardware(world=4, latency_s=0.5))
-    assert result.iteration_time_s == pytest.approx(18.5 + _step_end(0.5))
+    # Backward 2-6; the last layer's sync (0.5 s) runs 4-4.5, during the first layer's
+    # backward; only the first layer's (6-6.5) is exposed.
+    result = _run(_whole_model_dp_plan(), hw=syn.hardware(world=2, latency_s=0.5))
+    assert result.iteration_time_s == pytest.approx(6.5 + _step_end(0.5))
 
 
 def test_gradient_sync_longer_than_backward_is_exposed(one_layer_buckets: None) -> None:
-    # Syncs of 3 s: 16-19 and 19-22 on the first stage, whose backward ends at 18.
-    result = _run(_dp_plan(), hw=syn.hardware(world=4, latency_s=3.0))
-    assert result.iteration_time_s == pytest.approx(22.0 + _step_end(3.0))
-    syncs = [e for e in result.events if e.stream == "dp_comm" and e.stage == 0]
-    assert [t for e in syncs for t in (e.start_s, e.end_s)] == pytest.approx([16, 19, 19, 22])
+    # Syncs of 3 s: 4-7 and, after it on the data-parallel stream, 7-10.
+    result = _run(_whole_model_dp_plan(), hw=syn.hardware(world=2, latency_s=3.0))
+    assert result.iteration_time_s == pytest.approx(10.0 + _step_end(3.0))
+    syncs = [e for e in result.events if e.stream == "dp_comm"]
+    assert [t for e in syncs for t in (e.start_s, e.end_s)] == pytest.approx([4, 7, 7, 10])
 
 
 def test_overlap_slows_compute_and_communication_running_together(
     one_layer_buckets: None,
 ) -> None:
-    plain = _run(_dp_plan(), hw=syn.hardware(world=4, latency_s=0.5))
     slowed = _run(
-        _dp_plan(),
+        _whole_model_dp_plan(),
         hw=syn.hardware(
-            world=4, latency_s=0.5, overlap=OverlapSlowdown(compute=1.5, communication=2.0)
+            world=2, latency_s=0.5, overlap=OverlapSlowdown(compute=1.5, communication=2.0)
         ),
     )
-    # Last stage, last backward from 10: blocks.3 (2 s, alone) to 12; blocks.2 starts with
-    # blocks.3's sync pending: 2 s x 1.5 to 15 (that sync: 0.5 s x 2, 12-13). The first stage
-    # gets the gradient at 15 (not 14): blocks.1 to 17, blocks.0 slowed to 20, its sync alone
-    # 20-20.5; blocks.1's sync runs 17-18 at half speed.
-    assert plain.iteration_time_s == pytest.approx(18.5 + _step_end(0.5))
-    assert slowed.iteration_time_s == pytest.approx(20.5 + _step_end(0.5))
-    syncs = [e for e in slowed.events if e.stream == "dp_comm" and e.stage == 0]
-    assert [t for e in syncs for t in (e.start_s, e.end_s)] == pytest.approx([17, 18, 20, 20.5])
+    # The last layer's backward 2-4 runs alone; the first layer's starts with that layer's
+    # sync pending: 2 s x 1.5, 4-7; the sync, started while compute runs, 0.5 s x 2, 4-5.
+    # The first layer's sync runs alone, 7-7.5.
+    assert slowed.iteration_time_s == pytest.approx(7.5 + _step_end(0.5))
+    syncs = [e for e in slowed.events if e.stream == "dp_comm"]
+    assert [t for e in syncs for t in (e.start_s, e.end_s)] == pytest.approx([4, 5, 7, 7.5])
+
+
+def test_the_pipeline_trainer_syncs_buckets_after_the_last_backward(
+    one_layer_buckets: None,
+) -> None:
+    # Two stages of two layers, dp 2, GPipe over 2 micro-batches: the first stage's last
+    # backward ends at 18. The pipeline trainer all-reduces its buckets then, one after the
+    # other (0.5 s each), not during the backward as DDP does.
+    result = _run(_dp_plan(), hw=syn.hardware(world=4, latency_s=0.5))
+    syncs = [e for e in result.events if e.stream == "dp_comm" and e.stage == 0]
+    assert [t for e in syncs for t in (e.start_s, e.end_s)] == pytest.approx([18, 18.5, 18.5, 19])
+    assert result.iteration_time_s == pytest.approx(19.0 + _step_end(0.5))
+
+
+def test_a_transfer_waits_until_the_receiving_stage_posts_its_receive() -> None:
+    # 1F1B, two stages of one layer (f 1 s, b 2 s), transfers of 0.25 s a message (the
+    # activations are two). Stage 0 sends F1 at 2, while stage 1 runs B0 (until 4.5): the
+    # transfer waits for stage 1 to reach F1, 4.5-5, and F1 starts at 5, not 4.5.
+    plan = syn.plan(world=2, stages=(1, 1), micro_batches=3, global_batch=3, schedule="1f1b")
+    result = _run(plan, hw=syn.hardware(world=2, p2p_latency_s=0.25))
+    compute = {e.name: e for e in result.events if e.stage == 1 and e.stream == "compute"}
+    assert (compute["F0"].start_s, compute["B0"].end_s) == pytest.approx((1.5, 4.5))
+    assert compute["F1"].start_s == pytest.approx(5.0)
+    send = next(e for e in result.events if e.stage == 0 and e.name == "send F1")
+    assert (send.start_s, send.end_s) == pytest.approx((4.5, 5.0))
 
 
 def test_layers_sharing_a_data_parallel_group_sync_in_one_bucket() -> None:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import platform
+import statistics
 import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -275,7 +276,7 @@ def measure_wrapped_models(
     for tensors, width in plan.WRAPPED_UNITS:
         width //= 2 if quick else 1
         x = torch.randn(4, width, device=context.device)
-        times: dict[str, list[float]] = {}
+        modules: dict[str, torch.nn.Module] = {}
         for kind in ("plain", "ddp", "fsdp"):
             torch.manual_seed(0)
             module: torch.nn.Module = _Model(plan.UNITS_PER_MODEL, tensors // 2, width).to(
@@ -289,10 +290,19 @@ def measure_wrapped_models(
                 for unit in module.units:  # type: ignore[union-attr]
                     fully_shard(unit, mesh=mesh, reshard_after_forward=False)
                 fully_shard(module, mesh=mesh, reshard_after_forward=False)
-            dist.barrier(group=context.world)
-            passes = [_time_passes(context, module, x) for _ in range(2 + repeats)][2:]
-            times[f"{kind}_forward"] = [forward for forward, _ in passes]
-            times[f"{kind}_backward"] = [backward for _, backward in passes]
+            modules[kind] = module
+        times: dict[str, list[float]] = {
+            f"{kind}_{name}": [] for kind in modules for name in ("forward", "backward")
+        }
+        # The kinds take turns repeat by repeat, so that what wrapping adds is measured as the
+        # difference within a repeat, which a drift of the host's speed reaches alike.
+        for repeat in range(2 + repeats):
+            for kind, module in modules.items():
+                dist.barrier(group=context.world)
+                forward, backward = _time_passes(context, module, x)
+                if repeat >= 2:
+                    times[f"{kind}_forward"].append(forward)
+                    times[f"{kind}_backward"].append(backward)
         results[(tensors, width * width + width)] = times  # elements: one weight and bias
     return results
 
@@ -343,7 +353,8 @@ def measure_sync_cost(context: Context, *, quick: bool) -> dict[int, dict[str, l
 
 
 def measure_overlap(context: Context, *, quick: bool) -> dict[str, list[float]]:
-    """Per-call seconds of a matmul loop and a world all_reduce loop, alone and together.
+    """Per-call seconds (the median of each round's calls, one value per round) of a matmul
+    loop and a world all_reduce loop, alone and together, in ``OVERLAP_ROUNDS`` rounds.
 
     Together: the all_reduce loop runs on a second thread (on CUDA, on a side stream) while the
     main thread runs matmuls until that loop ends.
@@ -356,15 +367,20 @@ def measure_overlap(context: Context, *, quick: bool) -> dict[str, list[float]]:
     def communicate() -> None:
         dist.all_reduce(payload, group=context.world)
 
-    results: dict[str, list[float]] = {}
-    for name, call in (("compute_alone", compute), ("communication_alone", communicate)):
+    parts = ("compute_alone", "communication_alone", "compute_together", "communication_together")
+    results: dict[str, list[float]] = {name: [] for name in parts}
+    rounds = max(1, plan.OVERLAP_ROUNDS // (2 if quick else 1))
+    for _ in range(rounds):
+        for name, call in (("compute_alone", compute), ("communication_alone", communicate)):
+            dist.barrier(group=context.world)
+            call()
+            results[name].append(
+                statistics.median(context.timer.seconds(call) for _ in range(calls))
+            )
         dist.barrier(group=context.world)
-        call()
-        results[name] = [context.timer.seconds(call) for _ in range(calls)]
-    dist.barrier(group=context.world)
-    together_compute, together_comm = _run_together(context, compute, communicate, calls)
-    results["compute_together"] = together_compute
-    results["communication_together"] = together_comm
+        together_compute, together_comm = _run_together(context, compute, communicate, calls)
+        results["compute_together"].append(statistics.median(together_compute))
+        results["communication_together"].append(statistics.median(together_comm))
     return results
 
 

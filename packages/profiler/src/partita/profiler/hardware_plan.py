@@ -63,6 +63,10 @@ UNITS_PER_MODEL = 4
 SYNC_MATMULS = (0, 2, 8, 24)
 SYNC_MATMUL_SIZE = 256
 SYNC_MEETINGS = 20
+# Rounds of (compute alone, all_reduce alone, both at once) when timing their overlap: one
+# ratio per round, the median of them recorded, so that a drift of the host's speed between
+# the parts of one round does not become the profile's slowdown.
+OVERLAP_ROUNDS = 7
 
 
 @dataclass(frozen=True)

@@ -138,16 +138,22 @@ def _optimizer(results: Sequence[RankResults], warnings: list[str]) -> TensorWor
 
 
 def _extra(results: Sequence[RankResults], shape: tuple[int, int], kind: str, passes: str) -> float:
-    """The slowest rank's median seconds that wrapping (``kind``) adds to a pass (or both)."""
+    """The slowest rank's median seconds that wrapping (``kind``) adds to a pass (or both):
+    repeat by repeat against the plain model timed in the same repeat."""
     names = ("forward", "backward") if passes == "both" else (passes,)
-    return max(
-        sum(
-            statistics.median(r.wrapped[shape][f"{kind}_{name}"])
-            - statistics.median(r.wrapped[shape][f"plain_{name}"])
-            for name in names
+
+    def added(r: RankResults) -> float:
+        times = r.wrapped[shape]
+        per_repeat = zip(
+            *(times[f"{kind}_{name}"] for name in names),
+            *(times[f"plain_{name}"] for name in names),
+            strict=True,
         )
-        for r in results
-    )
+        return statistics.median(
+            sum(row[: len(names)]) - sum(row[len(names) :]) for row in per_repeat
+        )
+
+    return max(added(r) for r in results)
 
 
 def _wrappers(
@@ -209,12 +215,22 @@ def _sync(results: Sequence[RankResults], warnings: list[str]) -> SyncCost | Non
         return None
     points = []
     for count in sorted(results[0].sync):
-        median = {
-            part: max(statistics.median(r.sync[count][part]) for r in results)
-            for part in ("rounds", "compute", "collective")
-        }
-        excess = median["rounds"] - median["compute"] - median["collective"]
-        points.append((median["compute"], max(excess, 0.0)))
+        compute = max(statistics.median(r.sync[count]["compute"]) for r in results)
+        # The three parts of one repeat were timed one after the other: their difference,
+        # repeat by repeat, is steadier than the difference of their medians on a drifting host.
+        excess = max(
+            statistics.median(
+                rounds - alone - meeting
+                for rounds, alone, meeting in zip(
+                    r.sync[count]["rounds"],
+                    r.sync[count]["compute"],
+                    r.sync[count]["collective"],
+                    strict=True,
+                )
+            )
+            for r in results
+        )
+        points.append((compute, max(excess, 0.0)))
     fit = _nonnegative_least_squares(
         [(1.0, compute) for compute, _ in points],
         [max(excess, 1e-9) for _, excess in points],
@@ -290,13 +306,21 @@ def _compute(results: Sequence[RankResults]) -> Iterable[ComputeThroughput]:
 
 
 def _overlap(results: Sequence[RankResults]) -> OverlapSlowdown:
+    """Each rank's together/alone ratio round by round (the parts of a round were timed close
+    together), the median over ranks and rounds."""
     if not results[0].overlap:
         return OverlapSlowdown()
 
     def ratio(kind: str) -> float:
-        together = [v for r in results for v in r.overlap[f"{kind}_together"]]
-        alone = [v for r in results for v in r.overlap[f"{kind}_alone"]]
-        value = statistics.median(together) / statistics.median(alone)
+        ratios = [
+            together / alone
+            for r in results
+            for together, alone in zip(
+                r.overlap[f"{kind}_together"], r.overlap[f"{kind}_alone"], strict=True
+            )
+            if alone > 0
+        ]
+        value = statistics.median(ratios) if ratios else 1.0
         return max(1.0, value) if math.isfinite(value) else 1.0
 
     return OverlapSlowdown(compute=ratio("compute"), communication=ratio("communication"))

@@ -3,10 +3,14 @@
 Event names follow the conventions in :mod:`partita.simulator.trace`.
 
 Each stage replays its schedule on a compute stream. A forward waits for the previous
-stage's activations, a backward for the next stage's gradients; transfers run on the sending
-stage's p2p stream. During the last backward on a stage each layer's gradient sync starts as
-soon as that layer's backward ends and runs on the stage's data-parallel stream, so it
-overlaps with the backward of earlier layers (ZeRO-2/3 reduce-scatter after every backward).
+stage's activations, a backward for the next stage's gradients; a transfer runs on the sending
+stage's p2p stream once the receiving stage has posted its receive, that is reached the action
+that needs it (gloo and NCCL move a message only when both sides have posted it), and a stage
+ends its step only when its transfers have been received. Under a whole-model plan each
+layer's gradient sync starts during the last backward as soon as that layer's backward ends
+and runs on the stage's data-parallel stream, so it overlaps with the backward of earlier
+layers (ZeRO-2/3 reduce-scatter after every backward, under any plan); the pipeline trainer
+all-reduces DDP and ZeRO-1 buckets after the last backward, one after the other.
 A compute task that starts while gradient syncs are pending, and a sync that starts while
 compute runs, take longer by the hardware profile's overlap factors (for their whole
 duration: a coarse but cheap model of contention).
@@ -38,6 +42,8 @@ class _StageState:
     timeline: list[tuple[float, float]] = field(default_factory=list)
     events: list[Event] = field(default_factory=list)
     syncs: list[simpy.Process] = field(default_factory=list)
+    sends: list[simpy.Process] = field(default_factory=list)
+    deferred_syncs: list[tuple[str, float, int]] = field(default_factory=list)
     compute_busy_s: float = 0.0
     computing: bool = False
     dp_active: int = 0
@@ -83,6 +89,13 @@ class Engine:
             [self.env.event() for _ in range(num_micro_batches)] for _ in stages
         ]
         self.gradient_ready = [[self.env.event() for _ in range(num_micro_batches)] for _ in stages]
+        # Where a stage has reached the action that receives micro-batch m's transfer.
+        self.activation_posted = [
+            [self.env.event() for _ in range(num_micro_batches)] for _ in stages
+        ]
+        self.gradient_posted = [
+            [self.env.event() for _ in range(num_micro_batches)] for _ in stages
+        ]
         # The stages holding a tied table sum its gradient together: each waits for all.
         self.tied_arrived = {
             i: self.env.event() for i, work in enumerate(stages) if work.tied_sync_s > 0
@@ -109,7 +122,9 @@ class Engine:
                 yield from self._forward(index, action)
             else:
                 yield from self._backward(index, action, final=position == last_backward)
-        yield self.env.all_of(state.syncs)
+        yield self.env.all_of(state.syncs + state.sends)
+        for name, seconds, m in state.deferred_syncs:
+            yield from self._blocking_sync(index, name, seconds, m)
         if index in self.tied_arrived:
             self.tied_arrived[index].succeed()
             yield self.env.all_of(list(self.tied_arrived.values()))
@@ -121,29 +136,38 @@ class Engine:
     def _forward(self, index: int, action: Action) -> Process:
         state, m = self.states[index], action.micro_batch
         if index > 0:
+            self.activation_posted[index][m].succeed()
             yield self.activation_ready[index][m]
         self._memory(state, +state.work.activation_bytes)
         yield from self._compute(index, f"F{m}", state.work.forward_s, m)
         if index < len(self.states) - 1:
-            self.env.process(
-                self._send(
-                    index,
-                    f"send F{m}",
-                    state.work.send_forward_s,
-                    self.activation_ready[index + 1][m],
-                    m,
-                )
+            self._start_send(
+                index,
+                f"send F{m}",
+                state.work.send_forward_s,
+                posted=self.activation_posted[index + 1][m],
+                arrived=self.activation_ready[index + 1][m],
+                m=m,
             )
 
     def _backward(self, index: int, action: Action, *, final: bool) -> Process:
         state, m = self.states[index], action.micro_batch
         if index < len(self.states) - 1:
+            self.gradient_posted[index][m].succeed()
             yield self.gradient_ready[index][m]
         transient = max((layer.transient_bytes for layer in state.work.layers), default=0.0)
         self._memory(state, +transient)
         for layer in reversed(state.work.layers):
             yield from self._compute(index, f"B{m}", layer.backward_s, m, merge=True)
-            if final or layer.grad_sync_every_micro_batch:
+            if (
+                final
+                and not layer.grad_sync_every_micro_batch
+                and state.work.buckets_after_backward
+            ):
+                state.deferred_syncs += [
+                    (f"dp_sync {layer.name}", s, m) for _, s in layer.grad_sync
+                ]
+            elif final or layer.grad_sync_every_micro_batch:
                 for op, seconds in layer.grad_sync:
                     state.dp_active += 1  # counted from now, so the next compute sees it
                     kind = "dp_gather" if op == "all_gather" else "dp_sync"
@@ -151,14 +175,13 @@ class Engine:
                     state.syncs.append(self.env.process(sync))
         self._memory(state, -transient - state.work.activation_bytes)
         if index > 0:
-            self.env.process(
-                self._send(
-                    index,
-                    f"send B{m}",
-                    state.work.send_backward_s,
-                    self.gradient_ready[index - 1][m],
-                    m,
-                )
+            self._start_send(
+                index,
+                f"send B{m}",
+                state.work.send_backward_s,
+                posted=self.gradient_posted[index - 1][m],
+                arrived=self.gradient_ready[index - 1][m],
+                m=m,
             )
 
     # --- streams ------------------------------------------------------------------------------
@@ -175,14 +198,42 @@ class Engine:
         state.compute_busy_s += seconds
         self._record(index, "compute", name, start, m, merge=merge)
 
-    def _send(self, index: int, name: str, seconds: float, arrived: simpy.Event, m: int) -> Process:
+    def _start_send(
+        self,
+        index: int,
+        name: str,
+        seconds: float,
+        *,
+        posted: simpy.Event,
+        arrived: simpy.Event,
+        m: int,
+    ) -> None:
+        send = self.env.process(self._send(index, name, seconds, posted, arrived, m))
+        self.states[index].sends.append(send)
+
+    def _send(
+        self,
+        index: int,
+        name: str,
+        seconds: float,
+        posted: simpy.Event,
+        arrived: simpy.Event,
+        m: int,
+    ) -> Process:
         state = self.states[index]
+        yield posted
         with state.send_stream.request() as slot:
             yield slot
             start = self.env.now
             yield self.env.timeout(seconds)
             self._record(index, "p2p", name, start, m)
         arrived.succeed()
+
+    def _blocking_sync(self, index: int, name: str, seconds: float, m: int) -> Process:
+        """A bucket's all-reduce that the stage waits for (nothing else runs meanwhile)."""
+        start = self.env.now
+        yield self.env.timeout(seconds)
+        self._record(index, "dp_comm", name, start, m)
 
     def _grad_sync(self, index: int, name: str, seconds: float, m: int) -> Process:
         state = self.states[index]

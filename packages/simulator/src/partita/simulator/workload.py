@@ -82,6 +82,9 @@ class StageWork:
     # keeps beyond what its layers' profiles count: (parameter, gradient, optimizer) bytes.
     tied_sync_s: float = 0.0
     tied_copy_bytes: tuple[float, float, float] = (0.0, 0.0, 0.0)
+    # DDP overlaps a whole-model plan's DDP and ZeRO-1 buckets with the backward; the pipeline
+    # trainer all-reduces them after the step's last backward, once its sends are received.
+    buckets_after_backward: bool = False
 
     @property
     def tail_s(self) -> float:
@@ -259,6 +262,7 @@ class WorkloadBuilder:
             layers=tuple(works),
             send_forward_s=send_forward,
             send_backward_s=send_backward,
+            buckets_after_backward=not self.plan.is_whole_model,
             optimizer_step_s=self._optimizer_step(works),
             after_step_s=self._zero1_gathers(works, strategies)
             + self._ddp_reducer_latency(strategies)
