@@ -183,13 +183,21 @@ def profile(*, model: str, world: int, folder: Path, quick: bool) -> Profiles:
         started = time.monotonic()
         run_partita(args, log=logs / f"{name}.log", timeout_s=1200)
         print(f"[world {world}] {name}: {time.monotonic() - started:.1f} s", flush=True)
+    return load_profiles(world=world, source=model, folder=folder, quick=quick)
+
+
+def load_profiles(
+    *, world: int, source: str, folder: Path, label: str = "", quick: bool = False
+) -> Profiles:
+    """The profiles of one world of a run folder: the model description and, from
+    ``folder/label`` (the first profiles where ``label`` is empty), hardware and model."""
     return Profiles(
         world=world,
-        source=model,
+        source=source,
         folder=folder,
         model=load(folder / "model.json", ModelDescription),
-        hardware=load(folder / "hardware.json", HardwareProfile),
-        model_profile=load(folder / "model_profile.json", ModelProfile),
+        hardware=load(folder / label / "hardware.json", HardwareProfile),
+        model_profile=load(folder / label / "model_profile.json", ModelProfile),
         quick=quick,
     )
 
@@ -440,7 +448,6 @@ def _pct(value: object) -> str:
 def reprofile(before: Profiles, label: str) -> Profiles | None:
     """The hardware and the model profiled again (into ``label/``), as ``before`` was; None
     (said on the console) if profiling fails, the run goes on with the others."""
-    from dataclasses import replace
 
     world = before.world
     folder = before.folder / label
@@ -456,10 +463,8 @@ def reprofile(before: Profiles, label: str) -> Profiles | None:
     except RuntimeError as error:
         print(f"[world {world}] profiling ({label}) failed: {error}", flush=True)
         return None
-    return replace(
-        before,
-        hardware=load(folder / "hardware.json", HardwareProfile),
-        model_profile=load(folder / "model_profile.json", ModelProfile),
+    return load_profiles(
+        world=world, source=before.source, folder=before.folder, label=label, quick=before.quick
     )
 
 
@@ -751,6 +756,51 @@ def replot(report: Path, out: Path) -> int:
     return 0
 
 
+def measured_again(case: Case, folder: Path) -> None:
+    """A plan's measurement from its run folder: every pass's run report (``train/`` for the
+    first, ``passN/train/`` for the others), as ``measure`` recorded it."""
+    reports = [folder / "train", *sorted(folder.glob("pass*/train"))]
+    for run in reports:
+        report = load(run / "run_report.json", RunReport)
+        if report.status != "completed":
+            case.error = f"{run}: run report status {report.status}: {report.error}"
+            return
+        times = [s.time_s for s in report.steps]
+        case.pass_times_s.append(statistics.median(times[WARMUP_STEPS:] or times))
+        peak = max(m.peak_bytes for m in report.peak_memory)
+        case.measured_memory_bytes = max(peak, case.measured_memory_bytes or 0)
+        case.extra["memory_method"] = report.memory_method
+    case.measured_time_s = statistics.fmean(case.pass_times_s)
+
+
+def rescore(run: Path, model: str, worlds: list[int]) -> list[Case]:
+    """Every plan of an earlier run folder (``--out-dir``; stopped early or not) measured as it
+    was recorded and predicted again with this checkout's simulator from the profiles the
+    folder holds (before, between the passes, after)."""
+    cases: list[Case] = []
+    for world in worlds:
+        folder = run / f"world{world}"
+        if not (folder / "model_profile.json").is_file():
+            raise ValueError(f"{folder}: no profiled world {world} in this run folder")
+        taken = [("before", load_profiles(world=world, source=model, folder=folder))]
+        for label in [f.name for f in sorted(folder.glob("between*"))] + ["after"]:
+            if (folder / label / "model_profile.json").is_file():
+                again = load_profiles(world=world, source=model, folder=folder, label=label)
+                taken.append((label, again))
+        plans = [d for d in sorted((folder / "plans").glob("*")) if (d / "train").is_dir()]
+        for directory in plans:
+            case = Case(name=directory.name, world=world, plan=load(directory / "plan.json", Plan))
+            try:
+                measured_again(case, directory)
+            except (OSError, FormatError) as error:
+                case.error = f"{type(error).__name__}: {error}"
+            cases.append(case)
+        predict_from_profiles(cases, taken)
+        labels = ", ".join(label for label, _ in taken)
+        print(f"[world {world}] {len(plans)} plans, profiles: {labels}")
+    return cases
+
+
 # ---------------------------------------------------------------- main
 
 
@@ -770,6 +820,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--replot", type=Path, metavar="JSON", help="redraw fidelity.png from a fidelity.json"
     )
+    parser.add_argument(
+        "--rescore",
+        type=Path,
+        metavar="RUN",
+        help="no training: predict the plans of an earlier --out-dir RUN (stopped early or not) "
+        "again with this checkout's simulator, and write fidelity.json and .png to --out-dir",
+    )
     args = parser.parse_args(argv)
     if args.replot is not None:
         return replot(args.replot, args.out_dir)
@@ -782,9 +839,16 @@ def main(argv: list[str] | None = None) -> int:
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
     cores = cores or 1
     started = time.monotonic()
-    print(f"fidelity: {args.model}, worlds {worlds}, {steps} steps, {cores} cores -> {out}")
+    what = f"rescoring {args.rescore}" if args.rescore else f"{steps} steps"
+    print(f"fidelity: {args.model}, worlds {worlds}, {what}, {cores} cores -> {out}")
     cases: list[Case] = []
-    for world in worlds:
+    if args.rescore is not None:
+        try:
+            cases = rescore(args.rescore.resolve(), args.model, worlds)
+        except (OSError, ValueError) as error:
+            print(f"fidelity: error: {error}", file=sys.stderr)
+            return 2
+    for world in worlds if args.rescore is None else []:
         try:
             profiles = profile(
                 model=args.model, world=world, folder=out / f"world{world}", quick=args.quick
@@ -825,6 +889,8 @@ def main(argv: list[str] | None = None) -> int:
         "cores": cores,
         "load_average": os.getloadavg(),
         "wall_s": round(elapsed, 1),
+        # Rescored: measured in that run folder, predicted by this checkout (no training).
+        **({"rescored_from": str(args.rescore)} if args.rescore is not None else {}),
         "error_definition": "(predicted - measured) / measured; medians and p90 of its absolute",
         "targets": TARGETS,
         "worlds": summaries,

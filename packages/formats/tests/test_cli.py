@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -43,6 +44,25 @@ def test_the_module_runs_like_the_script() -> None:
     )
     assert result.returncode == 0, result.stderr
     assert result.stderr == "" and "ulysses" in result.stdout
+
+
+def test_a_reader_that_leaves_early_gets_no_traceback() -> None:
+    # ``partita show ... | head -1``: stdout is a pipe whose reader is gone.
+    read_end, write_end = os.pipe()
+    os.close(read_end)
+    try:
+        result = subprocess.run(
+            [*_partita(), "show", str(EXAMPLES / "plan.json")],
+            stdout=write_end,
+            stderr=subprocess.PIPE,
+            text=True,
+            timeout=60,
+            check=False,
+        )
+    finally:
+        os.close(write_end)
+    assert result.returncode == 141, result.stderr
+    assert result.stderr == ""
 
 
 SUMMARY_MARKERS = {

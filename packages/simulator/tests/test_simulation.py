@@ -123,6 +123,18 @@ def test_the_pipeline_trainer_syncs_buckets_after_the_last_backward(
     assert result.iteration_time_s == pytest.approx(19.0 + _step_end(0.5))
 
 
+@pytest.mark.parametrize("latency_s", [0.5, 3.0])
+def test_the_closed_form_exposes_the_pipeline_trainers_buckets(
+    one_layer_buckets: None, latency_s: float
+) -> None:
+    plan, hw = _dp_plan(), syn.hardware(world=4, latency_s=latency_s)
+    simulated = _run(plan, hw=hw).iteration_time_s
+    closed, _ = estimate(
+        plan, hardware=hw, model_profile=syn.model_profile(), model=syn.description(4)
+    )
+    assert closed == pytest.approx(simulated)
+
+
 def test_a_transfer_waits_until_the_receiving_stage_posts_its_receive() -> None:
     # 1F1B, two stages of one layer (f 1 s, b 2 s), transfers of 0.25 s a message (the
     # activations are two). Stage 0 sends F1 at 2, while stage 1 runs B0 (until 4.5): the

@@ -8,6 +8,7 @@ end with exit status 2 and one line on stderr.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -17,6 +18,7 @@ from typing import NoReturn
 ENTRY_POINT_GROUP = "partita.commands"
 EXIT_OK = 0
 EXIT_BAD_INPUT = 2
+EXIT_BROKEN_PIPE = 141  # as a shell reports a command killed by SIGPIPE (128 + 13)
 
 
 @dataclass(frozen=True)
@@ -81,13 +83,20 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.print_help(sys.stderr)
         return EXIT_BAD_INPUT
     try:
-        return command.run(args)
+        code = command.run(args)
+        sys.stdout.flush()  # a reader gone shows here, in the handler below, not at exit
+        return code
     except ValueError as error:
         print(f"partita {command.name}: error: {error}", file=sys.stderr)
         return EXIT_BAD_INPUT
     except KeyboardInterrupt:
         print(f"partita {command.name}: interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:
+        # The reader of stdout left (``partita simulate ... | head``): what it read was all it
+        # wanted. Point stdout at /dev/null so that flushing it at exit cannot fail again.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return EXIT_BROKEN_PIPE
 
 
 if __name__ == "__main__":

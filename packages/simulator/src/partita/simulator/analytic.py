@@ -4,7 +4,8 @@ For a pipeline of P stages and M micro-batches where the slowest stage takes ``f
 micro-batch, both GPipe and 1F1B take ``sum_s(f_s + b_s) + (M - 1) * max_s(f_s + b_s)`` plus
 the p2p transfers on the critical path (one forward and one backward per boundary, which
 the sends cannot hide since the receiver waits), plus the part of each stage's gradient sync
-that the last backward does not hide, plus the optimizer step and what follows it.
+that the last backward does not hide (all of it for the buckets the pipeline trainer sums
+after the backward), plus the optimizer step and what follows it.
 """
 
 from __future__ import annotations
@@ -23,11 +24,16 @@ def iteration_time(stages: Sequence[StageWork], *, num_micro_batches: int) -> fl
 
 
 def _exposed_sync(stage: StageWork, num_micro_batches: int) -> float:
-    """Gradient sync left after the stage's last backward (serial on one stream)."""
+    """Gradient sync left after the stage's last backward (serial on one stream); buckets
+    that the pipeline trainer all-reduces after the backward are all exposed."""
     finish = 0.0  # time since the last backward began
     elapsed = 0.0
+    after = 0.0
     for layer in reversed(stage.layers):
         elapsed += layer.backward_s
         for _, seconds in layer.grad_sync:
-            finish = max(finish, elapsed) + seconds
-    return max(0.0, finish - elapsed)
+            if stage.buckets_after_backward and not layer.grad_sync_every_micro_batch:
+                after += seconds
+            else:
+                finish = max(finish, elapsed) + seconds
+    return max(0.0, finish - elapsed) + after
