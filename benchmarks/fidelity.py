@@ -31,7 +31,7 @@ import statistics
 import subprocess
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import SimpleNamespace
@@ -503,6 +503,19 @@ def _mean(values: list[float]) -> float:
     return sum(values) / len(values)
 
 
+Entry = TypeVar("Entry")
+
+
+def _with_matches(
+    entries: Iterable[Entry], others: Iterable[Iterable[Entry]], key: Callable[[Entry], object]
+) -> Iterator[tuple[Entry, list[Entry]]]:
+    """Each of ``entries`` with itself and the entries of the other profiles under its key."""
+    indexed = [{key(e): e for e in group} for group in others]
+    for entry in entries:
+        k = key(entry)
+        yield entry, [entry, *(index[k] for index in indexed if k in index)]
+
+
 def merge_model_profiles(profiles: list[ModelProfile]) -> ModelProfile:
     """Timings averaged entry by entry (same layer type, tp, sp, batch, sequence) over the
     profiles that have the entry; memory, counted to the byte, from the first."""
@@ -517,14 +530,14 @@ def merge_model_profiles(profiles: list[ModelProfile]) -> ModelProfile:
     layer_types = []
     for layer_type in first.layer_types:
         later = [
-            {(t.tp, t.sp, t.micro_batch, t.seq_len): t for t in other.timings}
+            other.timings
             for other in (p.layer_type(layer_type.layer_type) for p in others)
             if other is not None
         ]
         timings = []
-        for t in layer_type.timings:
-            key = (t.tp, t.sp, t.micro_batch, t.seq_len)
-            same = [t, *(entries[key] for entries in later if key in entries)]
+        for t, same in _with_matches(
+            layer_type.timings, later, key=lambda t: (t.tp, t.sp, t.micro_batch, t.seq_len)
+        ):
             timings.append(
                 replace(
                     t,
@@ -545,11 +558,12 @@ def merge_hardware(profiles: list[HardwareProfile]) -> HardwareProfile:
     from dataclasses import fields, replace
 
     first, others = profiles[0], profiles[1:]
-    later = [{(c.op, c.group_size, c.placement, c.scope): c for c in p.collectives} for p in others]
     collectives = []
-    for c in first.collectives:
-        key = (c.op, c.group_size, c.placement, c.scope)
-        same = [c, *(entries[key] for entries in later if key in entries)]
+    for c, same in _with_matches(
+        first.collectives,
+        [p.collectives for p in others],
+        key=lambda c: (c.op, c.group_size, c.placement, c.scope),
+    ):
         collectives.append(
             replace(
                 c,
@@ -568,14 +582,15 @@ def merge_hardware(profiles: list[HardwareProfile]) -> HardwareProfile:
         floats = {f.name for f in fields(x) if isinstance(getattr(x, f.name), int | float)}
         return replace(x, **{name: _mean([getattr(v, name) for v in present]) for name in floats})
 
-    def rates(dtype: str, own: float) -> float:
-        found = [own, *(c.flops_per_s for p in others for c in p.compute if c.dtype == dtype)]
-        return _mean(found)
-
     return replace(
         first,
         collectives=tuple(collectives),
-        compute=tuple(replace(c, flops_per_s=rates(c.dtype, c.flops_per_s)) for c in first.compute),
+        compute=tuple(
+            replace(c, flops_per_s=_mean([d.flops_per_s for d in same]))
+            for c, same in _with_matches(
+                first.compute, [p.compute for p in others], key=lambda c: c.dtype
+            )
+        ),
         overlap=work([p.overlap for p in profiles]),
         optimizer=work([p.optimizer for p in profiles]),
         fsdp_gather=work([p.fsdp_gather for p in profiles]),

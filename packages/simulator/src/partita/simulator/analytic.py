@@ -32,7 +32,7 @@ def _exposed_sync(stage: StageWork, num_micro_batches: int) -> float:
     for layer in reversed(stage.layers):
         elapsed += layer.backward_s
         for _, seconds in layer.grad_sync:
-            if stage.buckets_after_backward and not layer.grad_sync_every_micro_batch:
+            if stage.syncs_after_backward(layer):
                 after += seconds
             else:
                 finish = max(finish, elapsed) + seconds

@@ -141,14 +141,7 @@ class Engine:
         self._memory(state, +state.work.activation_bytes)
         yield from self._compute(index, f"F{m}", state.work.forward_s, m)
         if index < len(self.states) - 1:
-            self._start_send(
-                index,
-                f"send F{m}",
-                state.work.send_forward_s,
-                posted=self.activation_posted[index + 1][m],
-                arrived=self.activation_ready[index + 1][m],
-                m=m,
-            )
+            self._start_send(index, "F", m)
 
     def _backward(self, index: int, action: Action, *, final: bool) -> Process:
         state, m = self.states[index], action.micro_batch
@@ -159,11 +152,7 @@ class Engine:
         self._memory(state, +transient)
         for layer in reversed(state.work.layers):
             yield from self._compute(index, f"B{m}", layer.backward_s, m, merge=True)
-            if (
-                final
-                and not layer.grad_sync_every_micro_batch
-                and state.work.buckets_after_backward
-            ):
+            if final and state.work.syncs_after_backward(layer):
                 state.deferred_syncs += [
                     (f"dp_sync {layer.name}", s, m) for _, s in layer.grad_sync
                 ]
@@ -175,14 +164,7 @@ class Engine:
                     state.syncs.append(self.env.process(sync))
         self._memory(state, -transient - state.work.activation_bytes)
         if index > 0:
-            self._start_send(
-                index,
-                f"send B{m}",
-                state.work.send_backward_s,
-                posted=self.gradient_posted[index - 1][m],
-                arrived=self.gradient_ready[index - 1][m],
-                m=m,
-            )
+            self._start_send(index, "B", m)
 
     # --- streams ------------------------------------------------------------------------------
     def _compute(  # type: ignore[no-untyped-def]
@@ -198,18 +180,21 @@ class Engine:
         state.compute_busy_s += seconds
         self._record(index, "compute", name, start, m, merge=merge)
 
-    def _start_send(
-        self,
-        index: int,
-        name: str,
-        seconds: float,
-        *,
-        posted: simpy.Event,
-        arrived: simpy.Event,
-        m: int,
-    ) -> None:
-        send = self.env.process(self._send(index, name, seconds, posted, arrived, m))
-        self.states[index].sends.append(send)
+    def _start_send(self, index: int, kind: str, m: int) -> None:
+        """Stage ``index``'s transfer of micro-batch m: its activations to the next stage
+        (``kind`` "F") or its input gradients to the previous one ("B")."""
+        state = self.states[index]
+        if kind == "F":
+            seconds = state.work.send_forward_s
+            posted, arrived = (
+                self.activation_posted[index + 1][m],
+                self.activation_ready[index + 1][m],
+            )
+        else:
+            seconds = state.work.send_backward_s
+            posted, arrived = self.gradient_posted[index - 1][m], self.gradient_ready[index - 1][m]
+        send = self._send(index, f"send {kind}{m}", seconds, posted, arrived, m)
+        state.sends.append(self.env.process(send))
 
     def _send(
         self,
@@ -220,6 +205,7 @@ class Engine:
         arrived: simpy.Event,
         m: int,
     ) -> Process:
+        """Once the receiver has posted its receive and the send stream is free."""
         state = self.states[index]
         yield posted
         with state.send_stream.request() as slot:

@@ -86,6 +86,11 @@ class StageWork:
     # trainer all-reduces them after the step's last backward, once its sends are received.
     buckets_after_backward: bool = False
 
+    def syncs_after_backward(self, layer: LayerWork) -> bool:
+        """Whether ``layer``'s gradient sync waits for the end of the step's backward (the
+        pipeline trainer's DDP and ZeRO-1 buckets) rather than overlapping it."""
+        return self.buckets_after_backward and not layer.grad_sync_every_micro_batch
+
     @property
     def tail_s(self) -> float:
         """What follows the last gradient sync: the tied table's sum, the optimizer step and
