@@ -64,10 +64,12 @@ TARGETS = {"median_time_error": 0.10, "median_memory_error": 0.10, "spearman_tim
 NUM_RANDOM_LAYERWISE = 4
 Fitted = TypeVar("Fitted", TensorWork, SyncCost, OverlapSlowdown)  # costs fitted to floats
 TRAIN_TIMEOUT_S = 600
-# Timed runs per layer configuration in each of PROFILE_ROUNDS passes over all of them: 21
-# in all, against the profiler's default 10, since layer times on this shared host scatter
-# (an IQR of 20-60% of the median for tp > 1) and drift over minutes.
-PROFILE_REPEATS = "7"
+# Timed runs per layer configuration in each of PROFILE_ROUNDS passes over all of them: 30
+# in all, against the profiler's default 10 in one pass, since layer times on this shared
+# host scatter (an IQR of 20-60% of the median for tp > 1) and drift over minutes. Ten a
+# pass, as the profiler's default, so that its trimmed mean drops a pass's slowest and
+# fastest repeat (with 7 it drops none, and one stalled repeat moves a pass's time).
+PROFILE_REPEATS = "10"
 PROFILE_ROUNDS = "3"
 
 

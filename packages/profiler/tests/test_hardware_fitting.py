@@ -7,7 +7,7 @@ import random
 
 import pytest
 
-from partita.profiler.fitting import fit_line, quantile, summarize
+from partita.profiler.fitting import fit_line, quantile, summarize, trimmed_mean
 
 LADDER = [1024 * 4**k for k in range(8)]  # 1 KiB .. 16 MiB, as the default plan
 
@@ -97,6 +97,19 @@ def test_rejection_never_drops_more_than_a_quarter() -> None:
 def test_bad_input_is_a_value_error(sizes: list[float], times: list[float], message: str) -> None:
     with pytest.raises(ValueError, match=message):
         fit_line(sizes, times)
+
+
+def test_trimmed_mean_keeps_a_slow_mode_and_drops_a_lone_stall() -> None:
+    # Bimodal repeats as gloo's on shared cores: 7 fast (1 ms), 2 slow (3 ms), one stall
+    # (50 ms). The median (1 ms) drops the slow mode a step pays; the plain mean lets the
+    # stall decide; the mean without the top and bottom tenth keeps the slow mode only.
+    repeats = [1.0] * 7 + [3.0, 3.0, 50.0]
+    assert summarize(repeats).median == 1.0
+    assert trimmed_mean(repeats) == pytest.approx((6 * 1.0 + 2 * 3.0) / 8)
+    assert summarize(repeats).mean == trimmed_mean(repeats)
+    assert trimmed_mean([5.0, 1.0, 3.0]) == 3.0  # too few to trim: the plain mean
+    with pytest.raises(ValueError, match="no values"):
+        trimmed_mean([])
 
 
 def test_summary_is_median_and_iqr_over_median() -> None:

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import pytest
 import synthetic as syn
 
 from partita.formats import LayerStrategy, OverlapSlowdown
-from partita.simulator.simulation import estimate, simulate
+from partita.simulator.simulation import build_workload, estimate, simulate
 
 
 def _run(plan, *, hw=None, profile=None):  # type: ignore[no-untyped-def]
@@ -172,13 +174,50 @@ def test_zero_stages_shard_what_they_should(
     plan = syn.plan(
         world=2, stages=(2,), micro_batches=1, global_batch=2, strategy=LayerStrategy(dp=mode)
     )  # type: ignore[arg-type]
-    memory = _run(plan).stages[0].memory
-    assert (memory.parameters, memory.gradients, memory.optimizer_states, memory.transient) == (
-        params,
-        grads,
-        optimizer,
-        transient,
+    stages, _ = build_workload(
+        plan,
+        hardware=syn.hardware(world=2),
+        model_profile=syn.model_profile(),
+        model=syn.description(len(plan.layers)),
     )
+    layers = stages[0].layers
+    assert (
+        sum(layer.param_bytes for layer in layers),
+        sum(layer.grad_bytes for layer in layers),
+        sum(layer.optimizer_bytes for layer in layers),
+        max(layer.transient_bytes for layer in layers),
+    ) == (params, grads, optimizer, transient)
+
+
+def test_gradients_count_from_the_backward_that_makes_them() -> None:
+    # Two layers, one rank: 4000 B of gradients each, made in their backward. With 1 MiB of
+    # activations a layer the peak is the last layer's backward: its gradients, all
+    # activations; with 100 B a layer, the first layer's: all gradients, its activations.
+    plan = syn.plan(world=1, stages=(2,), micro_batches=1, global_batch=1)
+    big = _run(plan).stages[0].memory
+    assert (big.gradients, big.activations) == (4000, 2 * syn.MiB)
+    small = _run(plan, profile=syn.model_profile(activation_bytes=100)).stages[0].memory
+    assert (small.gradients, small.activations) == (8000, 100)
+    assert small.total == 8000 + 8000 + 16000 + 100
+
+
+def test_ddp_buckets_hold_gradients_for_the_whole_step() -> None:
+    # A whole-model DDP plan (world 2, dp 2): the gradients live in DDP's buckets.
+    plan = syn.plan(world=2, stages=(2,), micro_batches=1, global_batch=2)
+    assert plan.is_whole_model
+    memory = _run(plan).stages[0].memory
+    assert (memory.gradients, memory.activations) == (8000, 2 * syn.MiB)
+
+
+def test_later_backwards_see_every_gradient() -> None:
+    # GPipe, one stage of two layers, two micro-batches of 100 B activations a layer: the
+    # first backward peaks at its first layer (8000 B of gradients, 100 + 200 B of
+    # activations); the second starts with every gradient made and one micro-batch left.
+    plan = syn.plan(world=1, stages=(2,), micro_batches=2, global_batch=2)
+    result = _run(plan, profile=syn.model_profile(activation_bytes=100))
+    memory = result.stages[0].memory
+    assert (memory.gradients, memory.activations) == (8000, 300)
+    assert max(b for _, b in result.stages[0].memory_timeline) == pytest.approx(memory.total)
 
 
 def test_checkpointing_keeps_only_layer_inputs_and_recomputes() -> None:
@@ -296,4 +335,57 @@ def test_a_block_sharing_the_vocabulary_table_follows_the_vocab_strategy() -> No
         (2, "megatron", "zero2", True),
         (1, "none", "zero2", True),  # vocab's tp and sp; its own dp and checkpointing
         (2, "megatron", "zero2", True),
+    ]
+    assert [s.data_tp for _, s in stage] == [2, 2, 2]  # a whole-model plan: one batch slice
+
+
+def test_a_whole_model_plan_runs_tp1_vocabulary_layers_on_the_blocks_batch() -> None:
+    # The whole-model trainer runs a tp 1 vocabulary layer beside tp 2 blocks on the blocks'
+    # batch slice (2 samples, replicated over the tp group, no data-parallel sync); the
+    # layer-wise trainer moves the batch and splits it over the 2 ranks (1 sample each).
+    import dataclasses
+
+    from partita.formats import VocabStrategy
+
+    model = syn.description(3)
+    bridge = dataclasses.replace(model.layers[1], vocab_parallel=True)
+    model = dataclasses.replace(model, layers=(model.layers[0], bridge, model.layers[2]))
+    strategy = LayerStrategy(tp=2, dp="zero2")
+    vocab = VocabStrategy(tp=1, dp="zero2")
+    whole = dataclasses.replace(
+        syn.plan(world=2, stages=(3,), micro_batches=1, global_batch=2, strategy=strategy),
+        vocab=vocab,
+    )
+    layerwise = dataclasses.replace(whole, num_micro_batches=2, global_batch_size=4)
+    assert whole.is_whole_model and not layerwise.is_whole_model
+    priced = {}
+    for name, plan in (("whole", whole), ("layerwise", layerwise)):
+        (stage,), _ = build_workload(
+            plan, hardware=syn.hardware(world=2), model_profile=syn.model_profile(), model=model
+        )
+        priced[name] = stage.layers[1]
+    assert priced["whole"].forward_s == pytest.approx(2.0)  # 1 s a sample at tp 1
+    assert priced["whole"].grad_sync == ()
+    assert priced["layerwise"].forward_s == pytest.approx(1.0)
+    assert [op for op, _ in priced["layerwise"].grad_sync] == ["reduce_scatter"]
+
+
+def test_redistributions_are_priced_in_the_direction_that_moves_data() -> None:
+    # Layer-wise tp 1 -> tp 2 -> tp 1 on 2 ranks, every collective 1 s: the tp 2 layer's
+    # batch slice grows (gathered going forward, its own chunk taken going backward); the
+    # last layer's shrinks (a chunk taken going forward, gathered going backward).
+    layers = (LayerStrategy(tp=1), LayerStrategy(tp=2), LayerStrategy(tp=1))
+    plan = syn.plan(world=2, stages=(3,), micro_batches=1, global_batch=2)
+    plan = replace(plan, layers=layers)
+    (stage,), _ = build_workload(
+        plan,
+        hardware=syn.hardware(world=2, latency_s=1.0),
+        model_profile=syn.model_profile(),
+        model=syn.description(3),
+    )
+    # Compute: 1 s forward, 2 s backward a sample at tp 1; 2 samples over tp 2 at tp 2.
+    assert [(w.forward_s, w.backward_s) for w in stage.layers] == [
+        pytest.approx((1.0, 2.0)),
+        pytest.approx((2.0, 2.0)),
+        pytest.approx((1.0, 3.0)),
     ]

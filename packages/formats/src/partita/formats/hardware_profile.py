@@ -92,7 +92,9 @@ class SyncCost:
 class Measurement:
     warmup: int = field(metadata=at_least(0))
     repeats: int = field(metadata=at_least(1))
-    statistic: Literal["median"] = "median"
+    # What each sample's time is over its repeats: ``trimmed_mean`` (from partita-profiler
+    # 0.1.0 on: the mean without the highest and lowest tenth) or ``median`` (earlier files).
+    statistic: Literal["median", "trimmed_mean"] = "median"
     spread: Literal["iqr_over_median"] = "iqr_over_median"
 
 

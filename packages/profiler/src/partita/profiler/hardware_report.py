@@ -4,7 +4,8 @@
   group's ranks: ranks that arrived early also timed their wait for the last one (skew, not
   the collective's cost), while the last one waited for nobody. Over the groups of one
   placement and scope, which ran at the same time, the **slowest** group counts, as a training
-  step waits for it. Each sample is the median over repeats, with its IQR/median.
+  step waits for it. Each sample is the trimmed mean over repeats (``fitting``), with its
+  IQR/median.
 * The samples of one (op, group size, placement, scope) are fitted by :func:`fitting.fit_line`.
 * Matmul FLOP/s and the overlap loops pool the repeats of every rank (they ran at the same time).
 * ``memory_bytes`` is the smallest any rank reported.
@@ -31,7 +32,7 @@ from partita.formats import (
 )
 from partita.formats.common import DDP_BUCKET_BYTES, Precision
 from partita.formats.hardware_profile import Scope
-from partita.profiler.fitting import LineFit, fit_line, summarize
+from partita.profiler.fitting import LineFit, fit_line, summarize, trimmed_mean
 from partita.profiler.hardware_plan import UNITS_PER_MODEL, Settings, Task, scope_of
 
 
@@ -115,7 +116,9 @@ def build_profile(
         optimizer=_optimizer(ordered, warnings),
         **_wrappers(ordered, collectives, layout.num_nodes * layout.devices_per_node, warnings),
         sync=_sync(ordered, warnings),
-        measurement=Measurement(warmup=settings.warmup, repeats=settings.repeats),
+        measurement=Measurement(
+            warmup=settings.warmup, repeats=settings.repeats, statistic="trimmed_mean"
+        ),
         tools=tools,
     )
     return profile, warnings
@@ -128,18 +131,18 @@ def _memory_bandwidth(results: Sequence[RankResults]) -> float | None:
 
 
 def _optimizer(results: Sequence[RankResults], warnings: list[str]) -> TensorWork | None:
-    """The AdamW step's cost, fitted to the slowest rank's median time of each measured set
-    of tensors (every rank steps at once)."""
+    """The AdamW step's cost, fitted to the slowest rank's (trimmed) mean time of each measured
+    set of tensors (every rank steps at once)."""
     points = {
-        shape: max(statistics.median(r.optimizer[shape]) for r in results)
+        shape: max(trimmed_mean(r.optimizer[shape]) for r in results)
         for shape in results[0].optimizer
     }
     return _tensor_work(points, "optimizer step", warnings, relative=True)
 
 
 def _extra(results: Sequence[RankResults], shape: tuple[int, int], kind: str, passes: str) -> float:
-    """The slowest rank's median seconds that wrapping (``kind``) adds to a pass (or both):
-    repeat by repeat against the plain model timed in the same repeat."""
+    """The slowest rank's (trimmed) mean seconds that wrapping (``kind``) adds to a pass (or
+    both): repeat by repeat against the plain model timed in the same repeat."""
     names = ("forward", "backward") if passes == "both" else (passes,)
 
     def added(r: RankResults) -> float:
@@ -149,9 +152,7 @@ def _extra(results: Sequence[RankResults], shape: tuple[int, int], kind: str, pa
             *(times[f"plain_{name}"] for name in names),
             strict=True,
         )
-        return statistics.median(
-            sum(row[: len(names)]) - sum(row[len(names) :]) for row in per_repeat
-        )
+        return trimmed_mean([sum(row[: len(names)]) - sum(row[len(names) :]) for row in per_repeat])
 
     return max(added(r) for r in results)
 
@@ -164,7 +165,7 @@ def _wrappers(
 ) -> dict[str, TensorWork | None]:
     """What DDP adds to a step and FSDP to a unit's gather (forward) and reduce-scatter
     (backward) beyond the compute (the unwrapped model's time) and the collectives (the
-    profile's fits over all ranks): the slowest rank's medians. FSDP's points are per unit;
+    profile's fits over all ranks): the slowest rank's (trimmed) means. FSDP's points are per unit;
     DDP's are per model (its reducer works once a step, over every parameter, in buckets of
     ``DDP_BUCKET_BYTES`` as the simulator prices them)."""
     fits = {c.op: c for c in collectives if c.group_size == world and c.scope == "intra_node"}
@@ -210,23 +211,25 @@ def _wrappers(
 
 def _sync(results: Sequence[RankResults], warnings: list[str]) -> SyncCost | None:
     """``latency + fraction x compute`` through the excess of (compute, then meet) rounds over
-    compute alone and meeting alone, against the compute: the slowest rank's medians."""
+    compute alone and meeting alone, against the compute: the slowest rank's (trimmed) means."""
     if not results[0].sync:
         return None
     points = []
     for count in sorted(results[0].sync):
-        compute = max(statistics.median(r.sync[count]["compute"]) for r in results)
+        compute = max(trimmed_mean(r.sync[count]["compute"]) for r in results)
         # The three parts of one repeat were timed one after the other: their difference,
-        # repeat by repeat, is steadier than the difference of their medians on a drifting host.
+        # repeat by repeat, is steadier than the difference of their means on a drifting host.
         excess = max(
-            statistics.median(
-                rounds - alone - meeting
-                for rounds, alone, meeting in zip(
-                    r.sync[count]["rounds"],
-                    r.sync[count]["compute"],
-                    r.sync[count]["collective"],
-                    strict=True,
-                )
+            trimmed_mean(
+                [
+                    rounds - alone - meeting
+                    for rounds, alone, meeting in zip(
+                        r.sync[count]["rounds"],
+                        r.sync[count]["compute"],
+                        r.sync[count]["collective"],
+                        strict=True,
+                    )
+                ]
             )
             for r in results
         )
@@ -360,7 +363,7 @@ def _samples(task: Task, groups: Sequence[Sequence[RankResults]]) -> list[Timing
             for i in range(len(groups[0][0].collectives[(task.key, nbytes)]))
         ]
         summary = summarize(per_repeat)
-        samples.append(TimingSample(bytes=nbytes, time_s=summary.median, spread=summary.spread))
+        samples.append(TimingSample(bytes=nbytes, time_s=summary.mean, spread=summary.spread))
     return samples
 
 

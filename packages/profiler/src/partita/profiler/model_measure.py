@@ -36,6 +36,7 @@ from partita.formats import LayerStrategy, PipelineConfig, Plan, VocabStrategy
 from partita.models.families import family_of
 from partita.models.layered import Activations, LayeredModel
 from partita.models.tp_layout import TPLayout
+from partita.profiler.fitting import trimmed_mean
 from partita.profiler.model_cases import Config
 
 TORCH_DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
@@ -310,7 +311,9 @@ def run_once(layer: nn.Module, inputs: Activations, *, device: torch.device) -> 
 def time_passes(
     layer: nn.Module, inputs: Activations, *, warmup: int, repeats: int, device: torch.device
 ) -> PassTimes:
-    """Median forward and backward seconds over ``repeats`` (>= 1) runs after ``warmup``."""
+    """Forward and backward seconds over ``repeats`` (>= 1) runs after ``warmup``: their
+    trimmed means (``fitting``: a step takes the sum of its layers' times, whose slow repeats
+    a median would drop)."""
     clock = _Clock(device)
     grads: list[torch.Tensor] | None = None
     forwards, backwards = [], []
@@ -330,8 +333,8 @@ def time_passes(
     _clear_grads(layer, inputs)
     totals = [f + b for f, b in zip(forwards, backwards, strict=True)]
     return PassTimes(
-        forward_s=statistics.median(forwards),
-        backward_s=statistics.median(backwards),
+        forward_s=trimmed_mean(forwards),
+        backward_s=trimmed_mean(backwards),
         spread=_relative_iqr(totals),
     )
 

@@ -26,6 +26,7 @@ import simpy
 
 from partita.formats import OverlapSlowdown
 from partita.formats.schedules import Action, Schedule
+from partita.simulator.memory import backward_excess, first_backward_gradients
 from partita.simulator.result import Event, Stream
 from partita.simulator.workload import StageWork
 
@@ -47,6 +48,7 @@ class _StageState:
     compute_busy_s: float = 0.0
     computing: bool = False
     dp_active: int = 0
+    gradients_made: bool = False  # by the step's first backward
 
 
 @dataclass(frozen=True)
@@ -148,8 +150,10 @@ class Engine:
         if index < len(self.states) - 1:
             self.gradient_posted[index][m].succeed()
             yield self.gradient_ready[index][m]
-        transient = max((layer.transient_bytes for layer in state.work.layers), default=0.0)
-        self._memory(state, +transient)
+        # The backward's highest point (``memory``: transients, gradients being made, less
+        # the activations already freed), held for all of it, like a forward's activations.
+        excess = backward_excess(state.work, gradients_made=state.gradients_made)
+        self._memory(state, +excess)
         for layer in reversed(state.work.layers):
             yield from self._compute(index, f"B{m}", layer.backward_s, m, merge=True)
             if final and state.work.syncs_after_backward(layer):
@@ -162,7 +166,9 @@ class Engine:
                     kind = "dp_gather" if op == "all_gather" else "dp_sync"
                     sync = self._grad_sync(index, f"{kind} {layer.name}", seconds, m)
                     state.syncs.append(self.env.process(sync))
-        self._memory(state, -transient - state.work.activation_bytes)
+        made = 0.0 if state.gradients_made else first_backward_gradients(state.work)
+        state.gradients_made = True
+        self._memory(state, made - excess - state.work.activation_bytes)
         if index > 0:
             self._start_send(index, "B", m)
 

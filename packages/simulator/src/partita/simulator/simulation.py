@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from partita.formats import HardwareProfile, ModelDescription, ModelProfile, Plan, validate_plan
-from partita.formats.schedules import build_schedule, max_in_flight
+from partita.formats.schedules import build_schedule
 from partita.simulator import analytic
 from partita.simulator.cost import CostModel
 from partita.simulator.engine import Engine
@@ -56,7 +56,7 @@ def simulate(
     for work, actions, busy, peak, timeline in zip(
         stages, schedule, output.compute_busy_s, output.peak_bytes, output.timelines, strict=True
     ):
-        breakdown = peak_breakdown(work, in_flight=max_in_flight(actions))
+        breakdown = peak_breakdown(work, actions)
         assert abs(breakdown.total - peak) <= 1e-6 * max(peak, 1.0), (breakdown.total, peak)
         results.append(
             StageResult(
@@ -95,7 +95,6 @@ def estimate(
     )
     schedule = build_schedule(plan.pipeline.schedule, len(stages), plan.num_micro_batches)
     memory = tuple(
-        peak_breakdown(work, in_flight=max_in_flight(actions))
-        for work, actions in zip(stages, schedule, strict=True)
+        peak_breakdown(work, actions) for work, actions in zip(stages, schedule, strict=True)
     )
     return analytic.iteration_time(stages, num_micro_batches=plan.num_micro_batches), memory

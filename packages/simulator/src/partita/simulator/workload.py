@@ -51,6 +51,16 @@ class Strategy:
     sp: str
     dp: str
     ckpt: bool
+    # Ranks of a wider tensor-parallel group that run this layer on the same batch slice: the
+    # whole-model trainer runs a tp 1 embedding and head beside tp k blocks on the blocks'
+    # batch, in the blocks' data-parallel group, rather than moving the batch between them.
+    replicas: int = 1
+
+    @property
+    def data_tp(self) -> int:
+        """The model-parallel group size that sets this layer's batch slice and data-parallel
+        group: ``dp = devices per stage / data_tp``."""
+        return self.tp * self.replicas
 
 
 @dataclass(frozen=True)
@@ -66,6 +76,9 @@ class LayerWork:
     grad_bytes: float
     optimizer_bytes: float
     optimizer_s: float = 0.0  # this layer's part of the optimizer step (per tensor and byte)
+    # Gradients in DDP's buckets, allocated once and kept between steps; others are made by
+    # each step's backward (``partita.simulator.memory``).
+    grads_held: bool = False
 
 
 @dataclass(frozen=True)
@@ -128,7 +141,8 @@ def stage_layers(
     plan: Plan, model: ModelDescription
 ) -> list[list[tuple[LayerDescription, Strategy]]]:
     """Each stage's layers with their strategies; embedding first, head last."""
-    vocab = Strategy(tp=plan.vocab.tp, sp="none", dp=plan.vocab.dp, ckpt=False)
+    replicas = _vocab_replicas(plan)
+    vocab = Strategy(tp=plan.vocab.tp, sp="none", dp=plan.vocab.dp, ckpt=False, replicas=replicas)
     blocks = iter(zip(model.blocks, plan.layers, strict=True))
     stages: list[list[tuple[LayerDescription, Strategy]]] = []
     for count in plan.pipeline.stage_num_layers:
@@ -143,9 +157,18 @@ def stage_layers(
     return stages
 
 
+def _vocab_replicas(plan: Plan) -> int:
+    """How many ranks of the blocks' tp group run the vocabulary layers on one batch slice:
+    the blocks' tp over the vocabulary's where the whole-model trainer runs the plan (one
+    batch slice for all layers), 1 where the layer-wise trainer moves the batch between them."""
+    if not plan.is_whole_model:
+        return 1
+    return plan.layers[0].tp // plan.vocab.tp
+
+
 def _block_strategy(layer: LayerDescription, s: LayerStrategy, plan: Plan) -> Strategy:
     if layer.vocab_parallel:  # shares the vocabulary table: split as the embedding is
-        return Strategy(plan.vocab.tp, "none", s.dp, s.ckpt)
+        return Strategy(plan.vocab.tp, "none", s.dp, s.ckpt, replicas=_vocab_replicas(plan))
     return Strategy(s.tp, s.sp, s.dp, s.ckpt)
 
 
@@ -294,11 +317,11 @@ class WorkloadBuilder:
             work, strategy = works[index], strategies[index]
             if strategy.dp not in ("ddp", "zero1") or not work.grad_sync:
                 continue
-            members, nbytes = open_buckets.get(strategy.tp, ([], 0.0))
+            members, nbytes = open_buckets.get(strategy.data_tp, ([], 0.0))
             if members and nbytes + work.grad_bytes > DDP_BUCKET_BYTES:
-                close(strategy.tp)
+                close(strategy.data_tp)
                 members, nbytes = [], 0.0
-            open_buckets[strategy.tp] = ([*members, index], nbytes + work.grad_bytes)
+            open_buckets[strategy.data_tp] = ([*members, index], nbytes + work.grad_bytes)
         for tp in list(open_buckets):
             close(tp)
         return out
@@ -309,14 +332,14 @@ class WorkloadBuilder:
         by_tp: dict[int, float] = {}
         for work, strategy in zip(works, strategies, strict=True):
             if strategy.dp == "zero1":
-                by_tp[strategy.tp] = by_tp.get(strategy.tp, 0.0) + work.param_bytes
+                by_tp[strategy.data_tp] = by_tp.get(strategy.data_tp, 0.0) + work.param_bytes
         return sum(
             self._meeting("all_gather", nbytes, self._placement("dp", tp))
             for tp, nbytes in by_tp.items()
         )
 
     def _local_batch(self, strategy: Strategy) -> float:
-        return self.plan.micro_batch_size / self.plan.dp_degree(strategy.tp)
+        return self.plan.micro_batch_size / self.plan.dp_degree(strategy.data_tp)
 
     def _hidden_bytes(self, layer: LayerDescription, strategy: Strategy) -> float:
         return layer.seq_len * layer.hidden_size * self.element_bytes * self._local_batch(strategy)
@@ -344,7 +367,7 @@ class WorkloadBuilder:
         """Like :meth:`layer_work`, but a cached result may carry an identical layer's name."""
         if self.cache is None:
             return self._layer_work(layer, strategy, previous)
-        layout = None if previous is None else (previous.tp, previous.sp)
+        layout = None if previous is None else (previous.tp, previous.sp, previous.data_tp)
         key = (self._shape(), layer_signature(layer), strategy, layout)
         work = self.cache.get(key)
         if work is None:
@@ -358,16 +381,16 @@ class WorkloadBuilder:
         times = self.cost.layer_times(layer, tp=strategy.tp, sp=strategy.sp, micro_batch=batch)
         times = _scaled(times, self._compute_scale())
         tp_comm = 0.0 if times.includes_tp_comm else self._tp_comm(layer, strategy)
-        redistribute = self._redistribution(layer, strategy, previous)
+        into_forward, into_backward = self._redistribution(layer, strategy, previous)
         memory = self.cost.layer_memory(layer, tp=strategy.tp, sp=strategy.sp)
-        dp_group = self._placement("dp", strategy.tp)
+        dp_group = self._placement("dp", strategy.data_tp)
         gather = self._meeting("all_gather", memory.param_bytes, dp_group)
-        forward = times.forward_s + tp_comm + redistribute
-        backward = times.backward_s + tp_comm + redistribute
+        forward = times.forward_s + tp_comm + into_forward
+        backward = times.backward_s + tp_comm + into_backward
         if strategy.ckpt and times.checkpoint_forward_s is not None:  # measured so
             assert times.checkpoint_backward_s is not None
-            forward = times.checkpoint_forward_s + tp_comm + redistribute
-            backward = times.checkpoint_backward_s + 2 * tp_comm + redistribute
+            forward = times.checkpoint_forward_s + tp_comm + into_forward
+            backward = times.checkpoint_backward_s + 2 * tp_comm + into_backward
         elif strategy.ckpt:  # the backward recomputes the forward
             backward += times.forward_s + tp_comm
         dp = dp_group.size
@@ -401,6 +424,7 @@ class WorkloadBuilder:
             grad_bytes=memory.grad_bytes / (dp if shard_grads else 1),
             optimizer_bytes=memory.optimizer_bytes / (dp if shard_optimizer else 1),
             optimizer_s=self._layer_optimizer_step(memory, strategy.dp, dp),
+            grads_held=self._under_ddp(strategy, dp),
         )
 
     def _tp_comm(self, layer: LayerDescription, strategy: Strategy) -> float:
@@ -422,12 +446,27 @@ class WorkloadBuilder:
 
     def _redistribution(
         self, layer: LayerDescription, strategy: Strategy, previous: Strategy | None
-    ) -> float:
-        if previous is None or (previous.tp, previous.sp) == (strategy.tp, strategy.sp):
-            return 0.0
-        wider = max(previous.tp, strategy.tp)
-        group = self._placement("tp", wider)
-        return self._meeting("all_gather", self._hidden_bytes(layer, strategy), group)
+    ) -> tuple[float, float]:
+        """(forward, backward) seconds of moving the activations from the previous layer's
+        layout to this one's, as ``partita.executor.layout`` does: the previous layer's split
+        sequence is gathered going forward, a batch slice that grows is gathered going forward
+        and one that shrinks going backward, and this layer's split sequence is gathered
+        going backward. Splits and slices taken from what a rank holds cost nothing."""
+        if previous is None or (previous.tp, previous.sp, previous.data_tp) == (
+            strategy.tp,
+            strategy.sp,
+            strategy.data_tp,
+        ):
+            return 0.0, 0.0
+        group = self._placement("tp", max(previous.data_tp, strategy.data_tp))
+        gather = self._meeting("all_gather", self._hidden_bytes(layer, strategy), group)
+        forward = (previous.sp != "none" and previous.tp > 1) + (
+            previous.data_tp < strategy.data_tp
+        )
+        backward = (previous.data_tp > strategy.data_tp) + (
+            strategy.sp != "none" and strategy.tp > 1
+        )
+        return forward * gather, backward * gather
 
     def _grad_sync(
         self, strategy: Strategy, grad_bytes: float, group: GroupPlacement
@@ -465,7 +504,7 @@ class WorkloadBuilder:
         """The reducer's fixed part, once a step (counted with the step's end)."""
         work = self.cost.hardware.ddp_reducer
         if work is None or not any(
-            self._under_ddp(s, self._placement("dp", s.tp).size) for s in strategies
+            self._under_ddp(s, self._placement("dp", s.data_tp).size) for s in strategies
         ):
             return 0.0
         return work.latency_s

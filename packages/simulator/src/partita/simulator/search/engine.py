@@ -122,11 +122,21 @@ def _finish(
         )
     pool = _distinct(fitting[:RESCORED] + searcher.uniform_best(fitting), lambda c: c.plan)
     rescored = sorted((_simulated(problem, c) for c in pool), key=lambda c: c.iteration_time_s)
-    rescored = [c for c in rescored if max(c.peak_memory_bytes) <= problem.memory_bytes]
-    best = rescored[0]
+    fits = [c for c in rescored if max(c.peak_memory_bytes) <= problem.memory_bytes]
+    if not fits:  # a safeguard: the proxies bound the simulated peaks from above
+        least = min(rescored, key=lambda c: max(c.peak_memory_bytes))
+        return SearchOutcome(
+            best=None,
+            runners_up=[],
+            considered=len(candidates),
+            elapsed_s=0.0,
+            least_memory_bytes=max(least.peak_memory_bytes),
+            least_memory_plan=least.plan,
+        )
+    best, *others = fits
     return SearchOutcome(
         best=replace(best, plan=_with_predictions(best)),
-        runners_up=rescored[1:4],
+        runners_up=others[:3],
         considered=len(candidates),
         elapsed_s=0.0,
     )
@@ -386,9 +396,11 @@ class _Searcher:
             precision=self.problem.precision,  # type: ignore[arg-type]
         )
 
-    def _vocab_work(self, template: Plan, builder: WorkloadBuilder) -> dict[str, LayerWork]:
+    def _vocab_work(
+        self, template: Plan, builder: WorkloadBuilder, *, replicas: int = 1
+    ) -> dict[str, LayerWork]:
         vocab = template.vocab
-        strategy = Strategy(tp=vocab.tp, sp="none", dp=vocab.dp, ckpt=False)
+        strategy = Strategy(tp=vocab.tp, sp="none", dp=vocab.dp, ckpt=False, replicas=replicas)
         return {
             layer.kind: builder.layer_cost(layer, strategy, None)
             for layer in self.problem.model.layers
@@ -418,15 +430,31 @@ class _Searcher:
         stage_of = np.repeat(np.arange(len(sizes)), sizes)
         for block, signature in enumerate(shape.signatures):
             counts[stage_of[block], kinds.index(signature)] += 1
-        held = [self._vocab_held(stage, len(sizes), shape.vocab) for stage in range(len(sizes))]
         flights = np.array(in_flights, dtype=float)
-        held_time = np.array([sum(w.forward_s + w.backward_s for w in h) for h in held])
-        held_memory = np.array(
-            [sum(_memory(w, f) for w in h) for h, f in zip(held, in_flights, strict=True)]
-        )
-        held_transient = np.array([max((w.transient_bytes for w in h), default=0.0) for h in held])
+
+        def held_costs(vocab: dict[str, LayerWork]) -> tuple[np.ndarray, ...]:
+            held = [self._vocab_held(stage, len(sizes), vocab) for stage in range(len(sizes))]
+            return (
+                np.array([sum(w.forward_s + w.backward_s for w in h) for h in held]),
+                np.array(
+                    [sum(_memory(w, f) for w in h) for h, f in zip(held, in_flights, strict=True)]
+                ),
+                np.array([max((w.transient_bytes for w in h), default=0.0) for h in held]),
+            )
+
+        by_replicas = {1: held_costs(shape.vocab)}
         present = counts > 0
         for strategy in sorted(shared, key=lambda s: (s.tp, s.sp, s.dp, s.ckpt)):
+            layer = LayerStrategy(strategy.tp, strategy.sp, strategy.dp, strategy.ckpt)  # type: ignore[arg-type]
+            plan = replace(template, layers=tuple(layer for _ in self.blocks))
+            if self.problem.space.name == "uniform":  # uniform includes the embedding and head
+                plan = replace(plan, vocab=replace(plan.vocab, dp=strategy.dp))  # type: ignore[arg-type]
+            # A whole-model plan runs a tp 1 embedding and head on the blocks' batch slice.
+            replicas = strategy.tp // plan.vocab.tp if plan.is_whole_model else 1
+            if replicas not in by_replicas:
+                vocab = self._vocab_work(plan, shape.builder, replicas=replicas)
+                by_replicas[replicas] = held_costs(vocab)
+            held_time, held_memory, held_transient = by_replicas[replicas]
             options = [shape.options[k] for k in kinds]
             picks = [o.positions[strategy] for o in options]
             per_kind = np.array(
@@ -439,10 +467,6 @@ class _Searcher:
             transient = np.maximum((present * per_kind[:, 3]).max(axis=1), held_transient)
             peaks = counts @ per_kind[:, 1] + flights * (counts @ per_kind[:, 2]) + held_memory
             peak = float((peaks + transient).max())
-            layer = LayerStrategy(strategy.tp, strategy.sp, strategy.dp, strategy.ckpt)  # type: ignore[arg-type]
-            plan = replace(template, layers=tuple(layer for _ in self.blocks))
-            if self.problem.space.name == "uniform":  # uniform includes the embedding and head
-                plan = replace(plan, vocab=replace(plan.vocab, dp=strategy.dp))  # type: ignore[arg-type]
             slowest = float(per_micro_batch.max())
             proxy = float(per_micro_batch.sum()) + (template.num_micro_batches - 1) * slowest
             yield plan, proxy, peak
