@@ -54,7 +54,9 @@ def settings_from(args: argparse.Namespace) -> Settings:
     )
 
 
-def main(argv: list[str] | None = None) -> int:
+def main(argv: list[str] | None = None, *, tear_down: bool = True) -> int:
+    """Profile on this rank; ``tear_down=False`` leaves the process group to the process's
+    end (the torchrun entry point, which then ends the process at once)."""
     args = parse(argv)
     settings = settings_from(args)
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
@@ -72,7 +74,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{PROG}: error: [rank {dist.get_rank()}] {error}", file=sys.stderr)
         return 2
     finally:
-        dist.destroy_process_group()
+        if tear_down:
+            dist.destroy_process_group()
 
 
 def _device_id(device: torch.device) -> torch.device | None:
@@ -249,4 +252,10 @@ def _tools() -> dict[str, str]:
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    code = main(tear_down=False)
+    # On success every rank has passed the closing barrier and rank 0 has written the file: end
+    # without gloo's teardown, which once aborted a rank here after the file was written
+    # ("terminate called without an active exception"), failing a finished job.
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
