@@ -26,7 +26,7 @@ import simpy
 
 from partita.formats import OverlapSlowdown
 from partita.formats.schedules import Action, Schedule
-from partita.simulator.memory import backward_excess, first_backward_gradients
+from partita.simulator.memory import backward_excess, late_gradients
 from partita.simulator.result import Event, Stream
 from partita.simulator.workload import StageWork
 
@@ -49,6 +49,10 @@ class _StageState:
     computing: bool = False
     dp_active: int = 0
     gradients_made: bool = False  # by the step's first backward
+    # How far a backward rises above what is held as it starts (``memory``), before the
+    # step's gradients are made and after; a stage's work fixes both.
+    first_excess: float = 0.0
+    later_excess: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -83,6 +87,8 @@ class Engine:
                 send_stream=simpy.Resource(self.env, capacity=1),
                 memory_now=static,
                 timeline=[(0.0, static)],
+                first_excess=backward_excess(work, gradients_made=False),
+                later_excess=backward_excess(work, gradients_made=True),
             )
             for work, static in zip(stages, static_bytes, strict=True)
         ]
@@ -152,7 +158,7 @@ class Engine:
             yield self.gradient_ready[index][m]
         # The backward's highest point (``memory``: transients, gradients being made, less
         # the activations already freed), held for all of it, like a forward's activations.
-        excess = backward_excess(state.work, gradients_made=state.gradients_made)
+        excess = state.later_excess if state.gradients_made else state.first_excess
         self._memory(state, +excess)
         for layer in reversed(state.work.layers):
             yield from self._compute(index, f"B{m}", layer.backward_s, m, merge=True)
@@ -166,7 +172,7 @@ class Engine:
                     kind = "dp_gather" if op == "all_gather" else "dp_sync"
                     sync = self._grad_sync(index, f"{kind} {layer.name}", seconds, m)
                     state.syncs.append(self.env.process(sync))
-        made = 0.0 if state.gradients_made else first_backward_gradients(state.work)
+        made = 0.0 if state.gradients_made else late_gradients(state.work)
         state.gradients_made = True
         self._memory(state, made - excess - state.work.activation_bytes)
         if index > 0:

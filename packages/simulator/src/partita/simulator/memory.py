@@ -38,37 +38,32 @@ def backward_in_flight(actions: Sequence[Action]) -> tuple[int, ...]:
     return tuple(counts)
 
 
-def _held_gradients(work: StageWork) -> float:
+def _held(work: StageWork) -> tuple[float, float, float]:
+    """(parameters, optimizer states, DDP's gradient buckets): held for the whole step."""
+    params, grads, optimizer = work.tied_copy_bytes
     return (
-        sum(layer.grad_bytes for layer in work.layers if layer.grads_held)
-        + (work.tied_copy_bytes[1])
+        sum(layer.param_bytes for layer in work.layers) + params,
+        sum(layer.optimizer_bytes for layer in work.layers) + optimizer,
+        sum(layer.grad_bytes for layer in work.layers if layer.grads_held) + grads,
     )
 
 
-def _late_gradients(work: StageWork) -> float:
+def late_gradients(work: StageWork) -> float:
+    """The gradients the step's first backward allocates and the step keeps."""
     return sum(layer.grad_bytes for layer in work.layers if not layer.grads_held)
 
 
 def static_bytes(work: StageWork) -> float:
     """What the device holds before the step's first backward: parameters, optimizer states
     and DDP's gradient buckets."""
-    params, _, optimizer = work.tied_copy_bytes
-    return (
-        sum(layer.param_bytes + layer.optimizer_bytes for layer in work.layers)
-        + params
-        + optimizer
-        + _held_gradients(work)
-    )
+    return sum(_held(work))
 
 
 def _backward_peak(work: StageWork, *, in_flight: int, gradients_made: bool) -> MemoryBreakdown:
     """The highest point inside one backward that starts with ``in_flight`` micro-batches'
     activations held and, if ``gradients_made``, every gradient allocated."""
-    params, _, optimizer = work.tied_copy_bytes
-    parameters = sum(layer.param_bytes for layer in work.layers) + params
-    optimizer_states = sum(layer.optimizer_bytes for layer in work.layers) + optimizer
-    held = _held_gradients(work)
-    late = _late_gradients(work)
+    parameters, optimizer_states, held = _held(work)
+    late = late_gradients(work)
     others = (in_flight - 1) * work.activation_bytes  # the other micro-batches in flight
     best: MemoryBreakdown | None = None
     made = 0.0  # gradients of the layers from here to the last, made in this backward
@@ -96,13 +91,8 @@ def backward_excess(work: StageWork, *, gradients_made: bool) -> float:
     peak = _backward_peak(work, in_flight=1, gradients_made=gradients_made)
     before = static_bytes(work) + work.activation_bytes
     if gradients_made:
-        before += _late_gradients(work)
+        before += late_gradients(work)
     return peak.total - before
-
-
-def first_backward_gradients(work: StageWork) -> float:
-    """The gradients the step's first backward allocates and the step keeps."""
-    return _late_gradients(work)
 
 
 def peak_breakdown(work: StageWork, actions: Sequence[Action]) -> MemoryBreakdown:

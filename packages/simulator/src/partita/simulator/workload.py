@@ -62,6 +62,11 @@ class Strategy:
         group: ``dp = devices per stage / data_tp``."""
         return self.tp * self.replicas
 
+    @property
+    def splits_sequence(self) -> bool:
+        """Sequence parallel over more than one rank: each holds a part of the sequence."""
+        return self.sp != "none" and self.tp > 1
+
 
 @dataclass(frozen=True)
 class LayerWork:
@@ -141,7 +146,7 @@ def stage_layers(
     plan: Plan, model: ModelDescription
 ) -> list[list[tuple[LayerDescription, Strategy]]]:
     """Each stage's layers with their strategies; embedding first, head last."""
-    replicas = _vocab_replicas(plan)
+    replicas = vocab_replicas(plan)
     vocab = Strategy(tp=plan.vocab.tp, sp="none", dp=plan.vocab.dp, ckpt=False, replicas=replicas)
     blocks = iter(zip(model.blocks, plan.layers, strict=True))
     stages: list[list[tuple[LayerDescription, Strategy]]] = []
@@ -157,7 +162,7 @@ def stage_layers(
     return stages
 
 
-def _vocab_replicas(plan: Plan) -> int:
+def vocab_replicas(plan: Plan) -> int:
     """How many ranks of the blocks' tp group run the vocabulary layers on one batch slice:
     the blocks' tp over the vocabulary's where the whole-model trainer runs the plan (one
     batch slice for all layers), 1 where the layer-wise trainer moves the batch between them."""
@@ -168,7 +173,7 @@ def _vocab_replicas(plan: Plan) -> int:
 
 def _block_strategy(layer: LayerDescription, s: LayerStrategy, plan: Plan) -> Strategy:
     if layer.vocab_parallel:  # shares the vocabulary table: split as the embedding is
-        return Strategy(plan.vocab.tp, "none", s.dp, s.ckpt, replicas=_vocab_replicas(plan))
+        return Strategy(plan.vocab.tp, "none", s.dp, s.ckpt, replicas=vocab_replicas(plan))
     return Strategy(s.tp, s.sp, s.dp, s.ckpt)
 
 
@@ -460,12 +465,8 @@ class WorkloadBuilder:
             return 0.0, 0.0
         group = self._placement("tp", max(previous.data_tp, strategy.data_tp))
         gather = self._meeting("all_gather", self._hidden_bytes(layer, strategy), group)
-        forward = (previous.sp != "none" and previous.tp > 1) + (
-            previous.data_tp < strategy.data_tp
-        )
-        backward = (previous.data_tp > strategy.data_tp) + (
-            strategy.sp != "none" and strategy.tp > 1
-        )
+        forward = previous.splits_sequence + (previous.data_tp < strategy.data_tp)
+        backward = (previous.data_tp > strategy.data_tp) + strategy.splits_sequence
         return forward * gather, backward * gather
 
     def _grad_sync(

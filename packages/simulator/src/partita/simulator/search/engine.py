@@ -35,7 +35,13 @@ from partita.simulator.search.knapsack import cheapest_assignment
 from partita.simulator.search.partition import balanced_partition, even_partition
 from partita.simulator.search.space import SearchSpace, layer_candidates
 from partita.simulator.simulation import estimate, simulate
-from partita.simulator.workload import LayerWork, Strategy, WorkloadBuilder, layer_signature
+from partita.simulator.workload import (
+    LayerWork,
+    Strategy,
+    WorkloadBuilder,
+    layer_signature,
+    vocab_replicas,
+)
 
 T = TypeVar("T")
 RESCORED = 6  # plans re-scored by the event simulation
@@ -450,7 +456,7 @@ class _Searcher:
             if self.problem.space.name == "uniform":  # uniform includes the embedding and head
                 plan = replace(plan, vocab=replace(plan.vocab, dp=strategy.dp))  # type: ignore[arg-type]
             # A whole-model plan runs a tp 1 embedding and head on the blocks' batch slice.
-            replicas = strategy.tp // plan.vocab.tp if plan.is_whole_model else 1
+            replicas = vocab_replicas(plan)
             if replicas not in by_replicas:
                 vocab = self._vocab_work(plan, shape.builder, replicas=replicas)
                 by_replicas[replicas] = held_costs(vocab)
