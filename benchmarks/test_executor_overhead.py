@@ -14,8 +14,7 @@ from datetime import timedelta
 import torch
 import torch.distributed as dist
 
-from partita.executor.groups import ParallelGroups
-from partita.executor.trainer import Trainer, TrainSettings
+from partita.executor.trainer import Trainer, TrainSettings, create_groups
 from partita.formats import LayerStrategy, PipelineConfig, Plan
 from partita.models.api import build_model
 
@@ -67,7 +66,7 @@ def test_one_rank_overhead(benchmark) -> None:  # type: ignore[no-untyped-def]
     )
     try:
         plan = _plan()
-        groups = ParallelGroups(plan=plan, rank=0, device_type="cpu")
+        groups = create_groups(plan, "gpt-tiny", rank=0, device=torch.device("cpu"))
         trainer = Trainer(
             plan=plan, source="gpt-tiny", settings=TrainSettings(steps=STEPS), groups=groups
         )

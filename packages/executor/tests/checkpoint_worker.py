@@ -32,7 +32,7 @@ from equality_worker import ADAM_EPS, cached_reference, excess_error, run_cases
 from partita.executor.checkpoint import checkpoint_folder, load_checkpoint
 from partita.executor.groups import ParallelGroups
 from partita.executor.sharded_state import TrainState, canonical_names
-from partita.executor.trainer import TrainSettings, build_trainer
+from partita.executor.trainer import Trainer, TrainSettings
 from partita.executor.training_run import TrainingRun
 from partita.formats import TrainingSettings
 from partita.models.api import build_model
@@ -44,9 +44,7 @@ _SAVED: dict[str, tuple[list[float], dict[str, torch.Tensor]]] = {}
 
 def run_case(case: dict, groups: ParallelGroups) -> dict:
     settings = TrainSettings(steps=STEPS, seed=0, adam_eps=ADAM_EPS)
-    trainer = build_trainer(
-        plan=groups.plan, source=case["model"], settings=settings, groups=groups
-    )
+    trainer = Trainer(plan=groups.plan, source=case["model"], settings=settings, groups=groups)
     if case["role"] == "one_process":
         return _one_process(case, trainer, settings) if dist.get_rank() == 0 else {}
     run = TrainingRun(
@@ -64,7 +62,7 @@ def run_case(case: dict, groups: ParallelGroups) -> dict:
         run.resume(checkpoint_folder(Path(case["root"]) / case["source"], SAVE_AFTER))
         if case.get("scramble_rng"):
             torch.manual_seed(12345)
-    result = run.train(torch.device("cpu"))
+    result = run.train()
     params = trainer.full_parameters()
     if dist.get_rank() != 0:
         return {}

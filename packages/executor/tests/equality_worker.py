@@ -20,7 +20,7 @@ import torch
 import torch.distributed as dist
 
 from partita.executor.groups import ParallelGroups
-from partita.executor.trainer import Trainer, TrainSettings
+from partita.executor.trainer import Trainer, TrainSettings, create_groups
 from partita.formats import Plan, loads
 from partita.models.api import build_model
 
@@ -79,14 +79,14 @@ def run_case(case: dict, groups: ParallelGroups) -> dict:
     trainer = Trainer(plan=groups.plan, source=case["model"], settings=settings, groups=groups)
     if case.get("sabotage") == "skip_partial_gradient_sum":
         # Proves the comparison can fail: sequence-parallel norms keep partial gradients.
-        trainer._sum_partial_gradients = lambda: None  # type: ignore[method-assign]
+        trainer.parallel.partial = []
     return train_and_compare(case, trainer, settings)
 
 
 def train_and_compare(case: dict, trainer: Trainer, settings: TrainSettings) -> dict:
     """Train, then (on rank 0) compare every step's loss and the final parameters with the
     one-process reference; other ranks return an empty dict."""
-    result = trainer.run(torch.device("cpu"))
+    result = trainer.run()
     params = trainer.full_parameters()
     if dist.get_rank() != 0:
         return {}
@@ -112,12 +112,15 @@ def main() -> None:
 def run_cases(run: Callable[[dict, ParallelGroups], dict]) -> None:
     """Every case of ``argv[1]`` in this process group; rank 0 writes results to ``argv[2]``."""
     torch.set_num_threads(1)
-    dist.init_process_group("gloo", timeout=timedelta(seconds=120))
+    seconds = float(os.environ.get("PARTITA_CASE_TIMEOUT_S", "120"))
+    dist.init_process_group("gloo", timeout=timedelta(seconds=seconds))
     cases = json.loads(Path(sys.argv[1]).read_text())
     results = {}
     for case in cases:
         plan = loads(case["plan"], Plan)
-        groups = ParallelGroups(plan=plan, rank=dist.get_rank(), device_type="cpu")
+        groups = create_groups(
+            plan, case["model"], rank=dist.get_rank(), device=torch.device("cpu")
+        )
         if dist.get_rank() == 0:  # in the launch's stderr, so a hang names its case
             print(f"case {case['name']}", file=sys.stderr, flush=True)
         try:

@@ -20,6 +20,16 @@ def _free_port() -> int:
 
 def launch_cases(worker: Path, world: int, folder: Path, cases: list[dict]) -> dict[str, dict]:
     """Run ``worker CASES_JSON OUT_JSON`` on ``world`` gloo ranks; rank 0's results by name."""
+    done = run_launch(worker, world, folder, cases)
+    assert done.returncode == 0, done.stderr[-4000:]
+    return json.loads((folder / f"out{world}.json").read_text())
+
+
+def run_launch(
+    worker: Path, world: int, folder: Path, cases: list[dict], *, timeout_s: float = 120.0
+) -> subprocess.CompletedProcess[str]:
+    """The torchrun launch of ``launch_cases``, whatever its outcome; ``timeout_s`` is the
+    ranks' process-group timeout."""
     (folder / f"cases{world}.json").write_text(json.dumps(cases))
     command = [
         sys.executable,
@@ -35,9 +45,7 @@ def launch_cases(worker: Path, world: int, folder: Path, cases: list[dict]) -> d
         str(folder / f"cases{world}.json"),
         str(folder / f"out{world}.json"),
     ]
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    done = subprocess.run(
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PARTITA_CASE_TIMEOUT_S": str(timeout_s)}
+    return subprocess.run(
         command, capture_output=True, text=True, timeout=LAUNCH_TIMEOUT_S, env=env, check=False
     )
-    assert done.returncode == 0, done.stderr[-4000:]
-    return json.loads((folder / f"out{world}.json").read_text())

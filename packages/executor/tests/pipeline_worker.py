@@ -21,39 +21,25 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from equality_worker import ADAM_EPS, run_cases, train_and_compare
 
 from partita.executor.groups import ParallelGroups
-from partita.executor.trainer import TrainSettings, build_trainer
+from partita.executor.trainer import Trainer, TrainSettings
 
 
-def _skip_dp_sync_of_one_layer(trainer: object) -> None:
-    """Sabotage: the first block of the stage skips its data-parallel gradient sum."""
-    import partita.executor.pipeline_trainer as module
-
-    original = module.all_reduce_sum
-    skipped: dict[str, bool] = {}
-
-    def skipping(params: list, group: dist.ProcessGroup) -> None:
-        if not skipped and dist.get_world_size(group) > 1 and len(params) > 2:
-            skipped["done"] = True  # once per step is enough
+def _skip_dp_sync_of_one_layer(trainer: Trainer) -> None:
+    """Sabotage: the first data-parallel bucket of more than two parameters is summed over
+    this rank alone (every rank creates the one-rank groups, in the same order)."""
+    world = dist.get_world_size()
+    alone = [dist.new_group([rank]) for rank in range(world)][dist.get_rank()]
+    buckets = trainer.parallel.buckets
+    for bucket in buckets.buckets + buckets.late:
+        if dist.get_world_size(bucket.group) > 1 and len(bucket.params) > 2:
+            bucket.group = alone
             return
-        original(params, group)
-
-    def sync() -> None:
-        skipped.clear()
-        module.all_reduce_sum = skipping
-        try:
-            type(trainer)._sync_gradients(trainer)  # type: ignore[arg-type]
-        finally:
-            module.all_reduce_sum = original
-
-    trainer._sync_gradients = sync  # type: ignore[attr-defined]
 
 
 def run_case(case: dict, groups: ParallelGroups) -> dict:
     settings = TrainSettings(steps=case["steps"], seed=case.get("seed", 0), adam_eps=ADAM_EPS)
     start = time.perf_counter()
-    trainer = build_trainer(
-        plan=groups.plan, source=case["model"], settings=settings, groups=groups
-    )
+    trainer = Trainer(plan=groups.plan, source=case["model"], settings=settings, groups=groups)
     if case.get("sabotage") == "skip_layer_dp_sync":
         _skip_dp_sync_of_one_layer(trainer)
     outcome = train_and_compare(case, trainer, settings)
@@ -63,7 +49,6 @@ def run_case(case: dict, groups: ParallelGroups) -> dict:
     return {
         **outcome,
         "seconds": seconds,
-        "trainer": type(trainer).__name__,
     }
 
 

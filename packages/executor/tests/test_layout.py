@@ -1,4 +1,4 @@
-"""Which plans take the per-stage, per-layer path, and which it refuses (before any group)."""
+"""Which plans the trainer refuses (before any group), and where layers are placed."""
 
 from __future__ import annotations
 
@@ -7,8 +7,8 @@ from dataclasses import replace
 import pytest
 
 from partita.executor.layout import check_nested
-from partita.executor.stage import layer_stages
-from partita.executor.trainer import check_supported, is_uniform
+from partita.executor.setups import layer_stages
+from partita.executor.trainer import check_supported
 from partita.formats import LayerStrategy, PipelineConfig, Plan, VocabStrategy
 from partita.models.api import build_model
 
@@ -38,19 +38,11 @@ def _plan(
 UNIFORM_TP2 = tuple(LayerStrategy(tp=2) for _ in range(4))
 
 
-def test_uniform_single_stage_plans_keep_the_whole_model_path() -> None:
-    assert is_uniform(_plan(UNIFORM_TP2))
-    assert is_uniform(_plan(UNIFORM_TP2, vocab=VocabStrategy(tp=2)))
-
-
-def test_pipelines_and_layerwise_plans_take_the_stage_path() -> None:
-    assert not is_uniform(_plan(UNIFORM_TP2, pp=2, stages=(2, 2)))
+def test_every_plan_kind_is_supported_by_the_one_trainer() -> None:
     mixed = (LayerStrategy(), LayerStrategy(tp=2), LayerStrategy(dp="zero3"), LayerStrategy())
-    assert not is_uniform(_plan(mixed))
-    assert not is_uniform(_plan(UNIFORM_TP2, vocab=VocabStrategy(tp=2, dp="zero1")))
-    # Several micro-batches accumulate gradients under the schedule, even on one stage.
-    assert not is_uniform(replace(_plan(UNIFORM_TP2), num_micro_batches=2))
+    check_supported(_plan(UNIFORM_TP2))
     check_supported(_plan(mixed))
+    check_supported(replace(_plan(UNIFORM_TP2), num_micro_batches=2))
     # One degree everywhere: any mesh order (a stage's ranks follow from the one grid).
     one_degree = _plan(
         UNIFORM_TP2, pp=2, stages=(2, 2), vocab=VocabStrategy(tp=2), order=("dp", "pp", "tp")

@@ -189,7 +189,6 @@ def test_gloo_pipelined_and_layerwise_plans_equal_one_process(results, world: in
         if "error" in outcome:
             failures[name] = outcome["error"][-1500:]
             continue
-        assert outcome["trainer"] == "PipelineTrainer", name
         problems = []
         if outcome["missing"]:
             problems.append(f"missing {outcome['missing']}")

@@ -67,10 +67,14 @@ def test_a_reader_that_leaves_early_gets_no_traceback() -> None:
 
 SUMMARY_MARKERS = {
     "hardware_profile.json": ["all_reduce", "GB/s", "overlap slowdown"],
-    "model_profile.json": ["gpt_block", "forward", "ckpt act/sample"],
+    "model_profile.json": ["gpt_block", "forward", "ckpt act/sample", "fp32, sdpa attention"],
     "model_description.json": ["blocks.3", "234,880 parameters"],
     "plan.json": ["layers  stage  tp  sp", "ulysses", "zero3", "predicted: iteration"],
-    "run_report.json": ["completed, 5 step(s) of 5", "loss 6.2500 -> 5.8100", "rank"],
+    "run_report.json": [
+        "(gloo, sdpa attention): completed, 5 step(s) of 5",
+        "loss 6.2500 -> 5.8100",
+        "rank",
+    ],
     "checkpoint_manifest.json": ["after step 3 of 5", "data position 3", "loss 6.2500 -> 6.0300"],
 }
 

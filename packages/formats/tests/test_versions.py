@@ -35,6 +35,34 @@ def test_run_report_version_1_loads_as_version_2(data_dir: Path) -> None:
     assert report.num_nodes == 1
 
 
+def test_run_report_version_2_loads_as_version_3_without_an_attention_kernel(
+    data_dir: Path,
+) -> None:
+    report = load(data_dir / "run_report_v2.json", RunReport)
+    assert report.attention == ""  # not recorded
+    assert report.settings is not None and report.status == "completed"
+    assert load(EXAMPLES / "run_report.json", RunReport).attention == "sdpa"
+
+
+def test_model_profile_version_2_loads_as_version_3_without_an_attention_kernel(
+    data_dir: Path,
+) -> None:
+    profile = load(data_dir / "model_profile_v2.json", ModelProfile)
+    assert profile.attention == ""  # not recorded
+    assert profile.layer_types == load(EXAMPLES / "model_profile.json", ModelProfile).layer_types
+
+
+@pytest.mark.parametrize("name", ["run_report.json", "model_profile.json"])
+def test_an_unknown_attention_kernel_is_refused_naming_the_choices(name: str) -> None:
+    document = json.loads((EXAMPLES / name).read_text())
+    document["attention"] = "xformers"
+    with pytest.raises(FormatError) as error:
+        loads(json.dumps(document), source="new.json")
+    assert str(error.value) == (
+        "new.json: attention: expected '' or 'flash' or 'sdpa' or 'eager', got 'xformers'"
+    )
+
+
 def test_hardware_and_model_profiles_of_version_1_load_as_version_2(data_dir: Path) -> None:
     hardware = load(data_dir / "hardware_profile_v1.json", HardwareProfile)
     assert hardware.optimizer is None and hardware.fsdp_gather is None

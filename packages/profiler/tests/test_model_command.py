@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from partita.executor.parallel_model import SEQUENCE_PARALLEL_MODES
+from partita.executor.setups import SEQUENCE_PARALLEL_MODES
 from partita.formats import ModelProfile, load
 from partita.formats.cli import main
 from partita.models.api import build_model, describe_model
@@ -239,6 +239,7 @@ def test_batch_over_the_memory_limit_is_one_line_and_keeps_what_was_measured(
         ("--batch-sizes", "0", "--batch-sizes: must be >= 1"),
         ("--memory-limit", "lots", "--memory-limit: expected bytes"),
         ("--seq", "0", "--seq: must be >= 1"),
+        ("--device", "bogus", "--device: expected cpu or cuda, got 'bogus'"),
     ],
 )
 def test_bad_arguments_are_one_line(
@@ -255,6 +256,60 @@ def test_bad_arguments_are_one_line(
     assert main(argv) == 2
     lines = capsys.readouterr().err.strip().splitlines()
     assert len(lines) == 1 and message in lines[0]
+
+
+def test_the_profile_records_the_attention_kernel_auto_is_sdpa_on_cpu(
+    gpt_runs: tuple[ModelProfile, ModelProfile],
+) -> None:
+    assert gpt_runs[0].attention == "sdpa"
+
+
+@pytest.mark.parametrize(("choice", "sdpa_runs"), [("sdpa", True), ("eager", False)])
+def test_the_layers_are_measured_with_the_attention_asked_for(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, choice: str, sdpa_runs: bool
+) -> None:
+    calls = []
+    sdpa = torch.nn.functional.scaled_dot_product_attention
+
+    def counted(*args: object, **kwargs: object) -> torch.Tensor:
+        calls.append(1)
+        return sdpa(*args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(torch.nn.functional, "scaled_dot_product_attention", counted)
+    out = tmp_path / "model.json"
+    argv = _profile(out, "--repeats", "1", "--warmup", "0", "--quiet", "--attention", choice)
+    argv[argv.index("--batch-sizes") + 1 : argv.index("--tp")] = ["1"]
+    argv[argv.index("--tp") + 1 : argv.index("--out")] = ["1"]
+    assert main(argv) == 0
+    assert load(out, ModelProfile).attention == choice
+    assert bool(calls) == sdpa_runs
+
+
+def test_an_unknown_attention_kernel_is_one_line(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with pytest.raises(SystemExit) as exit:  # argparse's choices
+        main(_profile(tmp_path / "model.json", "--attention", "xformers"))
+    assert exit.value.code == 2
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert len(lines) == 1 and "argument --attention: invalid choice: 'xformers'" in lines[0]
+
+
+@pytest.mark.parametrize("nproc", ["1", "2"])
+def test_flash_attention_on_cpu_is_one_line_before_anything_is_measured(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch, nproc: str
+) -> None:
+    def measured(*_: object) -> None:
+        raise AssertionError("measured despite an attention kernel the device cannot run")
+
+    monkeypatch.setattr("partita.profiler.model_run.profile_model", measured)
+    argv = _profile(tmp_path / "model.json", "--device", "cpu", "--attention", "flash")
+    assert main([*argv, "--nproc", nproc]) == 2
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert lines == [
+        "partita profile: error: --attention flash: flash-attn needs a CUDA device, got cpu"
+    ]
+    assert list(tmp_path.iterdir()) == []
 
 
 def test_a_second_family_llama(tmp_path: Path) -> None:

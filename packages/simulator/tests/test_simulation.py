@@ -76,9 +76,7 @@ def _step_end(latency_s: float) -> float:
 
 def _whole_model_dp_plan():  # type: ignore[no-untyped-def]
     """Two layers, one stage, DDP over 2 ranks: 1 + 1 s forward, 2 + 2 s backward."""
-    plan = syn.plan(world=2, stages=(2,), micro_batches=1, global_batch=2)
-    assert plan.is_whole_model
-    return plan
+    return syn.plan(world=2, stages=(2,), micro_batches=1, global_batch=2)
 
 
 def test_gradient_sync_shorter_than_backward_is_hidden(one_layer_buckets: None) -> None:
@@ -113,20 +111,18 @@ def test_overlap_slows_compute_and_communication_running_together(
     assert [t for e in syncs for t in (e.start_s, e.end_s)] == pytest.approx([4, 5, 7, 7.5])
 
 
-def test_the_pipeline_trainer_syncs_buckets_after_the_last_backward(
-    one_layer_buckets: None,
-) -> None:
+def test_pipelined_buckets_sync_during_the_last_backward(one_layer_buckets: None) -> None:
     # Two stages of two layers, dp 2, GPipe over 2 micro-batches: the first stage's last
-    # backward ends at 18. The pipeline trainer all-reduces its buckets then, one after the
-    # other (0.5 s each), not during the backward as DDP does.
+    # backward runs 14-18 (2 s a layer). Each layer's bucket (0.5 s) starts when its
+    # backward ends, as the executor's buckets do on every plan: 16-16.5 and 18-18.5.
     result = _run(_dp_plan(), hw=syn.hardware(world=4, latency_s=0.5))
     syncs = [e for e in result.events if e.stream == "dp_comm" and e.stage == 0]
-    assert [t for e in syncs for t in (e.start_s, e.end_s)] == pytest.approx([18, 18.5, 18.5, 19])
-    assert result.iteration_time_s == pytest.approx(19.0 + _step_end(0.5))
+    assert [t for e in syncs for t in (e.start_s, e.end_s)] == pytest.approx([16, 16.5, 18, 18.5])
+    assert result.iteration_time_s == pytest.approx(18.5 + _step_end(0.5))
 
 
 @pytest.mark.parametrize("latency_s", [0.5, 3.0])
-def test_the_closed_form_exposes_the_pipeline_trainers_buckets(
+def test_the_closed_form_matches_the_pipelined_buckets(
     one_layer_buckets: None, latency_s: float
 ) -> None:
     plan, hw = _dp_plan(), syn.hardware(world=4, latency_s=latency_s)
@@ -202,9 +198,8 @@ def test_gradients_count_from_the_backward_that_makes_them() -> None:
 
 
 def test_ddp_buckets_hold_gradients_for_the_whole_step() -> None:
-    # A whole-model DDP plan (world 2, dp 2): the gradients live in DDP's buckets.
+    # DDP over 2 ranks: the gradients live in the executor's buckets, kept between steps.
     plan = syn.plan(world=2, stages=(2,), micro_batches=1, global_batch=2)
-    assert plan.is_whole_model
     memory = _run(plan).stages[0].memory
     assert (memory.gradients, memory.activations) == (8000, 2 * syn.MiB)
 
@@ -336,13 +331,12 @@ def test_a_block_sharing_the_vocabulary_table_follows_the_vocab_strategy() -> No
         (1, "none", "zero2", True),  # vocab's tp and sp; its own dp and checkpointing
         (2, "megatron", "zero2", True),
     ]
-    assert [s.data_tp for _, s in stage] == [2, 2, 2]  # a whole-model plan: one batch slice
 
 
-def test_a_whole_model_plan_runs_tp1_vocabulary_layers_on_the_blocks_batch() -> None:
-    # The whole-model trainer runs a tp 1 vocabulary layer beside tp 2 blocks on the blocks'
-    # batch slice (2 samples, replicated over the tp group, no data-parallel sync); the
-    # layer-wise trainer moves the batch and splits it over the 2 ranks (1 sample each).
+def test_a_tp1_vocabulary_layer_beside_tp2_blocks_takes_its_own_batch_slice() -> None:
+    # One trainer runs every plan: a tp 1 layer beside tp 2 blocks runs on its own batch
+    # slice (1 sample of 2 on each of the 2 ranks) and syncs over its own data-parallel
+    # group, whether the plan has one micro-batch or several.
     import dataclasses
 
     from partita.formats import VocabStrategy
@@ -356,18 +350,13 @@ def test_a_whole_model_plan_runs_tp1_vocabulary_layers_on_the_blocks_batch() -> 
         syn.plan(world=2, stages=(3,), micro_batches=1, global_batch=2, strategy=strategy),
         vocab=vocab,
     )
-    layerwise = dataclasses.replace(whole, num_micro_batches=2, global_batch_size=4)
-    assert whole.is_whole_model and not layerwise.is_whole_model
-    priced = {}
-    for name, plan in (("whole", whole), ("layerwise", layerwise)):
+    accumulating = dataclasses.replace(whole, num_micro_batches=2, global_batch_size=4)
+    for plan in (whole, accumulating):
         (stage,), _ = build_workload(
             plan, hardware=syn.hardware(world=2), model_profile=syn.model_profile(), model=model
         )
-        priced[name] = stage.layers[1]
-    assert priced["whole"].forward_s == pytest.approx(2.0)  # 1 s a sample at tp 1
-    assert priced["whole"].grad_sync == ()
-    assert priced["layerwise"].forward_s == pytest.approx(1.0)
-    assert [op for op, _ in priced["layerwise"].grad_sync] == ["reduce_scatter"]
+        assert stage.layers[1].forward_s == pytest.approx(1.0)  # 1 s a sample at tp 1
+        assert [op for op, _ in stage.layers[1].grad_sync] == ["reduce_scatter"]
 
 
 def test_redistributions_are_priced_in_the_direction_that_moves_data() -> None:

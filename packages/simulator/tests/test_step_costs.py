@@ -74,7 +74,7 @@ def test_fsdp_work_beyond_the_collectives_is_added_where_profiled() -> None:
     assert (alone.forward_s, alone.backward_s) == pytest.approx((1.0, 2.0))
 
 
-def test_ddps_reducer_is_priced_only_where_the_executor_wraps_the_model_in_ddp() -> None:
+def test_the_bucket_reducer_is_priced_wherever_ddp_or_zero1_sums_over_ranks() -> None:
     reducer = TensorWork(latency_s=0.3, per_tensor_s=0.01, per_byte_s=1 / 8000)  # 0.1 + 0.5
     ddp = _stage("ddp", ddp_reducer=reducer)
     assert ddp.backward_s == pytest.approx(2 + 0.6)
@@ -84,14 +84,14 @@ def test_ddps_reducer_is_priced_only_where_the_executor_wraps_the_model_in_ddp()
     alone = _stage("ddp", world=1, ddp_reducer=reducer)
     for stage in (zero2, alone):
         assert (stage.backward_s, stage.after_step_s) == pytest.approx((2.0, 0.0))
-    # Two micro-batches run through the layer-wise trainer, which all-reduces by itself.
+    # Two micro-batches run through the same buckets (one trainer for every plan).
     plan = syn.plan(world=2, stages=(1,), micro_batches=2, global_batch=4)
     cost = CostModel(
         hardware=syn.hardware(world=2, ddp_reducer=reducer),
         model_profile=syn.model_profile(param_tensors=TENSORS),
     )
-    (layerwise,) = WorkloadBuilder(plan=plan, model=syn.description(1), cost=cost).build()
-    assert (layerwise.backward_s, layerwise.after_step_s) == pytest.approx((2.0, 0.0))
+    (accumulating,) = WorkloadBuilder(plan=plan, model=syn.description(1), cost=cost).build()
+    assert (accumulating.backward_s, accumulating.after_step_s) == pytest.approx((2.6, 0.3))
 
 
 def test_meeting_ranks_pay_the_profiled_sync_cost_beyond_each_blocking_collective() -> None:

@@ -93,17 +93,18 @@ def save_checkpoint(
     keep the ``keep`` newest; returns its folder."""
     final = checkpoint_folder(run_dir, manifest.step)
     partial = final.with_name(f".{final.name}.partial")
-    rank = dist.get_rank()
+    rank = dist.get_rank(state.group)
     if rank == 0:  # what a crash left behind, or an earlier try at this step
         shutil.rmtree(partial, ignore_errors=True)
         partial.mkdir(parents=True)
-    dist.barrier()
+    dist.barrier(group=state.group)
     pieces = {**parameter_pieces(state), **optimizer_pieces(state)}
     objects = {RNG_KEY.format(rank=rank): _rng_state()}
     dcp.save(
         {**{k: p.tensor for k, p in pieces.items()}, **objects},
         storage_writer=make_writer(partial),
         planner=PieceSavePlanner(pieces, objects),
+        process_group=state.group,
     )
     if rank == 0:
         save(plan, partial / PLAN)
@@ -134,8 +135,8 @@ def load_checkpoint(
     _check_parameters(folder, pieces, stored, manifest.model)
     create_adam_states(state, (k for k in stored if k.startswith(OPTIMIZER_PREFIX)))
     pieces.update({k: p for k, p in optimizer_pieces(state).items() if k in stored})
-    rank = 0 if no_dist else dist.get_rank()
-    world = 1 if no_dist else dist.get_world_size()
+    rank = 0 if no_dist else dist.get_rank(state.group)
+    world = 1 if no_dist else dist.get_world_size(state.group)
     rng_key = RNG_KEY.format(rank=rank)
     wanted = (rng_key,) if restore_rng and manifest.rng_ranks == world else ()
     planner = PieceLoadPlanner(pieces, wanted)
@@ -144,6 +145,7 @@ def load_checkpoint(
         storage_reader=reader,
         planner=planner,
         no_dist=no_dist,
+        process_group=None if no_dist else state.group,
     )
     if wanted:
         _set_rng_state(planner.objects[rng_key])

@@ -1,18 +1,17 @@
-"""Data-parallel wrapping of the whole (tensor-parallel) model: DDP, ZeRO-1, ZeRO-2, ZeRO-3.
+"""Data parallelism per layer: ZeRO-2/3 sharding and the optimizers of every mode.
 
-- ``ddp``: DistributedDataParallel over the layers' data-parallel group;
-- ``zero1``: DDP plus ZeroRedundancyOptimizer (optimizer states sharded);
-- ``zero2``: FSDP2 ``fully_shard`` keeping parameters gathered from forward to backward
-  (gradients and optimizer states sharded);
+- ``ddp``: whole parameters; gradients summed over the layer's data-parallel group in
+  buckets overlapping the backward (``grad_sync``);
+- ``zero1``: the same, plus ZeroRedundancyOptimizer (optimizer states sharded);
+- ``zero2``: FSDP2 ``fully_shard`` on the layer, keeping parameters gathered from forward to
+  backward (gradients and optimizer states sharded);
 - ``zero3``: FSDP2 resharding after forward (parameters sharded too).
 
-FSDP units are the layers; layers that share a parameter (GPT's tied embedding and head, T5's
-shared table) form one unit together, gathered for each member's forward.
+Each layer synchronises in its own data-parallel group, as a SUM (the loss is already divided
+by the global number of labelled tokens).
 """
 
 from __future__ import annotations
-
-from collections.abc import Iterable
 
 import torch
 import torch.distributed as dist
@@ -20,55 +19,8 @@ from torch import nn
 from torch.distributed.fsdp import fully_shard
 from torch.distributed.optim import ZeroRedundancyOptimizer
 from torch.distributed.tensor import DTensor
-from torch.nn.parallel import DistributedDataParallel
 
 from partita.executor.groups import LayerGroups
-
-
-def wrap_data_parallel(
-    model: nn.Module, layers: Iterable[nn.Module], *, mode: str, groups: LayerGroups
-) -> nn.Module:
-    if groups.dp_size == 1:
-        return model
-    if mode in ("ddp", "zero1"):
-        return DistributedDataParallel(model, process_group=groups.dp, gradient_as_bucket_view=True)
-    reshard = mode == "zero3"
-    for unit in _units_sharing_parameters(list(layers)):
-        # Layers that share a parameter (a tied embedding and head) must be one FSDP group;
-        # as a list, FSDP gathers it for each member's forward and frees it in between.
-        fully_shard(
-            unit if len(unit) > 1 else unit[0], mesh=groups.dp_mesh, reshard_after_forward=reshard
-        )
-    fully_shard(model, mesh=groups.dp_mesh, reshard_after_forward=reshard)
-    return model
-
-
-def _units_sharing_parameters(layers: list[nn.Module]) -> list[list[nn.Module]]:
-    """The layers, grouped so that layers sharing any parameter are in one group (in order)."""
-    owner: dict[int, int] = {}  # id(parameter) -> index of the first group holding it
-    units: list[list[nn.Module]] = []
-    for layer in layers:
-        joined = sorted({owner[id(p)] for p in layer.parameters() if id(p) in owner})
-        if not joined:
-            joined = [len(units)]
-            units.append([])
-        index = joined[0]
-        for other in joined[1:]:  # this layer ties two earlier groups together
-            units[index] += units[other]
-            units[other] = []
-            owner.update({key: index for key, value in owner.items() if value == other})
-        units[index].append(layer)
-        owner.update({id(p): index for p in layer.parameters()})
-    return [unit for unit in units if unit]
-
-
-def make_optimizer(
-    model: nn.Module, *, mode: str, groups: LayerGroups, lr: float, eps: float
-) -> torch.optim.Optimizer:
-    params = [p for p in model.parameters() if p.requires_grad]
-    if mode == "zero1" and groups.dp_size > 1:
-        return _zero1(params, groups.dp, lr=lr, eps=eps)
-    return LocalShardAdamW(params, lr=lr, eps=eps)
 
 
 class LocalShardAdamW(torch.optim.AdamW):
@@ -107,11 +59,6 @@ class LocalShardAdamW(torch.optim.AdamW):
         super().zero_grad(set_to_none=set_to_none)
 
 
-# ---------------------------------------------------------------------------------------------
-# Layer-wise plans: each layer synchronises in its own data-parallel group, as a SUM (the loss
-# is already divided by the global number of labelled tokens).
-
-
 def shard_layer(layer: nn.Module, *, mode: str, groups: LayerGroups, ignored: set) -> bool:
     """FSDP2 on one layer for ZeRO-2/3, reducing gradients as a sum; whether it was sharded.
     ``ignored`` parameters (tied across layers) stay whole and are summed by hand."""
@@ -128,24 +75,6 @@ def shard_layer(layer: nn.Module, *, mode: str, groups: LayerGroups, ignored: se
     # Plain SUM collectives (gloo has no PREMUL_SUM; a factor of 1 needs no scaling anyway).
     layer.set_force_sum_reduction_for_comms(True)  # type: ignore[operator]
     return True
-
-
-def all_reduce_sum(params: list[nn.Parameter], group: dist.ProcessGroup) -> None:
-    """Sum the gradients of ``params`` over ``group`` in one flattened bucket."""
-    all_reduce_flat([p.grad for p in params if p.grad is not None], group)
-
-
-def all_reduce_flat(tensors: list[torch.Tensor], group: dist.ProcessGroup) -> None:
-    """Sum ``tensors`` over ``group`` in place, as one flattened all-reduce (one collective
-    instead of one per tensor: on gloo each costs a latency of hundreds of microseconds)."""
-    if not tensors or dist.get_world_size(group) == 1:
-        return
-    flat = torch.cat([t.reshape(-1) for t in tensors])
-    dist.all_reduce(flat, group=group)
-    offset = 0
-    for t in tensors:
-        t.copy_(flat[offset : offset + t.numel()].view_as(t))
-        offset += t.numel()
 
 
 class Optimizers:

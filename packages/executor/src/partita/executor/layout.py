@@ -32,8 +32,8 @@ import torch
 import torch.distributed as dist
 
 from partita.executor import comm
-from partita.executor.groups import LayerGroups, rank_grid
-from partita.executor.parallel_model import SPLIT_KEYS  # what each sp mode keeps split
+from partita.executor.groups import LayerGroups, ParallelGroups
+from partita.executor.setups import SPLIT_KEYS  # what each sp mode keeps split
 from partita.formats import Plan
 from partita.models.layered import Activations
 
@@ -84,28 +84,9 @@ def check_nested(plan: Plan, degrees: set[int]) -> None:
             )
 
 
-class SubGroups:
-    """For each pair of degrees ``small < large``: the sub-group of my tp_large group whose
-    ranks share ``r mod small`` (every rank creates all of them, in the same order)."""
-
-    def __init__(self, plan: Plan, rank: int, degrees: set[int]) -> None:
-        self._mine: dict[tuple[int, int], dist.ProcessGroup] = {}
-        ordered = sorted(degrees)
-        for i, small in enumerate(ordered):
-            for large in ordered[i + 1 :]:
-                for stage in rank_grid(plan, large):
-                    for row in stage:
-                        for c in range(small):
-                            members = row[c::small]
-                            group = dist.new_group(members)
-                            if rank in members:
-                                self._mine[(small, large)] = group
-
-    def get(self, small: int, large: int) -> dist.ProcessGroup:
-        return self._mine[(small, large)]
-
-
-def redistribute(acts: Activations, src: Layout, dst: Layout, sub: SubGroups) -> Activations:
+def redistribute(
+    acts: Activations, src: Layout, dst: Layout, groups: ParallelGroups
+) -> Activations:
     """``acts`` laid out for ``src`` -> laid out for ``dst`` (see the module docstring)."""
     if src.key == dst.key and src.head_shards == dst.head_shards:
         return acts
@@ -116,7 +97,7 @@ def redistribute(acts: Activations, src: Layout, dst: Layout, sub: SubGroups) ->
     if src.tp != dst.tp:
         for key, x in out.items():
             if not key.endswith(BROADCAST_SUFFIXES):
-                out[key] = _move_batch(x, src.tp, dst.tp, sub)
+                out[key] = _move_batch(x, src.tp, dst.tp, groups)
     for key in dst.split_keys:
         if key in out:
             out[key] = comm.split_sequence(out[key], dst.groups.tp, dim=1)
@@ -127,10 +108,10 @@ def redistribute(acts: Activations, src: Layout, dst: Layout, sub: SubGroups) ->
     return out
 
 
-def _move_batch(x: torch.Tensor, tp_a: int, tp_b: int, sub: SubGroups) -> torch.Tensor:
+def _move_batch(x: torch.Tensor, tp_a: int, tp_b: int, groups: ParallelGroups) -> torch.Tensor:
     if tp_a < tp_b:
-        return comm.gather_from_region(x, sub.get(tp_a, tp_b), dim=0)
-    return comm.scatter_to_region(x, sub.get(tp_b, tp_a), dim=0)
+        return comm.gather_from_region(x, groups.sub_group(tp_a, tp_b), dim=0)
+    return comm.scatter_to_region(x, groups.sub_group(tp_b, tp_a), dim=0)
 
 
 def _move_heads(x: torch.Tensor, src: Layout, dst: Layout) -> torch.Tensor:

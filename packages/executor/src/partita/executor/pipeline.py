@@ -38,16 +38,18 @@ class Transfers:
 
     def send_activations(self, acts: Activations, dst: int) -> None:
         keys = sorted(acts)
+        device = acts[keys[0]].device
         header = [
             [key, list(acts[key].shape), str(acts[key].dtype).removeprefix("torch."),
              bool(acts[key].requires_grad)]
             for key in keys
         ]  # fmt: skip
-        encoded = _padded(torch.tensor(list(json.dumps(header).encode()), dtype=torch.uint8))
-        payload = torch.cat([encoded, *(_padded(_bytes(acts[key])) for key in keys)])
-        self.send(
-            torch.tensor([payload.numel(), encoded.numel()], dtype=torch.int64), dst, FORWARD_TAG
+        encoded = _padded(
+            torch.tensor(list(json.dumps(header).encode()), dtype=torch.uint8, device=device)
         )
+        payload = torch.cat([encoded, *(_padded(_bytes(acts[key])) for key in keys)])
+        sizes = torch.tensor([payload.numel(), encoded.numel()], dtype=torch.int64, device=device)
+        self.send(sizes, dst, FORWARD_TAG)
         self.send(payload, dst, FORWARD_TAG)
 
     def send_gradients(self, grads: list[torch.Tensor], dst: int) -> None:
@@ -60,11 +62,12 @@ class Transfers:
         self._pending.clear()
 
 
-def recv_activations(src: int) -> Activations:
-    """The activations ``src`` sent; those that needed a gradient become leaves that need one."""
-    sizes = torch.empty(2, dtype=torch.int64)
+def recv_activations(src: int, *, device: torch.device) -> Activations:
+    """The activations ``src`` sent, on ``device``; those that needed a gradient become leaves
+    that need one."""
+    sizes = torch.empty(2, dtype=torch.int64, device=device)
     dist.recv(sizes, src=src, tag=FORWARD_TAG)
-    payload = torch.empty(int(sizes[0]), dtype=torch.uint8)
+    payload = torch.empty(int(sizes[0]), dtype=torch.uint8, device=device)
     dist.recv(payload, src=src, tag=FORWARD_TAG)
     header_bytes = int(sizes[1])
     header = json.loads(bytes(payload[:header_bytes].tolist()).rstrip(b"\0").decode())
@@ -80,12 +83,12 @@ def recv_gradients(like: list[torch.Tensor], src: int) -> list[torch.Tensor]:
     if not like:
         return []
     total = sum(_aligned(x.numel() * x.element_size()) for x in like)
-    payload = torch.empty(total, dtype=torch.uint8)
+    payload = torch.empty(total, dtype=torch.uint8, device=like[0].device)
     dist.recv(payload, src=src, tag=BACKWARD_TAG)
     grads, offset = [], 0
     for x in like:
         grad, offset = _unpack(payload, offset, list(x.shape), x.dtype)
-        grads.append(grad.to(x.device))
+        grads.append(grad)
     return grads
 
 
@@ -110,6 +113,6 @@ def _unpack(
     payload: torch.Tensor, offset: int, shape: list[int], dtype: torch.dtype
 ) -> tuple[torch.Tensor, int]:
     """The tensor stored at ``offset`` (a copy of its own), and where the next one starts."""
-    nbytes = int(torch.Size(shape).numel()) * torch.empty((), dtype=dtype).element_size()
+    nbytes = int(torch.Size(shape).numel()) * dtype.itemsize
     x = payload[offset : offset + nbytes].view(dtype).reshape(shape).clone()
     return x, offset + _aligned(nbytes)

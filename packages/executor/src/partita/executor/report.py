@@ -61,6 +61,7 @@ def build_run_report(
     settings: TrainingSettings | None = None,
     resumed_from_step: int | None = None,
     num_nodes: int = 1,
+    attention: str = "",
 ) -> RunReport:
     """A validated run report: ``failed`` when ``error`` is given, else ``status``.
 
@@ -86,5 +87,6 @@ def build_run_report(
         settings=settings,
         resumed_from_step=resumed_from_step,
         num_nodes=num_nodes,
+        attention=attention,  # type: ignore[arg-type]
     )
     return loads(dumps(report), RunReport)

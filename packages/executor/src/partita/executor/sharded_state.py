@@ -50,6 +50,7 @@ class TrainState:
     shard_dims: Mapping[str, tuple[int, dist.ProcessGroup]]  # tensor-parallel cuts by name
     canonical: Mapping[str, str]  # a tied table's other names -> its first name
     optimizers: Sequence[torch.optim.Optimizer]  # those that hold the states (ZeRO's inner)
+    group: dist.ProcessGroup | None = None  # every rank taking part in a checkpoint
 
 
 def canonical_names(model: LayeredModel) -> dict[str, str]:

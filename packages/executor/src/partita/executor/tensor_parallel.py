@@ -14,7 +14,7 @@ autograd pair from :mod:`partita.executor.comm`, with the layer's group passed e
   modules are wrapped instead (:class:`UlyssesExchange`).
 
 Under sequence parallelism every parameter that stays whole sees only part of the sequence,
-so its gradient is a partial sum: ``ParallelModel.partial_gradient_params`` lists them for
+so its gradient is a partial sum: ``parallelize`` lists them (``ParallelStage.partial``) for
 the trainer to all-reduce over the group after backward.
 """
 

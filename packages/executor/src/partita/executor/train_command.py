@@ -19,6 +19,7 @@ from pathlib import Path
 
 from partita.executor.launch import launch
 from partita.formats.cli import Command
+from partita.models.attention import ATTENTION_CHOICES
 
 # Defaults of a new run; a resumed run takes its own settings instead.
 DEFAULTS = {"steps": 20, "data": "synthetic", "lr": 1e-3, "seed": 0, "checkpoint_every": 0}
@@ -62,6 +63,12 @@ def _add_arguments(parser: argparse.ArgumentParser) -> None:
         default=2,
         metavar="K",
         help="checkpoints kept in the run folder, newest first (default 2)",
+    )
+    parser.add_argument(
+        "--attention",
+        choices=ATTENTION_CHOICES,
+        default="auto",
+        help="attention kernel: flash-attn where installed on a GPU, else SDPA (default auto)",
     )
     parser.add_argument(
         "--resume",
@@ -199,6 +206,7 @@ def _worker_arguments(args: argparse.Namespace, job: _Job) -> list[str]:
     forwarded += ["--run-dir", str(job.run_dir), "--timeout", str(args.timeout)]
     forwarded += ["--checkpoint-every", str(job.checkpoint_every)]
     forwarded += ["--keep-checkpoints", str(args.keep_checkpoints)]
+    forwarded += ["--attention", args.attention]
     if args.no_final_checkpoint:
         forwarded.append("--no-final-checkpoint")
     if job.resume_from is not None:
@@ -222,7 +230,17 @@ def _check_before_launch(
         raise ValueError(f"{job.plan}: {error}") from None
     if job.data != "synthetic" and not Path(job.data).is_file():
         raise ValueError(f"--data: no such text file {job.data!r}")
+    _check_attention(args.attention)
     return nproc
+
+
+def _check_attention(choice: str) -> None:
+    """The kernel must be usable on the devices the ranks will get (one line if not)."""
+    import torch
+
+    from partita.models.attention import select_attention
+
+    select_attention(choice, torch.device("cuda" if torch.cuda.is_available() else "cpu"))
 
 
 def _mark_failed(run_dir: Path, line: str) -> None:

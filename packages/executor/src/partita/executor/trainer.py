@@ -1,9 +1,26 @@
-"""The training loop under a plan: build, parallelize, step, measure.
+"""The training loop under any plan: build, parallelize, step by the schedule, measure.
 
-Every rank builds the same model from the same seed, applies the plan, and takes its share
-of each global batch (its data-parallel slice; tensor-parallel peers share one). The loss is
-normalised by the global number of labelled tokens, so the gradients equal one process's on
-the whole batch, whatever the split.
+One trainer runs every plan; a whole-model plan is the one-stage, one-micro-batch case. Each
+rank builds the model from the seed, keeps and parallelizes its stage
+(``parallelize.parallelize_stage``) and walks that stage's action list from
+``partita.formats.schedules.build_schedule`` (the list the simulator replays): ``F m``
+receives micro-batch m's activations from the previous stage (the first stage slices the
+batch, which every rank builds from the seed), runs the stage and sends the output on;
+``B m`` receives the output gradients (the last stage differentiates the loss), runs backward
+and sends the input gradients back. The last ``B`` arms the data-parallel buckets, which sum
+DDP and ZeRO-1 gradients while that backward runs (FSDP2 does it in backward for ZeRO-2/3
+layers); then the partial gradients of sequence-parallel layers are summed over their tp
+group and a table tied across stages between its copies.
+
+The loss of a micro-batch slice is weighted by its share of the global batch's labelled
+tokens, so summing (not averaging) gradients gives one process's gradients on the batch.
+
+Every tensor the step makes is on the rank's device (``self.device``): batches are built on
+the host from the seed, then each rank moves its slice; pipeline receives, loss counts and
+the logged loss are allocated there. Mixed precision (``plan.precision`` bf16 or fp16) runs
+the layers under autocast with fp32 parameters as master weights; gradients are fp32 (those
+of fp32 parameters) and are summed over ranks in fp32. fp16 scales the loss
+(``loss_scaling.LossScaler``) and skips a step whose gradients overflowed on any rank.
 """
 
 from __future__ import annotations
@@ -19,18 +36,29 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from partita.executor.data_parallel import all_reduce_flat, make_optimizer, wrap_data_parallel
-from partita.executor.groups import LayerGroups, ParallelGroups
+from partita.executor.groups import ParallelGroups
+from partita.executor.layout import Layout, check_nested
+from partita.executor.loss_scaling import LossScaler, needs_loss_scaling
 from partita.executor.memory import PeakMemory
-from partita.executor.parallel_model import ParallelModel, layer_setups
+from partita.executor.parallelize import ParallelStage, parallelize_stage
+from partita.executor.pipeline import Transfers, needing_grad, recv_activations, recv_gradients
+from partita.executor.setups import tied_stage_sets
 from partita.executor.sharded_state import TrainState, canonical_names, torch_optimizers
-from partita.executor.stage import StageModel
 from partita.formats import Plan
-from partita.models.api import ModelSource, build_model, resolve_config, synthetic_batch
+from partita.formats.schedules import build_schedule
+from partita.models.api import (
+    ModelSource,
+    build_model,
+    describe_model,
+    resolve_config,
+    synthetic_batch,
+)
 from partita.models.families import family_of
 from partita.models.layered import Activations
 from partita.models.losses import IGNORE_INDEX
 from partita.models.text_data import TextBatches, tokenize_file
+
+AUTOCAST_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
 
 
 @dataclass(frozen=True)
@@ -42,6 +70,7 @@ class TrainSettings:
     seq_len: int | None = None
     data: str = "synthetic"  # or the path of a UTF-8 text file (GPT and LLaMA)
     rank_timeout: timedelta = timedelta(seconds=60)
+    attention: str = "auto"  # partita.models.attention.ATTENTION_CHOICES
 
 
 class LostRankError(RuntimeError):
@@ -58,33 +87,23 @@ class TrainResult:
     unit: str = "tokens"
 
 
-def is_uniform(plan: Plan) -> bool:
-    """Whether the whole-model path (:class:`Trainer`) runs the plan (``Plan.is_whole_model``);
-    several micro-batches on one stage accumulate gradients under the schedule like a
-    pipeline's (``PipelineTrainer``)."""
-    return plan.is_whole_model
-
-
 def check_supported(plan: Plan) -> None:
     """Refuse what this executor does not run, naming the plan field."""
     if plan.vocab.sp:
         raise ValueError("vocab.sp: a sequence-parallel embedding and head are not supported yet")
-    if not is_uniform(plan):
-        from partita.executor.layout import check_nested
-
-        check_nested(plan, {layer.tp for layer in plan.layers} | {plan.vocab.tp})
+    check_nested(plan, {layer.tp for layer in plan.layers} | {plan.vocab.tp})
 
 
-def build_trainer(
-    *, plan: Plan, source: ModelSource, settings: TrainSettings, groups: ParallelGroups
-) -> Trainer:
-    """The whole-model :class:`Trainer` for uniform single-stage plans, else the per-stage,
-    per-layer one (``pipeline_trainer.PipelineTrainer``)."""
-    if is_uniform(plan):
-        return Trainer(plan=plan, source=source, settings=settings, groups=groups)
-    from partita.executor.pipeline_trainer import PipelineTrainer
-
-    return PipelineTrainer(plan=plan, source=source, settings=settings, groups=groups)
+def create_groups(
+    plan: Plan, source: ModelSource, *, rank: int, device: torch.device
+) -> ParallelGroups:
+    """Every process group ``plan`` needs on ``source``'s model (collective)."""
+    return ParallelGroups.create(
+        plan,
+        rank=rank,
+        device_type=device.type,
+        tied_stages=tied_stage_sets(describe_model(source), plan),
+    )
 
 
 @dataclass
@@ -93,40 +112,49 @@ class Trainer:
     source: ModelSource
     settings: TrainSettings
     groups: ParallelGroups
+    device: torch.device = field(default_factory=lambda: torch.device("cpu"))
 
     def __post_init__(self) -> None:
         check_supported(self.plan)
-        if not is_uniform(self.plan):
-            raise ValueError(
-                "pipeline.degree/layers: a pipelined or layer-wise plan runs under "
-                "PipelineTrainer (use build_trainer)"
-            )
         self.config = resolve_config(self.source)
         self.family = family_of(self.config)
         model = build_model(self.config, seed=self.settings.seed)
+        # A tied table's copies are reported under the one-process model's (first) name.
         self.canonical = canonical_names(model)
-        setups = layer_setups(model, self.plan, self.groups)
-        self.block_groups: LayerGroups = setups[1].groups
-        self.parallel = ParallelModel(model, setups)
-        mode = self.plan.layers[0].dp
-        self.wrapped = wrap_data_parallel(
-            self.parallel,
-            self.parallel.layers,
-            mode=mode,
-            groups=self.block_groups,
-        )
-        self.optimizer = make_optimizer(
-            self.wrapped,
-            mode=mode,
-            groups=self.block_groups,
+        self.parallel: ParallelStage = parallelize_stage(
+            model,
+            self.plan,
+            self.groups,
+            device=self.device,
+            attention=self.settings.attention,
             lr=self.settings.lr,
             eps=self.settings.adam_eps,
         )
-        self.partial = self.parallel.partial_gradient_params()
+        self.stage_model = self.parallel.model
+        self.optimizer = self.parallel.optimizer
+        self.stage = self.parallel.stage
+        _, self.local_index = self.groups.stage_of()
+        self.prev_rank, self.next_rank = self.groups.neighbours()
+        pp = self.plan.pipeline.degree
+        schedule = build_schedule(self.plan.pipeline.schedule, pp, self.plan.num_micro_batches)
+        self.actions = schedule[self.stage]
+        self.last_backward = max(i for i, a in enumerate(self.actions) if a.kind == "B")
+        self.first, self.last = self.stage == 0, self.stage == pp - 1
+        self.scaler = (
+            LossScaler(group=self.groups.world, device=self.device)
+            if needs_loss_scaling(self.plan.precision)
+            else None
+        )
         self._text: TextBatches | None = None
 
+    @property
+    def attention(self) -> str:
+        return self.parallel.attention
+
+    # -- batches ---------------------------------------------------------------------------
+
     def global_batch(self, step: int) -> Activations:
-        """The whole batch of ``step`` (every rank makes the same one)."""
+        """The whole batch of ``step`` (every rank makes the same one, on the host)."""
         if self.settings.data != "synthetic":
             return self._text_batch(step)
         return synthetic_batch(
@@ -155,67 +183,122 @@ class Trainer:
         self._text.position = step
         return next(self._text)
 
-    def local_batch(self, batch: Activations) -> Activations:
-        dp, rank = self.block_groups.dp_size, self.block_groups.dp_rank
-        size = self.plan.global_batch_size // dp
-        return {k: v[rank * size : (rank + 1) * size] for k, v in batch.items()}
+    def _slice(self, batch: Activations, layout: Layout) -> Activations:
+        """This rank's part of a micro-batch under ``layout``, on the rank's device."""
+        groups = layout.groups
+        size = self.plan.micro_batch_size // groups.dp_size
+        start = groups.dp_rank * size
+        return {k: v[start : start + size].to(self.device) for k, v in batch.items()}
+
+    # -- one step --------------------------------------------------------------------------
 
     def step(self, batch: Activations) -> float:
-        local = self.local_batch(batch)
+        total = (batch["labels"] != IGNORE_INDEX).sum().to(self.device, torch.float64)
         self.optimizer.zero_grad(set_to_none=True)
+        self.parallel.buckets.attach()
+        size = self.plan.micro_batch_size
+        transfers = Transfers()
+        saved: dict[int, tuple[Activations, object]] = {}
+        logged = torch.zeros((), dtype=torch.float64, device=self.device)
+        for index, action in enumerate(self.actions):
+            m = action.micro_batch
+            if action.kind == "F":
+                micro = {k: v[m * size : (m + 1) * size] for k, v in batch.items()}
+                saved[m], part = self._forward(micro, total, transfers)
+                logged += part
+            else:
+                if index == self.last_backward:
+                    self.parallel.buckets.arm()
+                self._backward(*saved.pop(m), transfers)
+        transfers.wait()
+        self.parallel.sync_after_backward()
+        if self.scaler is None:
+            self.optimizer.step()
+        else:
+            finite = self.scaler.unscale_and_check(self.stage_model.parameters())
+            if finite:  # else every rank skips the step (its gradients overflowed)
+                self.optimizer.step()
+            self.scaler.update(finite)
+        head = self.stage_model.output_layout.groups
+        if not (self.last and head.tp_rank == 0):
+            logged.zero_()
+        dist.all_reduce(logged, group=self.groups.world)
+        return float(logged)
+
+    def _forward(
+        self, micro: Activations, total: torch.Tensor, transfers: Transfers
+    ) -> tuple[tuple[Activations, object], torch.Tensor]:
+        model = self.stage_model
+        if self.first:
+            inputs = self._slice(micro, model.input_layout)
+        else:
+            inputs = recv_activations(self.prev_rank, device=self.device)
         with self._autocast():
-            outputs = self.wrapped(local)
-            loss = self.parallel.loss(outputs, local)
-        del outputs  # the logits: the loss keeps what its backward needs
+            outputs = model(inputs)
+            if not self.last:
+                transfers.send_activations(outputs, self.next_rank)
+                return (inputs, outputs), torch.zeros((), dtype=torch.float64, device=self.device)
+            local = self._slice(micro, model.output_layout)
+            loss = model.loss_fn(outputs, local)
         count = (local["labels"] != IGNORE_INDEX).sum().to(torch.float64)
-        total = count.clone()
-        dist.all_reduce(total, group=self.block_groups.dp)
-        # DP averages gradients over dp ranks; weighting by count * dp / total makes the sum
-        # of per-token losses over the whole batch what is differentiated.
-        weight = (count * self.block_groups.dp_size / total).to(loss.dtype)
-        (loss * weight).backward()
-        self._sum_partial_gradients()
-        self.optimizer.step()
-        logged = (loss.detach().to(torch.float64) * count).reshape(1)
-        dist.all_reduce(logged, group=self.block_groups.dp)
-        return float(logged / total)
+        scaled = loss * (count / total).to(loss.dtype)
+        return (inputs, scaled), scaled.detach().to(torch.float64)
+
+    def _backward(self, inputs: Activations, outputs: object, transfers: Transfers) -> None:
+        if isinstance(outputs, torch.Tensor):  # the last stage: the weighted loss
+            (outputs if self.scaler is None else self.scaler.scaled(outputs)).backward()
+        else:
+            assert isinstance(outputs, dict)
+            tensors = [outputs[k] for k in needing_grad(outputs)]
+            grads = recv_gradients(tensors, self.next_rank)
+            torch.autograd.backward(tensors, grads)
+        if not self.first:
+            grads = [
+                inputs[k].grad if inputs[k].grad is not None else torch.zeros_like(inputs[k])
+                for k in needing_grad(inputs)
+            ]
+            transfers.send_gradients(grads, self.prev_rank)
 
     def _autocast(self) -> contextlib.AbstractContextManager[object]:
         """bf16/fp16 compute with the fp32 parameters as master weights."""
-        if self.plan.precision == "fp32":
+        dtype = AUTOCAST_DTYPES.get(self.plan.precision)
+        if dtype is None:
             return contextlib.nullcontext()
-        dtype = torch.bfloat16 if self.plan.precision == "bf16" else torch.float16
-        device = next(self.parallel.parameters()).device.type
-        return torch.autocast(device_type=device, dtype=dtype)
+        return torch.autocast(device_type=self.device.type, dtype=dtype)
 
-    def _sum_partial_gradients(self) -> None:
-        """Sum sequence-parallel partial gradients over their tp group, one bucket a group."""
-        by_group: dict[int, tuple[dist.ProcessGroup, list[torch.Tensor]]] = {}
-        for param, group in self.partial:
-            if param.grad is None:
-                continue
-            grad = param.grad.to_local() if hasattr(param.grad, "to_local") else param.grad
-            by_group.setdefault(id(group), (group, []))[1].append(grad)
-        for group, grads in by_group.values():
-            all_reduce_flat(grads, group)
+    # -- state -----------------------------------------------------------------------------
 
     def train_state(self) -> TrainState:
         """The parameters and optimizer states, as a checkpoint sees them."""
-        model = self._local_model()
         return TrainState(
-            module=model,
-            shard_dims=model.shard_dims,
+            module=self.stage_model,
+            shard_dims=self.stage_model.shard_dims,
             canonical=self.canonical,
             optimizers=torch_optimizers(self.optimizer),
+            group=self.groups.world,
         )
 
-    def _local_model(self) -> ParallelModel | StageModel:
-        """This rank's layers under the one-process names, with their tensor-parallel cuts."""
-        return self.parallel
+    def full_parameters(self) -> dict[str, torch.Tensor]:
+        """Every parameter gathered whole, under the one-process model's names, on rank 0
+        (the others return their stage's)."""
+        mine = gather_whole_parameters(self.stage_model, self.stage_model.shard_dims)
+        mine = {k: v.cpu() for k, v in mine.items()}
+        everyone: list[dict[str, torch.Tensor] | None] = [None] * dist.get_world_size(
+            self.groups.world
+        )
+        dist.all_gather_object(
+            everyone, mine if self.local_index == 0 else {}, group=self.groups.world
+        )
+        full: dict[str, torch.Tensor] = {}
+        for part in everyone:
+            for name, tensor in (part or {}).items():
+                full.setdefault(self.canonical.get(name, name), tensor)
+        return full
+
+    # -- the run ---------------------------------------------------------------------------
 
     def run(
         self,
-        device: torch.device,
         on_step: Callable[..., object] | None = None,
         *,
         start_step: int = 0,
@@ -229,7 +312,7 @@ class Trainer:
             batch = self.global_batch(step)
             self._all_ranks_alive()
             if step == measured:
-                memory = PeakMemory(device, baseline=self._memory_baseline())
+                memory = PeakMemory(self.device, baseline=self._memory_baseline())
                 with memory:  # the memory window's own bookkeeping stays outside the timing
                     elapsed, loss = self._timed_step(batch)
                 result.peak_memory_bytes = memory.peak_bytes
@@ -244,21 +327,24 @@ class Trainer:
         return result
 
     def _memory_baseline(self) -> list[object]:
-        return [self.wrapped, self.optimizer]
+        return [self.stage_model, *self.optimizer.optimizers, *self.parallel.buckets.buffers()]
 
     def _timed_step(self, batch: Activations) -> tuple[float, float]:
         start = time.perf_counter()
         loss = self.step(batch)
-        dist.barrier()
+        dist.barrier(group=self.groups.world)
         return time.perf_counter() - start, loss
 
     def _all_ranks_alive(self) -> None:
         """A barrier that, on gloo, names the ranks that did not arrive (hung or lost)."""
-        if dist.get_backend() != "gloo":
-            dist.barrier()
+        world = self.groups.world
+        if dist.get_backend(world) != "gloo":
+            dist.barrier(group=world)
             return
         try:
-            dist.monitored_barrier(timeout=self.settings.rank_timeout, wait_all_ranks=True)
+            dist.monitored_barrier(
+                group=world, timeout=self.settings.rank_timeout, wait_all_ranks=True
+            )
         except RuntimeError as error:
             lost = re.search(r"Ranks? ([\d, ]+) failed to pass monitoredBarrier", str(error))
             who = f"rank(s) {lost.group(1).strip()}" if lost else "a rank"
@@ -266,10 +352,6 @@ class Trainer:
                 f"{who} did not reach step start within "
                 f"{self.settings.rank_timeout.total_seconds():.0f} s (hung or lost)"
             ) from None
-
-    def full_parameters(self) -> dict[str, torch.Tensor]:
-        """Every parameter gathered whole, under the single-process model's names."""
-        return gather_whole_parameters(self.parallel, self.parallel.shard_dims)
 
 
 def gather_whole_parameters(

@@ -14,8 +14,6 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import torch
-
 from partita.executor.checkpoint import load_checkpoint, save_checkpoint
 from partita.executor.report import tool_versions
 from partita.executor.trainer import Trainer, TrainResult
@@ -53,9 +51,7 @@ class TrainingRun:
         self.start_step = manifest.step
         return manifest
 
-    def train(
-        self, device: torch.device, on_step: Callable[[int, float, float, int], None] | None = None
-    ) -> TrainResult:
+    def train(self, on_step: Callable[[int, float, float, int], None] | None = None) -> TrainResult:
         def after(step: int, loss: float, seconds: float, items: int) -> None:
             finite = loss if math.isfinite(loss) else None  # a Partita file holds no NaN
             self._record(StepRecord(step=step, loss=finite, time_s=seconds, items=items))
@@ -66,7 +62,7 @@ class TrainingRun:
                 if self.on_checkpoint is not None:
                     self.on_checkpoint(path)
 
-        return self.trainer.run(device, on_step=after, start_step=self.start_step)
+        return self.trainer.run(on_step=after, start_step=self.start_step)
 
     def checkpoint(self) -> Path:
         done = len(self.history)

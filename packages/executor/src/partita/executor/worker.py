@@ -17,8 +17,13 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 
-from partita.executor.groups import ParallelGroups
-from partita.executor.trainer import LostRankError, TrainResult, TrainSettings, build_trainer
+from partita.executor.trainer import (
+    LostRankError,
+    Trainer,
+    TrainResult,
+    TrainSettings,
+    create_groups,
+)
 from partita.executor.training_run import TrainingRun
 from partita.executor.watchdog import EXIT_LOST_RANK, Watchdog
 from partita.formats import Plan, RankMemory, TrainingSettings, content_hash, load, save
@@ -41,6 +46,7 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--no-final-checkpoint", action="store_true")
     parser.add_argument("--keep-checkpoints", type=int, default=2)
     parser.add_argument("--resume-from", metavar="CHECKPOINT_DIR")
+    parser.add_argument("--attention", default="auto")
     return parser.parse_args(argv)
 
 
@@ -102,8 +108,8 @@ def _train(
     plan = load(args.plan, Plan)
     rank, world = dist.get_rank(), dist.get_world_size()
     settings = training_settings(args)
-    groups = ParallelGroups(plan=plan, rank=rank, device_type=device.type)
-    trainer = build_trainer(
+    groups = create_groups(plan, args.model, rank=rank, device=device)
+    trainer = Trainer(
         plan=plan,
         source=args.model,
         settings=TrainSettings(
@@ -112,8 +118,10 @@ def _train(
             seed=args.seed,
             data=args.data,
             rank_timeout=timedelta(seconds=args.timeout),
+            attention=args.attention,
         ),
         groups=groups,
+        device=device,
     )
     folder = Path(args.run_dir)
     progress = Progress(args.steps, unit=trainer.family.unit, enabled=rank == 0)
@@ -132,7 +140,9 @@ def _train(
         progress.note(f"resumed from {args.resume_from} (after step {resumed})")
     watchdog = Watchdog(rank=rank, world_size=world, timeout_s=args.timeout)
     watchdogs.append(watchdog)
-    writer = _ReportWriter(args, plan, backend, device, trainer.family.unit, settings, resumed)
+    writer = _ReportWriter(
+        args, plan, backend, device, trainer.family.unit, settings, resumed, trainer.attention
+    )
     if rank == 0:
         folder.mkdir(parents=True, exist_ok=True)
         save(plan, folder / "plan.json")
@@ -149,11 +159,11 @@ def _train(
             progress.note(f"checkpoint: {path}")
 
     run.on_checkpoint = on_checkpoint
-    result = run.train(device, on_step=on_step)
+    result = run.train(on_step=on_step)
     watchdog.stop()
     progress.close()
     peaks = [0] * world
-    dist.all_gather_object(peaks, result.peak_memory_bytes)
+    dist.all_gather_object(peaks, result.peak_memory_bytes, group=groups.world)
     if rank == 0:
         path = writer.write(run, status="completed", result=result, peaks=peaks)
         print(f"run report: {path}", file=sys.stderr)
@@ -172,9 +182,12 @@ class _ReportWriter:
         unit: str,
         settings: TrainingSettings,
         resumed: int | None,
+        attention: str,
     ) -> None:
         self.args, self.plan, self.backend, self.device = args, plan, backend, device
         self.unit, self.settings, self.resumed = unit, settings, resumed
+        self.attention = attention
+        self.world_size = dist.get_world_size()
 
     def write(
         self,
@@ -189,7 +202,7 @@ class _ReportWriter:
         report = build_run_report(
             model=str(self.args.model),
             plan_sha256=content_hash(self.plan),
-            world_size=dist.get_world_size(),
+            world_size=self.world_size,
             backend=self.backend,  # type: ignore[arg-type]
             device=self.device.type,
             unit=self.unit,  # type: ignore[arg-type]
@@ -200,6 +213,7 @@ class _ReportWriter:
             settings=self.settings,
             resumed_from_step=self.resumed,
             num_nodes=_num_nodes(),
+            attention=self.attention,
         )
         return save(report, Path(self.args.run_dir) / REPORT)
 

@@ -11,6 +11,9 @@ Schedule = Literal["gpipe", "1f1b"]
 MeshAxis = Literal["pp", "dp", "tp"]
 Family = Literal["gpt", "llama", "bert", "t5", "vit", "swin"]
 LayerKind = Literal["embedding", "block", "head"]
+# The attention kernel a run trained with or a profile measured with; "" in files that do
+# not say (written before it was recorded).
+AttentionKernel = Literal["", "flash", "sdpa", "eager"]
 
 SP_MODES: tuple[str, ...] = get_args(SpMode)
 DP_MODES: tuple[str, ...] = get_args(DpMode)
@@ -18,6 +21,7 @@ PRECISIONS: tuple[str, ...] = get_args(Precision)
 SCHEDULES: tuple[str, ...] = get_args(Schedule)
 MESH_AXES: tuple[str, ...] = get_args(MeshAxis)
 FAMILIES: tuple[str, ...] = get_args(Family)
+ATTENTION_KERNELS: tuple[str, ...] = tuple(k for k in get_args(AttentionKernel) if k)
 
 BYTES_PER_ELEMENT: dict[str, int] = {"fp32": 4, "bf16": 2, "fp16": 2}
 # DDP's default bucket size (``bucket_cap_mb``): the executor's layer-wise trainer buckets its

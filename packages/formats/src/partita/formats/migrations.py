@@ -46,7 +46,7 @@ def plan_v1_to_v2(body: dict[str, Any]) -> dict[str, Any]:
 def added_optional_fields(body: dict[str, Any]) -> dict[str, Any]:
     """A version that only added fields with defaults (and values to a field's choices): the
     older body is read unchanged. Hardware profile v1 -> v2: ``optimizer``; model profile v1
-    -> v2: ``param_tensors`` and ``backward_peak_bytes_per_sample`` of memory entries; run
-    report v1 -> v2: ``settings``, ``resumed_from_step``, ``num_nodes`` and the status
-    ``running``."""
+    -> v2: ``param_tensors`` and ``backward_peak_bytes_per_sample`` of memory entries; model
+    profile v2 -> v3: ``attention``; run report v1 -> v2: ``settings``, ``resumed_from_step``,
+    ``num_nodes`` and the status ``running``; run report v2 -> v3: ``attention``."""
     return body

@@ -7,7 +7,8 @@ was obtained, so the simulator and the user know what was measured and what was 
 Version 2 added the times under activation checkpointing, and per memory entry the number of
 parameter tensors of the shard (what an optimizer step costs per tensor) and the memory a
 backward pass needs beyond the saved activations. A head layer type is measured together
-with the loss that follows it.
+with the loss that follows it. Version 3 added the attention kernel the layers were measured
+with.
 """
 
 from __future__ import annotations
@@ -15,11 +16,11 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Literal
 
-from partita.formats.common import Precision, SpMode
+from partita.formats.common import AttentionKernel, Precision, SpMode
 from partita.formats.schema import at_least
 
 FORMAT = "partita.model_profile"
-VERSION = 2
+VERSION = 3
 
 Origin = Literal[
     "measured_tp_groups",  # measured with real tensor-parallel process groups
@@ -81,6 +82,9 @@ class ModelProfile:
     layer_types: tuple[LayerTypeProfile, ...]
     efficiencies: dict[str, float] = field(default_factory=dict)
     tools: dict[str, str] = field(default_factory=dict)
+    # The kernel selected for the measurement, as in RunReport.attention ("": not recorded,
+    # or not measured: analytic and Galvatron profiles).
+    attention: AttentionKernel = ""
 
     def layer_type(self, name: str) -> LayerTypeProfile | None:
         return next((lt for lt in self.layer_types if lt.layer_type == name), None)

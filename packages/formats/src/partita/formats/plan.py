@@ -80,21 +80,6 @@ class Plan:
     def micro_batch_size(self) -> int:
         return self.global_batch_size // self.num_micro_batches
 
-    @property
-    def is_whole_model(self) -> bool:
-        """One pipeline stage, one micro-batch and one strategy for every block (the embedding
-        and head with the blocks' data parallelism and their tp or none). The executor trains
-        such a plan as one wrapped model (DDP or FSDP over all of it), any other layer by layer
-        under a pipeline schedule; the simulator prices the two as they run."""
-        first = self.layers[0]
-        return (
-            self.pipeline.degree == 1
-            and self.num_micro_batches == 1
-            and all(layer == first for layer in self.layers)
-            and self.vocab.tp in (1, first.tp)
-            and self.vocab.dp == first.dp
-        )
-
     def dp_degree(self, tp: int) -> int:
         """Data-parallel group size of a layer whose model-parallel group has ``tp`` devices."""
         return self.devices_per_stage // tp

@@ -51,7 +51,7 @@ SPECS: tuple[FormatSpec, ...] = (
         model_profile.VERSION,
         model_profile.ModelProfile,
         "model profile",
-        migrations={1: migrations.added_optional_fields},
+        migrations={1: migrations.added_optional_fields, 2: migrations.added_optional_fields},
         check=check_model_profile,
     ),
     FormatSpec(
@@ -74,7 +74,7 @@ SPECS: tuple[FormatSpec, ...] = (
         run_report.VERSION,
         run_report.RunReport,
         "run report",
-        migrations={1: migrations.added_optional_fields},
+        migrations={1: migrations.added_optional_fields, 2: migrations.added_optional_fields},
         check=check_run_report,
     ),
     FormatSpec(

@@ -2,7 +2,8 @@
 
 Version 2 added the run's settings (so ``partita train --resume`` can continue it), the
 ``running`` status (the report is written when training starts and at every checkpoint), the
-step a resumed run started from, and the number of nodes.
+step a resumed run started from, and the number of nodes. Version 3 added the attention kernel
+the run trained with.
 """
 
 from __future__ import annotations
@@ -10,10 +11,11 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Literal
 
+from partita.formats.common import AttentionKernel
 from partita.formats.schema import at_least, greater_than
 
 FORMAT = "partita.run_report"
-VERSION = 2
+VERSION = 3
 
 
 @dataclass(frozen=True)
@@ -61,3 +63,6 @@ class RunReport:
     settings: TrainingSettings | None = None
     resumed_from_step: int | None = field(default=None, metadata=at_least(0))
     num_nodes: int = field(default=1, metadata=at_least(1))
+    # The kernel selected (partita.models.attention.select_attention), not one observed per
+    # call: a "flash" run still ran the calls flash-attn cannot take (a bias, fp32) on SDPA.
+    attention: AttentionKernel = ""

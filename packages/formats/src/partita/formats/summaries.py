@@ -97,7 +97,8 @@ def _hardware(profile: HardwareProfile) -> str:
 
 
 def _model_profile(profile: ModelProfile) -> str:
-    lines = [f"  {profile.model} on {profile.device}, {profile.dtype}, {profile.origin}"]
+    attention = f", {profile.attention} attention" if profile.attention else ""
+    lines = [f"  {profile.model} on {profile.device}, {profile.dtype}{attention}, {profile.origin}"]
     if profile.efficiencies:
         shown = ", ".join(f"{k} {v:.0%}" for k, v in sorted(profile.efficiencies.items()))
         lines.append(f"  efficiencies: {shown}")
@@ -166,9 +167,10 @@ def _model_description(model: ModelDescription) -> str:
 def _run_report(report: RunReport) -> str:
     nodes = f"{report.num_nodes} node(s), " if report.num_nodes > 1 else ""
     planned = f" of {report.settings.steps}" if report.settings is not None else ""
+    attention = f", {report.attention} attention" if report.attention else ""
     lines = [
-        f"  {report.model} on {nodes}{report.world_size} x {report.device} ({report.backend}): "
-        f"{report.status}, {len(report.steps)} step(s){planned}"
+        f"  {report.model} on {nodes}{report.world_size} x {report.device} ({report.backend}"
+        f"{attention}): {report.status}, {len(report.steps)} step(s){planned}"
     ]
     if report.resumed_from_step is not None:
         lines.append(f"  resumed from the checkpoint after step {report.resumed_from_step}")

@@ -4,8 +4,8 @@ Model code calls ``module.core(q, k, v, bias=..., causal=..., scale=..., dropout
 tensors shaped ``[batch, heads, seq, head_dim]``; the number of heads is whatever the local
 projections hold, so tensor parallelism needs no change here. ``bias`` is an additive float
 mask broadcastable to ``[batch, heads, seq_q, seq_k]`` (padding masks, T5's relative position
-bias, Swin's window bias). Ulysses sequence parallelism wraps a core; flash-attn replaces it
-where installed.
+bias, Swin's window bias). Ulysses sequence parallelism wraps a core. :func:`select_attention`
+turns a user's ``--attention`` choice into a core and the name of the kernel a run records.
 """
 
 from __future__ import annotations
@@ -80,8 +80,21 @@ def eager_attention(
     return probs_bhqk @ v_bhsd
 
 
+ATTENTION_CHOICES: tuple[str, ...] = ("auto", "flash", "sdpa", "eager")
+
+
+def flash_attn_installed() -> bool:
+    return importlib.util.find_spec("flash_attn") is not None
+
+
+def is_flash_device(device: torch.device) -> bool:
+    """Whether flash-attn's kernels can run on ``device``: CUDA only. One predicate, so that a
+    CPU test can stand in for a GPU by replacing it."""
+    return device.type == "cuda"
+
+
 def flash_attn_available(device: torch.device) -> bool:
-    return device.type == "cuda" and importlib.util.find_spec("flash_attn") is not None
+    return is_flash_device(device) and flash_attn_installed()
 
 
 def flash_attention(
@@ -94,10 +107,17 @@ def flash_attention(
     scale: float | None = None,
     dropout_p: float = 0.0,
 ) -> torch.Tensor:
-    """flash-attn's kernel for half-precision CUDA tensors without a bias; SDPA otherwise."""
+    """flash-attn's kernel for half-precision CUDA tensors without a bias; SDPA otherwise.
+
+    The fallback is per call: flash-attn takes neither an additive bias (BERT's padding, T5's
+    relative positions, Swin's windows) nor fp32, and aligns a causal mask of unequal query
+    and key lengths to the bottom right where SDPA and eager align it to the top left.
+    """
+    seq_q, seq_k = q_bhsd.shape[-2], k_bhsd.shape[-2]
     usable = (
         bias is None
         and q_bhsd.dtype in (torch.float16, torch.bfloat16)
+        and (not causal or seq_q == seq_k)
         and flash_attn_available(q_bhsd.device)
     )
     if not usable:
@@ -117,8 +137,36 @@ def flash_attention(
     return out_bshd.transpose(1, 2)
 
 
-def default_attention_core(device: torch.device) -> AttentionCore:
-    return flash_attention if flash_attn_available(device) else sdpa_attention
+_CORES: dict[str, AttentionCore] = {
+    "flash": flash_attention,
+    "sdpa": sdpa_attention,
+    "eager": eager_attention,
+}
+
+
+def select_attention(choice: str, device: torch.device) -> tuple[AttentionCore, str]:
+    """The core for an ``--attention`` choice on ``device``, and the kernel's name to record.
+
+    ``auto`` is flash-attn where it is installed and ``device`` is CUDA, else SDPA; ``flash``
+    where flash-attn cannot run is a ``ValueError``. The name is the kernel selected, not one
+    observed per call: the flash core still hands SDPA the calls flash-attn cannot take (a
+    bias, fp32; see :func:`flash_attention`), so a run recorded as ``flash`` ran those on SDPA.
+    """
+    if choice not in ATTENTION_CHOICES:
+        raise ValueError(
+            f"--attention: expected one of {', '.join(ATTENTION_CHOICES)}, got {choice!r}"
+        )
+    if choice == "auto":
+        choice = "flash" if flash_attn_available(device) else "sdpa"
+    elif choice == "flash":
+        # The device first: on a CPU machine installing flash-attn would not help.
+        if not is_flash_device(device):
+            raise ValueError(f"--attention flash: flash-attn needs a CUDA device, got {device}")
+        if not flash_attn_installed():
+            raise ValueError(
+                "--attention flash: flash-attn is not installed (pip install flash-attn)"
+            )
+    return _CORES[choice], choice
 
 
 class Attends(nn.Module):
@@ -137,3 +185,11 @@ def set_attention_core(model: nn.Module, core: AttentionCore) -> int:
             module.core = core
             changed += 1
     return changed
+
+
+def apply_attention(model: nn.Module, choice: str, device: torch.device) -> str:
+    """Select the core for ``choice`` on ``device`` and use it in every attention module of
+    ``model``; returns the kernel's name. Call it before sequence parallelism wraps the core."""
+    core, name = select_attention(choice, device)
+    set_attention_core(model, core)
+    return name

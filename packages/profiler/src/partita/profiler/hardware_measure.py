@@ -18,6 +18,7 @@ from dataclasses import dataclass
 import torch
 import torch.distributed as dist
 
+from partita.executor.grad_sync import GradientBuckets
 from partita.profiler import hardware_plan as plan
 from partita.profiler.hardware_plan import Settings, Task, element_count
 from partita.profiler.hardware_timing import TORCH_DTYPES, Timer, matmul_dtypes
@@ -249,11 +250,26 @@ class _Model(torch.nn.Module):
         return x
 
 
-def _time_passes(context: Context, module: torch.nn.Module, x: torch.Tensor) -> tuple[float, float]:
+def _time_passes(
+    context: Context,
+    module: torch.nn.Module,
+    x: torch.Tensor,
+    buckets: GradientBuckets | None = None,
+) -> tuple[float, float]:
+    """One forward and one backward; with ``buckets``, the backward sums the gradients in
+    them as the executor's last backward of a step does (the wait for the sums included)."""
     out: list[torch.Tensor] = []
+    if buckets is not None:
+        buckets.attach()
+        buckets.arm()
     forward = context.timer.seconds(lambda: out.append(module(x).sum()))
-    backward = context.timer.seconds(lambda: out[0].backward())
-    return forward, backward
+
+    def backward() -> None:
+        out[0].backward()
+        if buckets is not None:
+            buckets.finish()
+
+    return forward, context.timer.seconds(backward)
 
 
 def measure_wrapped_models(
@@ -261,13 +277,13 @@ def measure_wrapped_models(
 ) -> dict[tuple[int, int], dict[str, list[float]]]:
     """Forward and backward seconds of a model of ``UNITS_PER_MODEL`` units of each shape of
     ``WRAPPED_UNITS`` (tensors, width) over the world, wrapped as the executor wraps a model:
-    ``plain`` (not wrapped), ``ddp`` (DistributedDataParallel) and ``fsdp`` (each unit and the
+    ``plain`` (not wrapped), ``ddp`` (the executor's gradient buckets, ``grad_sync``, summing
+    while the backward runs) and ``fsdp`` (each unit and the
     root ``fully_shard``-ed without resharding after forward, as ZeRO-2: the forward gathers,
     the backward reduce-scatters). What DDP and FSDP add beyond compute and their collectives
     is fitted from these when the profile is built."""
     from torch.distributed.device_mesh import DeviceMesh
     from torch.distributed.fsdp import fully_shard
-    from torch.nn.parallel import DistributedDataParallel
 
     ranks = list(range(dist.get_world_size(context.world)))
     mesh = DeviceMesh.from_group(context.world, context.device.type, mesh=ranks)
@@ -277,14 +293,16 @@ def measure_wrapped_models(
         width //= 2 if quick else 1
         x = torch.randn(4, width, device=context.device)
         modules: dict[str, torch.nn.Module] = {}
+        buckets: dict[str, GradientBuckets] = {}
         for kind in ("plain", "ddp", "fsdp"):
             torch.manual_seed(0)
             module: torch.nn.Module = _Model(plan.UNITS_PER_MODEL, tensors // 2, width).to(
                 context.device
             )
             if kind == "ddp":
-                module = DistributedDataParallel(
-                    module, process_group=context.world, gradient_as_bucket_view=True
+                units = module.units  # type: ignore[union-attr]
+                buckets[kind] = GradientBuckets.over(
+                    [(list(unit.parameters()), context.world) for unit in units]
                 )
             elif kind == "fsdp":
                 for unit in module.units:  # type: ignore[union-attr]
@@ -299,7 +317,7 @@ def measure_wrapped_models(
         for repeat in range(2 + repeats):
             for kind, module in modules.items():
                 dist.barrier(group=context.world)
-                forward, backward = _time_passes(context, module, x)
+                forward, backward = _time_passes(context, module, x, buckets.get(kind))
                 if repeat >= 2:
                     times[f"{kind}_forward"].append(forward)
                     times[f"{kind}_backward"].append(backward)

@@ -20,7 +20,11 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from partita.formats.common import ATTENTION_KERNELS
+
 if TYPE_CHECKING:
+    import torch
+
     from partita.profiler.model_run import Settings
 
 DEFAULT_TP_DEGREES = (1, 2, 4, 8)
@@ -55,6 +59,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--device", default=None, help="cpu or cuda[:N] (default: cuda when available)"
     )
     parser.add_argument("--dtype", choices=("fp32", "bf16", "fp16"), default="fp32")
+    parser.add_argument(
+        "--attention",
+        # From partita.formats, not partita.models.attention: --help stays torch-free.
+        choices=("auto", *ATTENTION_KERNELS),
+        default="auto",
+        help="attention kernel the layers run (default auto: flash-attn where installed on "
+        "CUDA, else SDPA); the profile records the one used",
+    )
     parser.add_argument("--warmup", type=int, default=2, help="untimed runs (default 2)")
     parser.add_argument("--repeats", type=int, default=10, help="timed runs (default 10)")
     parser.add_argument(
@@ -114,14 +126,12 @@ def run(args: argparse.Namespace) -> int:
     _check_arguments(args)
     if args.nproc > 1:
         return _launch(args)
-    import torch
-
     from partita.models.api import resolve_config
     from partita.profiler.model_run import profile_model
     from partita.profiler.model_summary import summary
 
     resolve_config(args.model)  # an unknown model fails here, before anything is built
-    device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    device = _device(args)
     start = time.perf_counter()
     profile = profile_model(settings_from(args, device=device))
     if not args.quiet:
@@ -130,13 +140,24 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
+def _device(args: argparse.Namespace) -> torch.device:
+    import torch
+
+    try:
+        return torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    except RuntimeError:  # torch's own message lists every device type it knows
+        raise ValueError(f"--device: expected cpu or cuda, got {args.device!r}") from None
+
+
 def settings_from(args: argparse.Namespace, *, device: object) -> Settings:
     import torch
 
+    from partita.models.attention import select_attention
     from partita.profiler.model_run import Settings
 
     if not isinstance(device, torch.device) or device.type not in ("cpu", "cuda"):
         raise ValueError(f"--device: expected cpu or cuda, got {args.device!r}")
+    select_attention(args.attention, device)  # an impossible choice fails before any build
     return Settings(
         model=args.model,
         seq_len=args.seq,
@@ -152,6 +173,7 @@ def settings_from(args: argparse.Namespace, *, device: object) -> Settings:
         seed=args.seed,
         progress=not args.quiet,
         nproc=args.nproc,
+        attention=args.attention,
     )
 
 
@@ -161,12 +183,16 @@ def _launch(args: argparse.Namespace) -> int:
     size."""
     from partita.executor.launch import launch
     from partita.models.api import resolve_config
+    from partita.models.attention import select_attention
 
     resolve_config(args.model)
+    # Every rank would refuse it; refuse it once, before any starts.
+    select_attention(args.attention, _device(args))
     too_wide = [tp for tp in args.tp if tp > args.nproc]
     if too_wide:
         raise ValueError(f"--tp {too_wide[0]} needs {too_wide[0]} ranks; --nproc is {args.nproc}")
     forwarded = ["--model", args.model, "--out", str(args.out), "--dtype", args.dtype]
+    forwarded += ["--attention", args.attention]
     forwarded += ["--batch-sizes", *map(str, args.batch_sizes), "--tp", *map(str, args.tp)]
     for flag, value in (
         ("--seq", args.seq),
@@ -205,7 +231,7 @@ def _memory_in_one_process(args: argparse.Namespace) -> None:
     from partita.formats import ModelProfile, load, save
     from partita.profiler.model_run import profile_model
 
-    if (args.device or ("cuda" if torch.cuda.is_available() else "cpu")).startswith("cuda"):
+    if _device(args).type == "cuda":
         return
     with tempfile.TemporaryDirectory() as scratch:
         settings = settings_from(args, device=torch.device("cpu"))

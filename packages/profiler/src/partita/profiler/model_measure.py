@@ -8,9 +8,9 @@ communication (the simulator adds that from the hardware profile: origin
 ``measured_tp1_plus_comm``); memory holds everything a real rank allocates, the buffers the
 collectives fill included. At tp 1 nothing is faked and nothing is left out.
 
-The layer and its input come from the executor's own ``ParallelModel`` (over copies of the
+The layer and its input come from a ``MeasuredPrefix`` (the executor's sharding over copies of the
 layers up to the measured one) for a uniform plan giving every block the measured
-configuration: the input is what ``ParallelModel.forward`` hands the layer on a synthetic
+configuration: the input is what ``MeasuredPrefix.forward`` hands the layer on a synthetic
 batch (split or gathered along the sequence by the executor's rules), detached (a float
 input that needed a gradient still gets one, as between pipeline stages).
 """
@@ -31,12 +31,13 @@ from torch.utils.checkpoint import checkpoint
 
 from partita.executor.groups import LayerGroups
 from partita.executor.memory import PeakMemory
-from partita.executor.parallel_model import VOCAB_LAYERS, ParallelModel, layer_setups
+from partita.executor.setups import VOCAB_LAYERS, layer_setups
 from partita.formats import LayerStrategy, PipelineConfig, Plan, VocabStrategy
 from partita.models.families import family_of
 from partita.models.layered import Activations, LayeredModel
 from partita.models.tp_layout import TPLayout
 from partita.profiler.fitting import trimmed_mean
+from partita.profiler.measured_prefix import MeasuredPrefix
 from partita.profiler.model_cases import Config
 
 TORCH_DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
@@ -120,7 +121,7 @@ class RankGroups:
 class Placed:
     """Layers ``0..index`` of a model as one rank of a uniform plan runs them."""
 
-    parallel: ParallelModel
+    parallel: MeasuredPrefix
     index: int
 
     @property
@@ -136,7 +137,7 @@ def place(
     *,
     allowed: Callable[[int, Config], bool],
 ) -> Placed:
-    """The executor's ``ParallelModel`` over copies of layers ``0..index`` for a plan that gives
+    """A ``MeasuredPrefix`` over copies of layers ``0..index`` for a plan that gives
     every block ``config`` where ``allowed`` (the others tp 1, sp "none"), and the embedding
     and head ``config.tp`` when the measured layer is one of them or shares their vocabulary
     table (else tp 1). ``layer_setups`` decides each layer's layout (T5's bridge follows
@@ -171,7 +172,7 @@ def place(
         vocab=VocabStrategy(tp=config.tp if vocab else 1),
     )
     setups = layer_setups(prefix, plan, _StubGroups(groups))  # type: ignore[arg-type]
-    return Placed(ParallelModel(prefix, setups), index)
+    return Placed(MeasuredPrefix(prefix, setups), index)
 
 
 def _holds_vocabulary(model: LayeredModel, index: int, layouts: dict[str, TPLayout]) -> bool:
@@ -199,11 +200,11 @@ class _StubGroups:
 
 
 class _Reached(Exception):
-    """Stops ``ParallelModel.forward`` at the measured layer."""
+    """Stops ``MeasuredPrefix.forward`` at the measured layer."""
 
 
 def layer_input(placed: Placed, batch: Activations) -> Activations:
-    """What the measured layer receives in ``ParallelModel.forward`` (split or gathered along
+    """What the measured layer receives in ``MeasuredPrefix.forward`` (split or gathered along
     the sequence as there), as detached leaves: float ones keep needing a gradient if they
     did."""
     seen: list[Activations] = []

@@ -43,7 +43,7 @@ from pathlib import Path
 
 import torch
 
-from partita.executor.parallel_model import SEQUENCE_PARALLEL_MODES
+from partita.executor.setups import SEQUENCE_PARALLEL_MODES
 from partita.formats import (
     LayerMemory,
     LayerTiming,
@@ -54,6 +54,7 @@ from partita.formats import (
 )
 from partita.formats.common import BYTES_PER_ELEMENT
 from partita.models.api import build_model, describe_model, synthetic_batch
+from partita.models.attention import apply_attention
 from partita.models.layered import Activations, LayeredModel
 from partita.profiler import model_measure as measure
 from partita.profiler.model_cases import Config, LayerCase, configurations, layer_cases
@@ -79,6 +80,7 @@ class Settings:
     seed: int = 0
     progress: bool = True
     nproc: int = 1  # > 1: real tensor-parallel groups of torchrun ranks
+    attention: str = "auto"  # an --attention choice (partita.models.attention)
 
 
 @dataclass(frozen=True)
@@ -127,7 +129,7 @@ def profile_model(
     """
     groups = groups or measure.LocalGroups()
     description = describe_model(settings.model, seq_len=settings.seq_len)
-    model = _build(settings)
+    model, attention = _build(settings)
     sp_modes = SEQUENCE_PARALLEL_MODES.get(model.family, ())  # read now: the executor's
     cases = layer_cases(description, tp_degrees=settings.tp_degrees, sp_modes=sp_modes)
     _check_names(model, description)
@@ -167,8 +169,8 @@ def profile_model(
                 elif measured is not None:  # None: this rank is not in the group
                     collected.add(case.layer_type, *measured)
                 if groups.writer and len(rounds) == 1:
-                    save(_profile(settings, description, collected), partial)
-    profile = _profile(settings, description, _median_over_rounds(rounds))
+                    save(_profile(settings, description, collected, attention), partial)
+    profile = _profile(settings, description, _median_over_rounds(rounds), attention)
     if groups.writer:
         save(profile, settings.out)
         partial.unlink(missing_ok=True)
@@ -218,10 +220,13 @@ def _failure(
     return f"{reason}; {kept}"
 
 
-def _build(settings: Settings) -> LayeredModel:
+def _build(settings: Settings) -> tuple[LayeredModel, str]:
+    """The model to measure, its attention core set as the executor sets it (before tensor or
+    sequence parallelism wraps it), and the name of that kernel."""
     model = build_model(settings.model, seed=settings.seed)
     model.to(device=settings.device, dtype=measure.TORCH_DTYPES[settings.dtype])
-    return model.train()
+    attention = apply_attention(model, settings.attention, settings.device)
+    return model.train(), attention
 
 
 def _batch(settings: Settings, size: int) -> Activations:
@@ -413,7 +418,7 @@ def per_sample(bytes_by_batch: dict[int, int]) -> float:
 
 
 def _profile(
-    settings: Settings, description: ModelDescription, collected: _Collected
+    settings: Settings, description: ModelDescription, collected: _Collected, attention: str
 ) -> ModelProfile:
     return ModelProfile(
         model=description.name,
@@ -422,6 +427,7 @@ def _profile(
         origin="measured",
         layer_types=collected.layer_types(),
         tools=_tools(settings, collected.refused),
+        attention=attention,  # type: ignore[arg-type]
     )
 
 

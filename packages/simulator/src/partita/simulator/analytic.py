@@ -24,16 +24,11 @@ def iteration_time(stages: Sequence[StageWork], *, num_micro_batches: int) -> fl
 
 
 def _exposed_sync(stage: StageWork, num_micro_batches: int) -> float:
-    """Gradient sync left after the stage's last backward (serial on one stream); buckets
-    that the pipeline trainer all-reduces after the backward are all exposed."""
+    """Gradient sync left after the stage's last backward (serial on one stream)."""
     finish = 0.0  # time since the last backward began
     elapsed = 0.0
-    after = 0.0
     for layer in reversed(stage.layers):
         elapsed += layer.backward_s
         for _, seconds in layer.grad_sync:
-            if stage.syncs_after_backward(layer):
-                after += seconds
-            else:
-                finish = max(finish, elapsed) + seconds
-    return max(0.0, finish - elapsed) + after
+            finish = max(finish, elapsed) + seconds
+    return max(0.0, finish - elapsed)

@@ -44,7 +44,6 @@ class _StageState:
     events: list[Event] = field(default_factory=list)
     syncs: list[simpy.Process] = field(default_factory=list)
     sends: list[simpy.Process] = field(default_factory=list)
-    deferred_syncs: list[tuple[str, float, int]] = field(default_factory=list)
     compute_busy_s: float = 0.0
     computing: bool = False
     dp_active: int = 0
@@ -131,8 +130,6 @@ class Engine:
             else:
                 yield from self._backward(index, action, final=position == last_backward)
         yield self.env.all_of(state.syncs + state.sends)
-        for name, seconds, m in state.deferred_syncs:
-            yield from self._blocking_sync(index, name, seconds, m)
         if index in self.tied_arrived:
             self.tied_arrived[index].succeed()
             yield self.env.all_of(list(self.tied_arrived.values()))
@@ -162,11 +159,7 @@ class Engine:
         self._memory(state, +excess)
         for layer in reversed(state.work.layers):
             yield from self._compute(index, f"B{m}", layer.backward_s, m, merge=True)
-            if final and state.work.syncs_after_backward(layer):
-                state.deferred_syncs += [
-                    (f"dp_sync {layer.name}", s, m) for _, s in layer.grad_sync
-                ]
-            elif final or layer.grad_sync_every_micro_batch:
+            if final or layer.grad_sync_every_micro_batch:
                 for op, seconds in layer.grad_sync:
                     state.dp_active += 1  # counted from now, so the next compute sees it
                     kind = "dp_gather" if op == "all_gather" else "dp_sync"
@@ -226,12 +219,6 @@ class Engine:
             yield self.env.timeout(seconds)
             self._record(index, "p2p", name, start, m)
         arrived.succeed()
-
-    def _blocking_sync(self, index: int, name: str, seconds: float, m: int) -> Process:
-        """A bucket's all-reduce that the stage waits for (nothing else runs meanwhile)."""
-        start = self.env.now
-        yield self.env.timeout(seconds)
-        self._record(index, "dp_comm", name, start, m)
 
     def _grad_sync(self, index: int, name: str, seconds: float, m: int) -> Process:
         state = self.states[index]

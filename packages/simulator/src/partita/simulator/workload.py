@@ -51,16 +51,6 @@ class Strategy:
     sp: str
     dp: str
     ckpt: bool
-    # Ranks of a wider tensor-parallel group that run this layer on the same batch slice: the
-    # whole-model trainer runs a tp 1 embedding and head beside tp k blocks on the blocks'
-    # batch, in the blocks' data-parallel group, rather than moving the batch between them.
-    replicas: int = 1
-
-    @property
-    def data_tp(self) -> int:
-        """The model-parallel group size that sets this layer's batch slice and data-parallel
-        group: ``dp = devices per stage / data_tp``."""
-        return self.tp * self.replicas
 
     @property
     def splits_sequence(self) -> bool:
@@ -81,8 +71,9 @@ class LayerWork:
     grad_bytes: float
     optimizer_bytes: float
     optimizer_s: float = 0.0  # this layer's part of the optimizer step (per tensor and byte)
-    # Gradients in DDP's buckets, allocated once and kept between steps; others are made by
-    # each step's backward (``partita.simulator.memory``).
+    # Gradients in the executor's DDP/ZeRO-1 buckets (``grad_sync.GradientBuckets``),
+    # allocated once and kept between steps; others are made by each step's backward
+    # (``partita.simulator.memory``).
     grads_held: bool = False
 
 
@@ -100,14 +91,6 @@ class StageWork:
     # keeps beyond what its layers' profiles count: (parameter, gradient, optimizer) bytes.
     tied_sync_s: float = 0.0
     tied_copy_bytes: tuple[float, float, float] = (0.0, 0.0, 0.0)
-    # DDP overlaps a whole-model plan's DDP and ZeRO-1 buckets with the backward; the pipeline
-    # trainer all-reduces them after the step's last backward, once its sends are received.
-    buckets_after_backward: bool = False
-
-    def syncs_after_backward(self, layer: LayerWork) -> bool:
-        """Whether ``layer``'s gradient sync waits for the end of the step's backward (the
-        pipeline trainer's DDP and ZeRO-1 buckets) rather than overlapping it."""
-        return self.buckets_after_backward and not layer.grad_sync_every_micro_batch
 
     @property
     def tail_s(self) -> float:
@@ -146,8 +129,7 @@ def stage_layers(
     plan: Plan, model: ModelDescription
 ) -> list[list[tuple[LayerDescription, Strategy]]]:
     """Each stage's layers with their strategies; embedding first, head last."""
-    replicas = vocab_replicas(plan)
-    vocab = Strategy(tp=plan.vocab.tp, sp="none", dp=plan.vocab.dp, ckpt=False, replicas=replicas)
+    vocab = Strategy(tp=plan.vocab.tp, sp="none", dp=plan.vocab.dp, ckpt=False)
     blocks = iter(zip(model.blocks, plan.layers, strict=True))
     stages: list[list[tuple[LayerDescription, Strategy]]] = []
     for count in plan.pipeline.stage_num_layers:
@@ -162,18 +144,9 @@ def stage_layers(
     return stages
 
 
-def vocab_replicas(plan: Plan) -> int:
-    """How many ranks of the blocks' tp group run the vocabulary layers on one batch slice:
-    the blocks' tp over the vocabulary's where the whole-model trainer runs the plan (one
-    batch slice for all layers), 1 where the layer-wise trainer moves the batch between them."""
-    if not plan.is_whole_model:
-        return 1
-    return plan.layers[0].tp // plan.vocab.tp
-
-
 def _block_strategy(layer: LayerDescription, s: LayerStrategy, plan: Plan) -> Strategy:
     if layer.vocab_parallel:  # shares the vocabulary table: split as the embedding is
-        return Strategy(plan.vocab.tp, "none", s.dp, s.ckpt, replicas=vocab_replicas(plan))
+        return Strategy(plan.vocab.tp, "none", s.dp, s.ckpt)
     return Strategy(s.tp, s.sp, s.dp, s.ckpt)
 
 
@@ -199,7 +172,6 @@ class WorkloadBuilder:
             plan.micro_batch_size,
             plan.mesh_axis_order,
             plan.precision,
-            plan.is_whole_model,
         )
 
     @property
@@ -295,7 +267,6 @@ class WorkloadBuilder:
             layers=tuple(works),
             send_forward_s=send_forward,
             send_backward_s=send_backward,
-            buckets_after_backward=not self.plan.is_whole_model,
             optimizer_step_s=self._optimizer_step(works),
             after_step_s=self._zero1_gathers(works, strategies)
             + self._ddp_reducer_latency(strategies)
@@ -322,11 +293,11 @@ class WorkloadBuilder:
             work, strategy = works[index], strategies[index]
             if strategy.dp not in ("ddp", "zero1") or not work.grad_sync:
                 continue
-            members, nbytes = open_buckets.get(strategy.data_tp, ([], 0.0))
+            members, nbytes = open_buckets.get(strategy.tp, ([], 0.0))
             if members and nbytes + work.grad_bytes > DDP_BUCKET_BYTES:
-                close(strategy.data_tp)
+                close(strategy.tp)
                 members, nbytes = [], 0.0
-            open_buckets[strategy.data_tp] = ([*members, index], nbytes + work.grad_bytes)
+            open_buckets[strategy.tp] = ([*members, index], nbytes + work.grad_bytes)
         for tp in list(open_buckets):
             close(tp)
         return out
@@ -337,14 +308,14 @@ class WorkloadBuilder:
         by_tp: dict[int, float] = {}
         for work, strategy in zip(works, strategies, strict=True):
             if strategy.dp == "zero1":
-                by_tp[strategy.data_tp] = by_tp.get(strategy.data_tp, 0.0) + work.param_bytes
+                by_tp[strategy.tp] = by_tp.get(strategy.tp, 0.0) + work.param_bytes
         return sum(
             self._meeting("all_gather", nbytes, self._placement("dp", tp))
             for tp, nbytes in by_tp.items()
         )
 
     def _local_batch(self, strategy: Strategy) -> float:
-        return self.plan.micro_batch_size / self.plan.dp_degree(strategy.data_tp)
+        return self.plan.micro_batch_size / self.plan.dp_degree(strategy.tp)
 
     def _hidden_bytes(self, layer: LayerDescription, strategy: Strategy) -> float:
         return layer.seq_len * layer.hidden_size * self.element_bytes * self._local_batch(strategy)
@@ -372,7 +343,7 @@ class WorkloadBuilder:
         """Like :meth:`layer_work`, but a cached result may carry an identical layer's name."""
         if self.cache is None:
             return self._layer_work(layer, strategy, previous)
-        layout = None if previous is None else (previous.tp, previous.sp, previous.data_tp)
+        layout = None if previous is None else (previous.tp, previous.sp, previous.tp)
         key = (self._shape(), layer_signature(layer), strategy, layout)
         work = self.cache.get(key)
         if work is None:
@@ -388,7 +359,7 @@ class WorkloadBuilder:
         tp_comm = 0.0 if times.includes_tp_comm else self._tp_comm(layer, strategy)
         into_forward, into_backward = self._redistribution(layer, strategy, previous)
         memory = self.cost.layer_memory(layer, tp=strategy.tp, sp=strategy.sp)
-        dp_group = self._placement("dp", strategy.data_tp)
+        dp_group = self._placement("dp", strategy.tp)
         gather = self._meeting("all_gather", memory.param_bytes, dp_group)
         forward = times.forward_s + tp_comm + into_forward
         backward = times.backward_s + tp_comm + into_backward
@@ -457,16 +428,16 @@ class WorkloadBuilder:
         sequence is gathered going forward, a batch slice that grows is gathered going forward
         and one that shrinks going backward, and this layer's split sequence is gathered
         going backward. Splits and slices taken from what a rank holds cost nothing."""
-        if previous is None or (previous.tp, previous.sp, previous.data_tp) == (
+        if previous is None or (previous.tp, previous.sp, previous.tp) == (
             strategy.tp,
             strategy.sp,
-            strategy.data_tp,
+            strategy.tp,
         ):
             return 0.0, 0.0
-        group = self._placement("tp", max(previous.data_tp, strategy.data_tp))
+        group = self._placement("tp", max(previous.tp, strategy.tp))
         gather = self._meeting("all_gather", self._hidden_bytes(layer, strategy), group)
-        forward = previous.splits_sequence + (previous.data_tp < strategy.data_tp)
-        backward = (previous.data_tp > strategy.data_tp) + strategy.splits_sequence
+        forward = previous.splits_sequence + (previous.tp < strategy.tp)
+        backward = (previous.tp > strategy.tp) + strategy.splits_sequence
         return forward * gather, backward * gather
 
     def _grad_sync(
@@ -486,9 +457,9 @@ class WorkloadBuilder:
         return seconds or 0.0
 
     def _under_ddp(self, strategy: Strategy, dp: int) -> bool:
-        """The executor wraps a whole-model plan's DDP and ZeRO-1 in DistributedDataParallel;
-        its pipeline trainer all-reduces buckets itself, with no reducer."""
-        return self.plan.is_whole_model and strategy.dp in ("ddp", "zero1") and dp > 1
+        """The executor sums DDP and ZeRO-1 gradients over more than one rank in its buckets
+        (hooks, a kept flat buffer per bucket), overlapping the backward."""
+        return strategy.dp in ("ddp", "zero1") and dp > 1
 
     def _tensor_work_share(
         self, kind: TensorWorkKind, *, tensors: float, nbytes: float
@@ -505,7 +476,7 @@ class WorkloadBuilder:
         """The reducer's fixed part, once a step (counted with the step's end)."""
         work = self.cost.hardware.ddp_reducer
         if work is None or not any(
-            self._under_ddp(s, self._placement("dp", s.data_tp).size) for s in strategies
+            self._under_ddp(s, self._placement("dp", s.tp).size) for s in strategies
         ):
             return 0.0
         return work.latency_s

@@ -40,7 +40,6 @@ from partita.simulator.workload import (
     Strategy,
     WorkloadBuilder,
     layer_signature,
-    vocab_replicas,
 )
 
 T = TypeVar("T")
@@ -402,11 +401,9 @@ class _Searcher:
             precision=self.problem.precision,  # type: ignore[arg-type]
         )
 
-    def _vocab_work(
-        self, template: Plan, builder: WorkloadBuilder, *, replicas: int = 1
-    ) -> dict[str, LayerWork]:
+    def _vocab_work(self, template: Plan, builder: WorkloadBuilder) -> dict[str, LayerWork]:
         vocab = template.vocab
-        strategy = Strategy(tp=vocab.tp, sp="none", dp=vocab.dp, ckpt=False, replicas=replicas)
+        strategy = Strategy(tp=vocab.tp, sp="none", dp=vocab.dp, ckpt=False)
         return {
             layer.kind: builder.layer_cost(layer, strategy, None)
             for layer in self.problem.model.layers
@@ -448,19 +445,13 @@ class _Searcher:
                 np.array([max((w.transient_bytes for w in h), default=0.0) for h in held]),
             )
 
-        by_replicas = {1: held_costs(shape.vocab)}
+        held_time, held_memory, held_transient = held_costs(shape.vocab)
         present = counts > 0
         for strategy in sorted(shared, key=lambda s: (s.tp, s.sp, s.dp, s.ckpt)):
             layer = LayerStrategy(strategy.tp, strategy.sp, strategy.dp, strategy.ckpt)  # type: ignore[arg-type]
             plan = replace(template, layers=tuple(layer for _ in self.blocks))
             if self.problem.space.name == "uniform":  # uniform includes the embedding and head
                 plan = replace(plan, vocab=replace(plan.vocab, dp=strategy.dp))  # type: ignore[arg-type]
-            # A whole-model plan runs a tp 1 embedding and head on the blocks' batch slice.
-            replicas = vocab_replicas(plan)
-            if replicas not in by_replicas:
-                vocab = self._vocab_work(plan, shape.builder, replicas=replicas)
-                by_replicas[replicas] = held_costs(vocab)
-            held_time, held_memory, held_transient = by_replicas[replicas]
             options = [shape.options[k] for k in kinds]
             picks = [o.positions[strategy] for o in options]
             per_kind = np.array(

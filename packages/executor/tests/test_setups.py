@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from partita.executor.parallel_model import LayerSetup, _check_sequence_parallel, layer_setups
+from partita.executor.setups import LayerSetup, check_sequence_parallel, layer_setups
 from partita.formats import LayerStrategy, PipelineConfig, Plan, VocabStrategy
 from partita.models.api import build_model
 
@@ -20,13 +20,13 @@ def _setup(sp: str, tp: int = 2) -> LayerSetup:
 
 def test_a_family_without_sequence_parallelism_is_refused_by_layer() -> None:
     with pytest.raises(ValueError, match=r"layer stages\.0\.blocks\.0: ulysses .* not supported"):
-        _check_sequence_parallel("unknown", [_setup("ulysses")])
+        check_sequence_parallel("unknown", [_setup("ulysses")])
 
 
 @pytest.mark.parametrize("family", ["gpt", "llama", "bert", "vit", "t5", "swin"])
 @pytest.mark.parametrize("sp", ["megatron", "ulysses"])
 def test_every_family_runs_both_sequence_parallel_modes(family: str, sp: str) -> None:
-    _check_sequence_parallel(family, [_setup(sp)])
+    check_sequence_parallel(family, [_setup(sp)])
 
 
 def test_t5_bridge_follows_the_vocabulary_strategy() -> None:

@@ -1,0 +1,129 @@
+"""Every plan kind on gloo with the default device set to ``meta`` after the first step (so a
+tensor made without naming the rank's device fails the step), and under bf16 and fp16 against
+one process under the same precision.
+
+fp32 cases must equal one process as tightly as the equality suite (losses rtol 1e-5,
+parameters ``allclose(1e-5, 1e-5)``). Mixed precision cannot: a sharded matmul rounds its
+partial products to bf16/fp16 before they are summed across ranks, where one process sums
+them in fp32 inside one kernel, so each layer's output differs by about one rounding of the
+compute dtype (bf16: 2^-8 = 4e-3 relative; fp16: 2^-11 = 5e-4). Averaged over a batch's
+tokens that moves the loss far less: measured over 4 steps the losses agree within 4.5e-5
+(bf16, t5) and 6e-6 (fp16), so the bounds are rtol 1e-4 and 2e-5. Parameters are bounded by
+lr a step (4e-3 after 4 steps; measured up to 2.4e-3 in bf16): AdamW divides each gradient by
+its own running magnitude, so an element whose exact gradient is about zero (attention key
+biases) moves by up to lr either way on rounding noise alone, in one process as in many.
+The loss bound is what catches a wrong sum here; the fp32 cases check parameters tightly.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+from gloo_cases import launch_cases, run_launch
+from plan_cases import BLOCKS, make_plan
+
+from partita.formats import LayerStrategy, Plan, VocabStrategy, dumps
+
+STEPS = 4
+WORLD = 2
+HERE = Path(__file__).resolve().parent
+LR = 1e-3
+MIXED_LOSS_RTOL = {"bf16": 1e-4, "fp16": 2e-5}
+
+
+def _uniform(model: str, layer: LayerStrategy, vocab: VocabStrategy, **kw: object) -> Plan:
+    plan = make_plan(
+        model, world=WORLD, layers=tuple(layer for _ in range(BLOCKS[model])), vocab=vocab, **kw
+    )
+    assert plan is not None
+    return plan
+
+
+def _plans() -> dict[str, tuple[str, Plan]]:
+    gpt = "gpt-tiny"
+    layerwise = (LayerStrategy(), LayerStrategy(tp=2, sp="megatron"), LayerStrategy(dp="zero3"))
+    layerwise += (LayerStrategy(tp=2, ckpt=True),)
+    return {
+        "ddp": (gpt, _uniform(gpt, LayerStrategy(), VocabStrategy())),
+        "zero1": (gpt, _uniform(gpt, LayerStrategy(dp="zero1"), VocabStrategy(dp="zero1"))),
+        "zero2": (gpt, _uniform(gpt, LayerStrategy(dp="zero2"), VocabStrategy(dp="zero2"))),
+        "zero3": (gpt, _uniform(gpt, LayerStrategy(dp="zero3"), VocabStrategy(dp="zero3"))),
+        "tp2": (gpt, _uniform(gpt, LayerStrategy(tp=2), VocabStrategy(tp=2))),
+        "megatron-sp2": (gpt, _uniform(gpt, LayerStrategy(tp=2, sp="megatron"), VocabStrategy())),
+        "ulysses2": (gpt, _uniform(gpt, LayerStrategy(tp=2, sp="ulysses"), VocabStrategy())),
+        "ckpt": (gpt, _uniform(gpt, LayerStrategy(ckpt=True), VocabStrategy())),
+        "gpipe-pp2-m2": (gpt, make_plan(gpt, world=WORLD, pp=2, micro_batches=2)),  # type: ignore[dict-item]
+        "1f1b-pp2-m4": (
+            gpt,
+            make_plan(gpt, world=WORLD, pp=2, schedule="1f1b", micro_batches=4),  # type: ignore[dict-item]
+        ),
+        "layerwise": (gpt, make_plan(gpt, world=WORLD, layers=layerwise)),  # type: ignore[dict-item]
+        "t5-1f1b-pp2": (
+            "t5-tiny",
+            make_plan("t5-tiny", world=WORLD, pp=2, schedule="1f1b", micro_batches=2),  # type: ignore[dict-item]
+        ),
+    }
+
+
+PLANS = _plans()
+MIXED = ("zero3", "megatron-sp2", "1f1b-pp2-m4", "layerwise", "t5-1f1b-pp2")
+
+
+def _case(name: str, model: str, plan: Plan, **extra: object) -> dict:
+    return {"name": name, "model": model, "plan": dumps(plan), "steps": STEPS, **extra}
+
+
+def _cases() -> list[dict]:
+    cases = [_case(f"fp32/{name}", model, plan) for name, (model, plan) in PLANS.items()]
+    for precision in ("bf16", "fp16"):
+        for name in MIXED:
+            model, plan = PLANS[name]
+            cases.append(_case(f"{precision}/{name}", model, replace(plan, precision=precision)))
+    return cases
+
+
+CASES = _cases()
+
+
+@pytest.fixture(scope="module")
+def results(tmp_path_factory: pytest.TempPathFactory) -> dict[str, dict]:
+    return launch_cases(HERE / "device_worker.py", WORLD, tmp_path_factory.mktemp("dev"), CASES)
+
+
+@pytest.mark.parametrize("name", [n for n in PLANS])
+def test_every_plan_kind_makes_its_tensors_on_the_ranks_device(
+    results: dict[str, dict], name: str
+) -> None:
+    outcome = results[f"fp32/{name}"]
+    assert "error" not in outcome, outcome.get("error")
+    assert outcome["missing"] == []
+    assert outcome["loss_error"] <= 1e-5, (outcome["losses"], outcome["reference"])
+    assert outcome["param_error"] <= 1.0, f"{outcome['param_error']:.2f} x atol"
+
+
+@pytest.mark.parametrize("precision", ["bf16", "fp16"])
+@pytest.mark.parametrize("name", MIXED)
+def test_mixed_precision_follows_one_process_under_the_same_precision(
+    results: dict[str, dict], name: str, precision: str
+) -> None:
+    outcome = results[f"{precision}/{name}"]
+    assert "error" not in outcome, outcome.get("error")
+    assert outcome["missing"] == []
+    assert outcome["skipped_steps"] == 0
+    assert outcome["loss_error"] <= MIXED_LOSS_RTOL[precision], json.dumps(outcome)[:400]
+    # excess_error is in units of atol 1e-5; 0.5 x lr is 50 such units.
+    # excess_error is in units of atol 1e-5: lr a step is 100 such units a step.
+    assert outcome["param_error"] <= STEPS * LR / 1e-5, f"{outcome['param_error']:.1f} x 1e-5"
+
+
+def test_a_receive_made_without_the_ranks_device_fails_the_guarded_step(tmp_path: Path) -> None:
+    # A failed receive leaves its peer waiting, so the case has a launch of its own with a
+    # short process-group timeout.
+    model, plan = PLANS["gpipe-pp2-m2"]
+    case = {**_case("sabotaged", model, plan, sabotage="receive_without_device"), "steps": 2}
+    done = run_launch(HERE / "device_worker.py", WORLD, tmp_path, [case], timeout_s=10)
+    assert done.returncode != 0
+    assert "meta" in done.stderr, done.stderr[-2000:]
