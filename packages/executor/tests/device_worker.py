@@ -13,7 +13,6 @@ for the tolerances.
 
 from __future__ import annotations
 
-import json
 import os
 import sys
 from pathlib import Path
@@ -23,45 +22,10 @@ import torch.distributed as dist
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from equality_worker import ADAM_EPS, excess_error, run_cases
+from equality_worker import ADAM_EPS, cached_reference, excess_error, run_cases
 
 from partita.executor.groups import ParallelGroups
-from partita.executor.loss_scaling import LossScaler
-from partita.executor.trainer import AUTOCAST_DTYPES, Trainer, TrainSettings
-from partita.models.api import build_model
-
-_REFERENCES: dict[str, tuple[list[float], dict[str, torch.Tensor]]] = {}
-
-
-def reference(
-    trainer: Trainer, settings: TrainSettings, precision: str
-) -> tuple[list[float], dict[str, torch.Tensor]]:
-    """One process on the whole batch under ``precision`` (cached per model and precision)."""
-    key = json.dumps([str(trainer.source), precision, trainer.plan.global_batch_size])
-    if key in _REFERENCES:
-        return _REFERENCES[key]
-    model = build_model(trainer.config, seed=settings.seed)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=settings.lr, eps=settings.adam_eps)
-    dtype = AUTOCAST_DTYPES.get(precision)
-    defaults = LossScaler(group=None, device=torch.device("cpu"))  # type: ignore[arg-type]
-    scaler = torch.amp.GradScaler(
-        "cpu",
-        init_scale=defaults.scale,
-        growth_interval=defaults.growth_interval,
-        enabled=precision == "fp16",
-    )
-    losses = []
-    for step in range(settings.steps):
-        batch = trainer.global_batch(step)
-        optimizer.zero_grad(set_to_none=True)
-        with torch.autocast("cpu", dtype=dtype or torch.float32, enabled=dtype is not None):
-            loss = model.loss(model(batch), batch)
-        scaler.scale(loss).backward()
-        scaler.step(optimizer)
-        scaler.update()
-        losses.append(float(loss.detach()))
-    _REFERENCES[key] = (losses, {k: v.detach() for k, v in model.named_parameters()})
-    return _REFERENCES[key]
+from partita.executor.trainer import Trainer, TrainSettings
 
 
 def run_case(case: dict, groups: ParallelGroups) -> dict:
@@ -88,18 +52,18 @@ def run_case(case: dict, groups: ParallelGroups) -> dict:
             src, device=torch.get_default_device()
         )
         try:
-            return _train_and_compare(trainer, settings, groups)
+            return _train_and_compare(case, trainer, settings)
         finally:
             module.recv_activations = original
-    return _train_and_compare(trainer, settings, groups)
+    return _train_and_compare(case, trainer, settings)
 
 
-def _train_and_compare(trainer: Trainer, settings: TrainSettings, groups: ParallelGroups) -> dict:
+def _train_and_compare(case: dict, trainer: Trainer, settings: TrainSettings) -> dict:
     result = trainer.run()
     params = trainer.full_parameters()
     if dist.get_rank() != 0:
         return {}
-    ref_losses, ref_params = reference(trainer, settings, groups.plan.precision)
+    ref_losses, ref_params = cached_reference(case, trainer, settings)
     loss_error = max(abs(a - b) / abs(b) for a, b in zip(result.losses, ref_losses, strict=True))
     param_error = max(excess_error(params[k], ref_params[k]) for k in ref_params)
     return {

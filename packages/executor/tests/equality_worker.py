@@ -20,7 +20,8 @@ import torch
 import torch.distributed as dist
 
 from partita.executor.groups import ParallelGroups
-from partita.executor.trainer import Trainer, TrainSettings, create_groups
+from partita.executor.loss_scaling import LossScaler
+from partita.executor.trainer import AUTOCAST_DTYPES, Trainer, TrainSettings, create_groups
 from partita.formats import Plan, loads
 from partita.models.api import build_model
 
@@ -32,32 +33,47 @@ ADAM_EPS = 1e-6
 
 
 def reference(
-    trainer: Trainer, settings: TrainSettings
+    trainer: Trainer, settings: TrainSettings, precision: str = "fp32"
 ) -> tuple[list[float], dict[str, torch.Tensor]]:
+    """One process on the whole batch under ``precision``: autocast for bf16 and fp16, and for
+    fp16 torch's ``GradScaler`` on the trainer's loss-scaling schedule."""
     model = build_model(trainer.config, seed=settings.seed)
     optimizer = torch.optim.AdamW(model.parameters(), lr=settings.lr, eps=settings.adam_eps)
+    dtype = AUTOCAST_DTYPES.get(precision)
+    schedule = LossScaler(group=None, device=torch.device("cpu"))  # type: ignore[arg-type]
+    scaler = torch.amp.GradScaler(
+        "cpu",
+        init_scale=schedule.scale,
+        growth_interval=schedule.growth_interval,
+        enabled=precision == "fp16",
+    )
     losses = []
     for step in range(settings.steps):
         batch = trainer.global_batch(step)
         optimizer.zero_grad(set_to_none=True)
-        loss = model.loss(model(batch), batch)
-        loss.backward()
-        optimizer.step()
+        with torch.autocast("cpu", dtype=dtype or torch.float32, enabled=dtype is not None):
+            loss = model.loss(model(batch), batch)
+        scaler.scale(loss).backward()
+        scaler.step(optimizer)
+        scaler.update()
         losses.append(float(loss.detach()))
     return losses, {k: v.detach() for k, v in model.named_parameters()}
 
 
-# The one-process run depends on the model, seed, data and optimizer, not on the strategy:
-# rank 0 computes it once per model while the other ranks wait.
+# The one-process run depends on the model, seed, data, optimizer and precision, not on the
+# strategy: rank 0 computes it once per model while the other ranks wait.
 _REFERENCES: dict[str, tuple[list[float], dict[str, torch.Tensor]]] = {}
 
 
 def cached_reference(
     case: dict, trainer: Trainer, settings: TrainSettings
 ) -> tuple[list[float], dict[str, torch.Tensor]]:
-    key = json.dumps([case["model"], settings.seed, settings.steps, trainer.plan.global_batch_size])
+    precision = trainer.plan.precision
+    key = json.dumps(
+        [case["model"], settings.seed, settings.steps, trainer.plan.global_batch_size, precision]
+    )
     if key not in _REFERENCES:
-        _REFERENCES[key] = reference(trainer, settings)
+        _REFERENCES[key] = reference(trainer, settings, precision)
     return _REFERENCES[key]
 
 

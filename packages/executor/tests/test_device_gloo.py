@@ -7,12 +7,14 @@ parameters ``allclose(1e-5, 1e-5)``). Mixed precision cannot: a sharded matmul r
 partial products to bf16/fp16 before they are summed across ranks, where one process sums
 them in fp32 inside one kernel, so each layer's output differs by about one rounding of the
 compute dtype (bf16: 2^-8 = 4e-3 relative; fp16: 2^-11 = 5e-4). Averaged over a batch's
-tokens that moves the loss far less: measured over 4 steps the losses agree within 4.5e-5
-(bf16, t5) and 6e-6 (fp16), so the bounds are rtol 1e-4 and 2e-5. Parameters are bounded by
-lr a step (4e-3 after 4 steps; measured up to 2.4e-3 in bf16): AdamW divides each gradient by
-its own running magnitude, so an element whose exact gradient is about zero (attention key
-biases) moves by up to lr either way on rounding noise alone, in one process as in many.
-The loss bound is what catches a wrong sum here; the fp32 cases check parameters tightly.
+tokens that moves the loss far less: measured, the losses agree within 7.9e-5 (bf16) and
+6e-6 (fp16) for the language models and 5.6e-4 / 3e-5 for ViT and Swin (whose
+classification losses are small, so relative errors are larger); the bounds are rtol 1e-3
+(bf16) and 1e-4 (fp16). Parameters are bounded by 2 lr a step (measured up to 5.2e-3 after 5
+steps, T5 in bf16): AdamW divides each gradient by its own running magnitude, so an element
+whose exact gradient is about zero (attention key biases) moves by up to about lr either way
+on rounding noise alone, and two runs can take opposite ways. The loss bound is what catches
+a wrong sum here; the fp32 cases check parameters tightly.
 """
 
 from __future__ import annotations
@@ -31,7 +33,7 @@ STEPS = 4
 WORLD = 2
 HERE = Path(__file__).resolve().parent
 LR = 1e-3
-MIXED_LOSS_RTOL = {"bf16": 1e-4, "fp16": 2e-5}
+MIXED_LOSS_RTOL = {"bf16": 1e-3, "fp16": 1e-4}
 
 
 def _uniform(model: str, layer: LayerStrategy, vocab: VocabStrategy, **kw: object) -> Plan:
@@ -115,8 +117,8 @@ def test_mixed_precision_follows_one_process_under_the_same_precision(
     assert outcome["skipped_steps"] == 0
     assert outcome["loss_error"] <= MIXED_LOSS_RTOL[precision], json.dumps(outcome)[:400]
     # excess_error is in units of atol 1e-5; 0.5 x lr is 50 such units.
-    # excess_error is in units of atol 1e-5: lr a step is 100 such units a step.
-    assert outcome["param_error"] <= STEPS * LR / 1e-5, f"{outcome['param_error']:.1f} x 1e-5"
+    # excess_error is in units of atol 1e-5: 2 lr a step is 200 such units a step.
+    assert outcome["param_error"] <= 2 * STEPS * LR / 1e-5, f"{outcome['param_error']:.1f}"
 
 
 def test_a_receive_made_without_the_ranks_device_fails_the_guarded_step(tmp_path: Path) -> None:

@@ -9,12 +9,17 @@ in this order (each step reads each layer's ``setups.LayerSetup``):
    the chosen kernel;
 3. tensor and sequence parallelism (``tensor_parallel.apply_tensor_parallel``): each layer
    keeps its shard, and a table tied between layers stays one parameter;
-4. placement on the rank's device (only what this rank holds moves there);
+4. materialisation, layer by layer: the model comes built on the ``meta`` device
+   (``partita.models.init.build_empty``), and each parameter this rank holds (its tensor-
+   parallel shard) is allocated on the rank's device and filled with what the same part of
+   the one-process model holds (``partita.models.init.Materializer``); nothing else is ever
+   allocated;
 5. activation checkpointing (``StageModel.forward`` wraps the layers whose setup asks);
-6. data parallelism: FSDP2 on each ZeRO-2/3 layer (``data_parallel.shard_layer``); the
-   gradients of DDP and ZeRO-1 layers are summed in buckets that overlap the backward
-   (``grad_sync.GradientBuckets``); a table tied across stages is summed between its copies
-   after the backward;
+6. data parallelism: FSDP2 on each ZeRO-2/3 layer right after it is materialised
+   (``data_parallel.shard_layer``), so at most one layer's tensor-parallel shard is whole at a
+   time; the gradients of DDP and ZeRO-1 layers are summed in buckets that overlap the
+   backward (``grad_sync.GradientBuckets``); a table tied across stages is summed between its
+   copies after the backward;
 7. the optimizers (``data_parallel.layerwise_optimizers``: AdamW, ZeRO-1's sharded one).
 """
 
@@ -25,6 +30,8 @@ from dataclasses import dataclass
 import torch
 import torch.distributed as dist
 from torch import nn
+from torch.distributed.tensor import DTensor
+from torch.distributed.tensor._utils import compute_local_shape_and_global_offset
 
 from partita.executor.data_parallel import Optimizers, layerwise_optimizers, shard_layer
 from partita.executor.grad_sync import GradientBuckets, all_reduce_flat
@@ -35,11 +42,13 @@ from partita.executor.setups import (
     layer_setups,
     layer_stages,
 )
+from partita.executor.sharded_state import canonical_names
 from partita.executor.stage import StageModel
 from partita.executor.tensor_parallel import ShardRecord, apply_tensor_parallel
 from partita.formats import Plan
 from partita.models.attention import apply_attention
 from partita.models.families import family_of
+from partita.models.init import Box, Materializer, init_specs, one_process_names
 from partita.models.layered import LayeredModel
 
 
@@ -80,20 +89,23 @@ def parallelize_stage(
     groups: ParallelGroups,
     *,
     device: torch.device,
+    seed: int,
     attention: str = "auto",
     lr: float,
     eps: float,
 ) -> ParallelStage:
-    """This rank's stage of ``model`` under ``plan`` (collective only through FSDP's setup)."""
+    """This rank's stage of ``model`` (built by ``build_empty``: parameters on ``meta``)
+    under ``plan``, initialised as ``build_model(..., seed=seed)`` initialises one process."""
     setups = layer_setups(model, plan, groups)
     stage, _ = groups.stage_of()
     indices = [i for i, s in enumerate(layer_stages(model, plan)) if s == stage]
+    names = one_process_names(model)
     stage_model = StageModel(model, setups, indices=indices, groups=groups)
     kernel = apply_attention(stage_model, attention, device)
-    _apply_tensor_parallel(model, stage_model, setups)
-    stage_model.to(device)
+    record = _apply_tensor_parallel(model, stage_model, setups)
+    materializer = Materializer(init_specs(model.config), seed, device, canonical_names(model))
+    sharded = _materialize_and_shard(stage_model, setups, model, record, names, materializer)
     tables = _tied_tables(model, stage_model)
-    sharded = _shard_data_parallel(stage_model, setups, ignored=tables)
     named = dict(stage_model.named_parameters())
     partial = [(named[n], g) for n, g in stage_model.partial_names.items() if n in named]
     # A tied table stays whole under FSDP and is summed over its data-parallel group after
@@ -133,7 +145,7 @@ def parallelize_stage(
 
 def _apply_tensor_parallel(
     model: LayeredModel, stage_model: StageModel, setups: list[LayerSetup]
-) -> None:
+) -> ShardRecord:
     family = family_of(model.config)
     check_sequence_parallel(family.name, [setups[i] for i in stage_model.indices])
     layouts = family.tp_layouts(model.config)
@@ -161,6 +173,90 @@ def _apply_tensor_parallel(
             if name not in stage_model.shard_dims:
                 partial[name] = setup.groups.tp
     stage_model.partial_names = partial
+    return record
+
+
+def _materialize_and_shard(
+    stage_model: StageModel,
+    setups: list[LayerSetup],
+    model: LayeredModel,
+    record: ShardRecord,
+    names: dict[int, str],
+    materializer: Materializer,
+) -> set[int]:
+    """Materialise the stage layer by layer and shard ZeRO-2/3 layers with FSDP2; the ids of
+    the parameters FSDP syncs. A ZeRO-2/3 layer is sharded while still on ``meta`` and only
+    its FSDP shards are allocated and filled, so a rank never holds more than its shard of a
+    parameter. Tied tables stay whole under FSDP (summed by hand)."""
+    pieces = _tensor_parallel_pieces(record, names)
+    tied_names = {name for tie in model.tied for name in tie.names}
+    tables: dict[str, nn.Parameter] = {}  # a tied table's first name -> this stage's copy
+    sharded: set[int] = set()
+    for i in stage_model.indices:
+        layer = stage_model.layers[str(i)]
+        prefix = f"layers.{i}"
+        # Where each parameter lies in the one-process model, by its path in the layer (FSDP
+        # replaces the parameter objects, not their paths).
+        where = {
+            path: pieces.get(id(p), (names.get(id(p), f"{prefix}.{path}"), None))
+            for path, p in layer.named_parameters(remove_duplicate=False)
+        }
+        ignored = {p for path, p in layer.named_parameters() if f"{prefix}.{path}" in tied_names}
+        setup = setups[i]
+        if shard_layer(layer, mode=setup.dp, groups=setup.groups, ignored=ignored):
+            sharded |= {id(p) for p in layer.parameters() if p not in ignored}
+        buffers = {name: b for name, b in layer.named_buffers()}
+        layer.to_empty(device=materializer.device)  # this rank's pieces only, unfilled
+        for name, buffer in buffers.items():
+            owner_path, _, attr = name.rpartition(".")
+            owner = layer.get_submodule(owner_path) if owner_path else layer
+            owner._buffers[attr] = buffer.to(materializer.device)
+        for path, param in layer.named_parameters(remove_duplicate=False):
+            name, box = where[path]
+            if name in tied_names:  # one parameter for every layer of the stage using it
+                first = materializer.canonical.get(name, name)
+                if first in tables:
+                    owner_path, _, attr = path.rpartition(".")
+                    owner = layer.get_submodule(owner_path) if owner_path else layer
+                    owner._parameters[attr] = tables[first]
+                    continue
+                tables[first] = param
+            local, box = _fsdp_piece(param, box)
+            materializer.fill(local, name, box)
+    return sharded
+
+
+def _tensor_parallel_pieces(
+    record: ShardRecord, names: dict[int, str]
+) -> dict[int, tuple[str, Box | None]]:
+    """id(new parameter) -> (the one-process name it stands for, its tensor-parallel box)."""
+    shards = {id(p): p for p in record.shards.values()}
+    pieces: dict[int, tuple[str, Box | None]] = {}
+    for new, original in record.sources.items():
+        box = None
+        if new in record.dims:
+            dim, group = record.dims[new]
+            shard = shards[new]
+            whole = list(shard.shape)
+            whole[dim] *= dist.get_world_size(group)
+            offsets = [0] * shard.dim()
+            offsets[dim] = dist.get_rank(group) * shard.shape[dim]
+            box = Box(tuple(offsets), tuple(whole))
+        pieces[new] = (names[id(original)], box)
+    return pieces
+
+
+def _fsdp_piece(param: torch.Tensor, box: Box | None) -> tuple[torch.Tensor, Box]:
+    """The tensor to fill for ``param`` and where it lies in the whole parameter: an FSDP
+    DTensor's local shard, placed inside the tensor-parallel ``box`` (default: whole)."""
+    if not isinstance(param, DTensor):
+        return param, box or Box.whole(param.shape)
+    outer = box or Box.whole(param.shape)
+    _, offset = compute_local_shape_and_global_offset(
+        param.shape, param.device_mesh, param.placements
+    )
+    offsets = tuple(a + b for a, b in zip(outer.offsets, offset, strict=True))
+    return param.to_local(), Box(offsets, outer.whole_shape)
 
 
 def _tied_across_stages(
@@ -183,17 +279,3 @@ def _tied_tables(model: LayeredModel, stage_model: StageModel) -> set[int]:
     """ids of this stage's copies of the tables tied between layers."""
     named = dict(stage_model.named_parameters(remove_duplicate=False))
     return {id(named[n]) for tie in model.tied for n in tie.names if n in named}
-
-
-def _shard_data_parallel(
-    stage_model: StageModel, setups: list[LayerSetup], *, ignored: set[int]
-) -> set[int]:
-    """FSDP2 on ZeRO-2/3 layers; the ids of the parameters FSDP synchronises."""
-    ignored_params = {p for p in stage_model.parameters() if id(p) in ignored}
-    sharded: set[int] = set()
-    for i in stage_model.indices:
-        layer = stage_model.layers[str(i)]
-        setup = setups[i]
-        if shard_layer(layer, mode=setup.dp, groups=setup.groups, ignored=ignored_params):
-            sharded |= {id(p) for p in layer.parameters() if p not in ignored_params}
-    return sharded

@@ -102,16 +102,19 @@ def _chunk(tensor: torch.Tensor, dim: int, group: dist.ProcessGroup) -> torch.Te
 
 @dataclass
 class ShardRecord:
-    """Which parameters were split, along which dimension, over which group."""
+    """Which parameters were split, along which dimension, over which group; and which
+    parameter each new one (a shard, or a whole copy such as a row-parallel bias) stands for."""
 
     shards: dict[int, nn.Parameter] = field(default_factory=dict)  # id(original) -> shard
     dims: dict[int, tuple[int, dist.ProcessGroup]] = field(default_factory=dict)  # id(shard)
+    sources: dict[int, nn.Parameter] = field(default_factory=dict)  # id(new) -> original
 
     def add(
         self, original: nn.Parameter, shard: nn.Parameter, dim: int, group: dist.ProcessGroup
     ) -> None:
         self.shards[id(original)] = shard
         self.dims[id(shard)] = (dim, group)
+        self.sources[id(shard)] = original
 
 
 def apply_tensor_parallel(
@@ -217,6 +220,7 @@ def _replace(
     for attr, original in originals.items():
         dim = replacement.shard_dims.get(attr)
         if dim is None:
+            record.sources[id(getattr(replacement, attr))] = original
             continue
         if id(original) in record.shards:  # tied to a weight sharded earlier: reuse that shard
             setattr(replacement, attr, record.shards[id(original)])

@@ -48,12 +48,12 @@ from partita.formats import Plan
 from partita.formats.schedules import build_schedule
 from partita.models.api import (
     ModelSource,
-    build_model,
     describe_model,
     resolve_config,
     synthetic_batch,
 )
 from partita.models.families import family_of
+from partita.models.init import build_empty
 from partita.models.layered import Activations
 from partita.models.losses import IGNORE_INDEX
 from partita.models.text_data import TextBatches, tokenize_file
@@ -118,7 +118,7 @@ class Trainer:
         check_supported(self.plan)
         self.config = resolve_config(self.source)
         self.family = family_of(self.config)
-        model = build_model(self.config, seed=self.settings.seed)
+        model = build_empty(self.config)  # parameters on meta: each rank fills only its own
         # A tied table's copies are reported under the one-process model's (first) name.
         self.canonical = canonical_names(model)
         self.parallel: ParallelStage = parallelize_stage(
@@ -126,6 +126,7 @@ class Trainer:
             self.plan,
             self.groups,
             device=self.device,
+            seed=self.settings.seed,
             attention=self.settings.attention,
             lr=self.settings.lr,
             eps=self.settings.adam_eps,

@@ -23,19 +23,16 @@ def resolve_config(source: ModelSource) -> PretrainedConfig:
 
 
 def build_model(source: ModelSource, *, seed: int | None = None) -> LayeredModel:
-    """The layered torch model, initialised as transformers initialises the same model
-    (with ``seed`` if given): the reference model is built and its weights copied, so a
-    fresh model trains like its transformers twin (torch's default init does not)."""
+    """The layered torch model, its parameters drawn from the distributions transformers
+    initialises the same model with (``partita.models.init``: piece by piece, so that any
+    rank's shard of a parallel run equals the same part of this model). ``seed`` None draws
+    one from torch's generator."""
+    from partita.models.init import build_empty, materialize
+
     config = resolve_config(source)
-    family = family_of(config)
-    family.check_config(config)
-    with torch.random.fork_rng(devices=[]):
-        if seed is not None:
-            torch.manual_seed(seed)
-        reference = family.reference_model(config)
-        model = family.build(config)
-    model.load_state_dict(family.from_hf_state_dict(reference.state_dict(), config))
-    return model
+    if seed is None:
+        seed = int(torch.randint(0, 2**62, ()).item())
+    return materialize(build_empty(config), seed=seed)
 
 
 def describe_model(
