@@ -1,6 +1,8 @@
 """Every plan kind on gloo with the default device set to ``meta`` after the first step (so a
 tensor made without naming the rank's device fails the step), and under bf16 and fp16 against
-one process under the same precision.
+one process under the same precision: DDP, ZeRO-1/2/3, TP, Megatron SP, Ulysses,
+checkpointing, GPipe, 1F1B and a layer-wise plan on GPT, a T5 pipeline, and a GPipe pipeline
+of each other family (LLaMA, BERT, ViT, Swin).
 
 fp32 cases must equal one process as tightly as the equality suite (losses rtol 1e-5,
 parameters ``allclose(1e-5, 1e-5)``). Mixed precision cannot: a sharded matmul rounds its
@@ -27,7 +29,15 @@ import pytest
 from gloo_cases import launch_cases, run_launch
 from plan_cases import BLOCKS, make_plan
 
-from partita.formats import LayerStrategy, Plan, VocabStrategy, dumps
+from partita.formats import (
+    LayerStrategy,
+    PipelineConfig,
+    Plan,
+    VocabStrategy,
+    dumps,
+    validate_plan,
+)
+from partita.models.api import describe_model
 
 STEPS = 4
 WORLD = 2
@@ -70,8 +80,30 @@ def _plans() -> dict[str, tuple[str, Plan]]:
     }
 
 
-PLANS = _plans()
-MIXED = ("zero3", "megatron-sp2", "1f1b-pp2-m4", "layerwise", "t5-1f1b-pp2")
+def _family_pipelines() -> dict[str, tuple[str, Plan]]:
+    """A 2-stage GPipe pipeline of 2 micro-batches for the families without one above."""
+    out = {}
+    for family in ("llama", "bert", "vit", "swin"):
+        model = f"{family}-tiny"
+        blocks = len(describe_model(model).blocks)
+        plan = Plan(
+            world_size=WORLD,
+            mesh_axis_order=("pp", "dp", "tp"),
+            global_batch_size=8,
+            num_micro_batches=2,
+            pipeline=PipelineConfig(
+                degree=2, schedule="gpipe", stage_num_layers=(blocks - blocks // 2, blocks // 2)
+            ),
+            layers=tuple(LayerStrategy() for _ in range(blocks)),
+        )
+        validate_plan(plan, world_size=WORLD, model=describe_model(model))
+        out[f"{family}-gpipe-pp2"] = (model, plan)
+    return out
+
+
+PLANS = {**_plans(), **_family_pipelines()}
+# Every plan kind in both precisions (GPT, T5), and a pipeline of every other family.
+MIXED = tuple(PLANS)
 
 
 def _case(name: str, model: str, plan: Plan, **extra: object) -> dict:

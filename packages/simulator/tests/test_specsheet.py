@@ -405,13 +405,15 @@ def test_memory_per_device(description: ModelDescription) -> None:
     block = profile.layer_type("gpt_block")
     assert block is not None
     memory = {(m.tp, m.sp): m for m in block.memory}
-    params, activations, output = 49984, 180224.0, 8192.0  # the example's fp32 bytes
-    assert memory[1, "none"].param_bytes == params * 2
-    assert memory[2, "megatron"].param_bytes == params * 2 // 2
-    assert memory[2, "ulysses"].param_bytes == params * 2  # Ulysses does not split parameters
-    assert memory[4, "none"].grad_bytes == params * 2 // 4
-    assert memory[1, "none"].optimizer_bytes == params * 12
-    assert memory[4, "megatron"].optimizer_bytes == params * 12 // 4
+    params, activations, output = 49984, 180224.0, 8192.0  # parameters; fp32 bytes
+    # Parameters and gradients stay fp32 under bf16 (the executor's master weights); Adam's
+    # two moments are 8 bytes a parameter.
+    assert memory[1, "none"].param_bytes == params * 4
+    assert memory[2, "megatron"].param_bytes == params * 4 // 2
+    assert memory[2, "ulysses"].param_bytes == params * 4  # Ulysses does not split parameters
+    assert memory[4, "none"].grad_bytes == params * 4 // 4
+    assert memory[1, "none"].optimizer_bytes == params * 8
+    assert memory[4, "megatron"].optimizer_bytes == params * 8 // 4
     half = activations / 2  # fp32 description, bf16 profile
     assert memory[1, "none"].activation_bytes_per_sample == pytest.approx(half)
     assert memory[4, "none"].activation_bytes_per_sample == pytest.approx(half * (0.25 + 0.75 / 4))

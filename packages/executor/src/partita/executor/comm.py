@@ -33,11 +33,10 @@ backward; ``ulysses_attention`` wraps an attention core with them.
 Gathers concatenate in group-rank order; chunks are equal, so the sharded dimension must be
 divisible by the group size. A group of size 1 communicates nothing.
 
-Backends: on gloo (torch 2.13, and since torch 2.2), the single-tensor collectives
-``all_gather_into_tensor`` / ``reduce_scatter_tensor`` (``all_gather_single`` /
-``reduce_scatter_single`` in torch 2.13) work; gloo implements the reduce-scatter as an
-all-reduce followed by a chunk. Where a gloo build lacks them (``_GLOO_SINGLE_TENSOR``), the
-steps fall back to an all-gather of a list and to all-reduce + chunk.
+Backends: the single-tensor collectives ``all_gather_into_tensor`` / ``reduce_scatter_tensor``
+(``all_gather_single`` / ``reduce_scatter_single`` in torch 2.13) run on NCCL and, since torch
+2.2 (the packages need 2.4), on gloo, which implements the reduce-scatter as an all-reduce
+followed by a chunk.
 """
 
 from __future__ import annotations
@@ -68,16 +67,6 @@ _all_gather_single = getattr(dist, "all_gather_single", None) or dist.all_gather
 _reduce_scatter_single = getattr(dist, "reduce_scatter_single", None) or dist.reduce_scatter_tensor
 
 
-def _torch_at_least(major: int, minor: int) -> bool:
-    parts = torch.__version__.split("+")[0].split(".")
-    return (int(parts[0]), int(parts[1])) >= (major, minor)
-
-
-# gloo gained all_gather_into_tensor / reduce_scatter_tensor (as fallbacks in C++) in torch
-# 2.2. Module-level so that tests can force the list / all-reduce fallbacks.
-_GLOO_SINGLE_TENSOR: bool = _torch_at_least(2, 2)
-
-
 # ---------------------------------------------------------------------------------------------
 # Plain collectives (no autograd).
 
@@ -89,10 +78,6 @@ def _group_rank_size(group: dist.ProcessGroup) -> tuple[int, int]:
     if rank < 0:
         raise ValueError("this process is not a member of the given process group")
     return rank, dist.get_world_size(group)
-
-
-def _single_tensor_collectives(group: dist.ProcessGroup) -> bool:
-    return _GLOO_SINGLE_TENSOR or dist.get_backend(group) != "gloo"
 
 
 def _check_divisible(x: torch.Tensor, dim: int, size: int, what: str) -> None:
@@ -120,36 +105,28 @@ def _all_gather(x: torch.Tensor, group: dist.ProcessGroup, dim: int) -> torch.Te
         return x
     dim = dim % x.dim()
     x = x.contiguous()
-    if _single_tensor_collectives(group):
-        # Concatenation form along dim 0 (gloo rejects the stacked [size, *shape] form).
-        flat = x.new_empty((size * x.shape[0], *x.shape[1:]))
-        _all_gather_single(flat, x, group=group)
-        if dim == 0:
-            return flat
-        chunks = flat.chunk(size, dim=0)
-    else:
-        chunks = [torch.empty_like(x) for _ in range(size)]
-        dist.all_gather(chunks, x, group=group)
-    return torch.cat(chunks, dim=dim)
+    # Concatenation form along dim 0 (gloo rejects the stacked [size, *shape] form).
+    flat = x.new_empty((size * x.shape[0], *x.shape[1:]))
+    _all_gather_single(flat, x, group=group)
+    if dim == 0:
+        return flat
+    return torch.cat(flat.chunk(size, dim=0), dim=dim)
 
 
 def _reduce_scatter(x: torch.Tensor, group: dist.ProcessGroup, dim: int) -> torch.Tensor:
     """Sum over the group, keeping this rank's chunk along ``dim``."""
-    rank, size = _group_rank_size(group)
+    _, size = _group_rank_size(group)
     if size == 1:
         return x
     dim = dim % x.dim()
     _check_divisible(x, dim, size, "reduce-scatter")
-    if _single_tensor_collectives(group):
-        # Concatenation form along dim 0: chunk r of ``dim`` becomes the r-th slab of rows.
-        stacked = x if dim == 0 else torch.cat(x.chunk(size, dim=dim), dim=0)
-        shard_shape = list(x.shape)
-        shard_shape[dim] //= size
-        out = x.new_empty(shard_shape)
-        _reduce_scatter_single(out, stacked.contiguous(), op=dist.ReduceOp.SUM, group=group)
-        return out
-    summed = _all_reduce(x, group)
-    return _chunk(summed, rank, size, dim)
+    # Concatenation form along dim 0: chunk r of ``dim`` becomes the r-th slab of rows.
+    stacked = x if dim == 0 else torch.cat(x.chunk(size, dim=dim), dim=0)
+    shard_shape = list(x.shape)
+    shard_shape[dim] //= size
+    out = x.new_empty(shard_shape)
+    _reduce_scatter_single(out, stacked.contiguous(), op=dist.ReduceOp.SUM, group=group)
+    return out
 
 
 def _chunk(x: torch.Tensor, rank: int, size: int, dim: int) -> torch.Tensor:

@@ -1,8 +1,9 @@
 """The training loop under any plan: build, parallelize, step by the schedule, measure.
 
 One trainer runs every plan; a whole-model plan is the one-stage, one-micro-batch case. Each
-rank builds the model from the seed, keeps and parallelizes its stage
-(``parallelize.parallelize_stage``) and walks that stage's action list from
+rank builds the model on the meta device, keeps and parallelizes its stage, materialising only
+the shards it holds, as the seed's one-process model holds them
+(``parallelize.parallelize_stage``), and walks that stage's action list from
 ``partita.formats.schedules.build_schedule`` (the list the simulator replays): ``F m``
 receives micro-batch m's activations from the previous stage (the first stage slices the
 batch, which every rank builds from the seed), runs the stage and sends the output on;

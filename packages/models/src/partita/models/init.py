@@ -163,7 +163,10 @@ def _reference_specs(config: PretrainedConfig) -> dict[str, InitSpec]:
             del module._is_hf_initialized  # so that initialize_weights visits it again
     calls: list[_Call] = []
     with _recording(calls):
-        reference.initialize_weights()
+        if hasattr(reference, "initialize_weights"):
+            reference.initialize_weights()
+        else:  # transformers before initialize_weights: the same walk, without sub-models
+            reference.apply(reference._init_weights)
     fills: dict[int, InitSpec] = {}
     for call in calls:
         if call.function in _IGNORED:

@@ -79,10 +79,10 @@ LAYER_OVERHEAD_S = 20e-6
 # of a block's activations; the rest is split over tp.
 REPLICATED_ACTIVATION_SHARE = 0.25
 
-# Adam keeps two fp32 moments (8 bytes per parameter); training in bf16/fp16 also keeps an fp32
-# master copy (4 more). In fp32 the parameters are the master copy (matches the format example).
+# Adam keeps two fp32 moments (8 bytes per parameter); the parameters themselves are the fp32
+# master copy under every precision (the executor autocasts the compute).
 ADAM_MOMENT_BYTES = 8
-MASTER_COPY_BYTES = 4
+MASTER_BYTES_PER_PARAM = 4  # fp32 parameters and gradients under every precision
 
 COLLECTIVE_OPS: tuple[CollectiveOp, ...] = get_args(CollectiveOp)
 _PLACEMENTS: tuple[Placement, ...] = get_args(Placement)
@@ -567,8 +567,10 @@ def _memory(
     sequence-parallel modes split both over tp.
     """
     shards = 1 if sp == "ulysses" else tp
-    optimizer_per_param = ADAM_MOMENT_BYTES + (0 if dtype == "fp32" else MASTER_COPY_BYTES)
-    weight_bytes = _ceil_div(layer.params * BYTES_PER_ELEMENT[dtype], shards)
+    # The executor keeps fp32 parameters (the master weights) and their fp32 gradients under
+    # every precision, autocasting the compute: gradients are summed and ZeRO-3 parameters
+    # gathered in fp32, so bf16 and fp16 move as many bytes as fp32 does.
+    weight_bytes = _ceil_div(layer.params * MASTER_BYTES_PER_PARAM, shards)
     activations = layer.activation_bytes_per_sample * activation_scale
     checkpoint = layer.output_bytes_per_sample * activation_scale
     if sp == "none":
@@ -582,7 +584,7 @@ def _memory(
         seq_len=layer.seq_len,
         param_bytes=weight_bytes,
         grad_bytes=weight_bytes,
-        optimizer_bytes=_ceil_div(layer.params * optimizer_per_param, shards),
+        optimizer_bytes=_ceil_div(layer.params * ADAM_MOMENT_BYTES, shards),
         activation_bytes_per_sample=float(activations),
         checkpoint_activation_bytes_per_sample=float(checkpoint),
         origin="analytic",
