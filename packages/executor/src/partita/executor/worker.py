@@ -59,7 +59,9 @@ def device_and_backend() -> tuple[torch.device, str]:
     return torch.device("cpu"), "gloo"
 
 
-def main(argv: list[str] | None = None) -> int:
+def main(argv: list[str] | None = None, *, tear_down: bool = True) -> int:
+    """Train on this rank; ``tear_down=False`` leaves the process group to the process's end
+    (the torchrun entry point below, which then ends the process at once)."""
     args = parse(argv)
     device, backend = device_and_backend()
     dist.init_process_group(backend, timeout=timedelta(seconds=args.timeout))
@@ -85,7 +87,8 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         for watchdog in watchdogs:
             watchdog.stop()
-        dist.destroy_process_group()
+        if tear_down:
+            dist.destroy_process_group()
 
 
 def training_settings(args: argparse.Namespace) -> TrainingSettings:
@@ -167,6 +170,7 @@ def _train(
     if rank == 0:
         path = writer.write(run, status="completed", result=result, peaks=peaks)
         print(f"run report: {path}", file=sys.stderr)
+    dist.barrier(group=groups.world)  # every rank ends after the report is written
     return 0
 
 
@@ -224,4 +228,10 @@ def _num_nodes() -> int:
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    code = main(tear_down=False)
+    # Every rank has passed the closing barrier and rank 0 has written the report: end without
+    # gloo's teardown, which sometimes aborts a rank after a finished run ("terminate called
+    # without an active exception"), failing the job (seen in the fidelity run of 2026-12-06).
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
