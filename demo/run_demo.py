@@ -285,7 +285,7 @@ def compare(run: Run, budget_gb: float, elapsed_s: float) -> None:
         run.note(same)
     run.note(
         f"measured iteration time: median step after {WARMUP_STEPS} warm-up steps; peak memory: "
-        f"{runs[0].report.memory_method} (the second step)"
+        f"{runs[0].report.memory_method} (the lowest of steps 2-4)"
     )
     busy = busy_note()
     if busy:
