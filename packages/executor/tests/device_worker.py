@@ -18,11 +18,10 @@ import sys
 from pathlib import Path
 
 import torch
-import torch.distributed as dist
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from equality_worker import ADAM_EPS, cached_reference, excess_error, run_cases
+from equality_worker import ADAM_EPS, run_cases, train_and_compare
 
 from partita.executor.groups import ParallelGroups
 from partita.executor.trainer import Trainer, TrainSettings
@@ -59,21 +58,10 @@ def run_case(case: dict, groups: ParallelGroups) -> dict:
 
 
 def _train_and_compare(case: dict, trainer: Trainer, settings: TrainSettings) -> dict:
-    result = trainer.run()
-    params = trainer.full_parameters()
-    if dist.get_rank() != 0:
-        return {}
-    ref_losses, ref_params = cached_reference(case, trainer, settings)
-    loss_error = max(abs(a - b) / abs(b) for a, b in zip(result.losses, ref_losses, strict=True))
-    param_error = max(excess_error(params[k], ref_params[k]) for k in ref_params)
-    return {
-        "losses": result.losses,
-        "reference": ref_losses,
-        "loss_error": loss_error,
-        "param_error": param_error,
-        "missing": sorted(set(ref_params) ^ set(params)),
-        "skipped_steps": 0 if trainer.scaler is None else trainer.scaler.skipped_steps,
-    }
+    outcome = train_and_compare(case, trainer, settings)
+    if outcome:  # rank 0
+        outcome["skipped_steps"] = 0 if trainer.scaler is None else trainer.scaler.skipped_steps
+    return outcome
 
 
 if __name__ == "__main__":

@@ -65,7 +65,6 @@ class GradientBuckets:
     late: list[_Bucket] = field(default_factory=list)
     armed: bool = False
     _next: int = 0
-    _handles: list[object] = field(default_factory=list)
 
     @classmethod
     def over(
@@ -103,9 +102,7 @@ class GradientBuckets:
         self.late = [_Bucket(group, params) for group, params in late_by_group.values()]
         for index, bucket in enumerate(self.buckets):
             for param in bucket.params:
-                self._handles.append(
-                    param.register_post_accumulate_grad_hook(self._hook(index))  # type: ignore[arg-type]
-                )
+                param.register_post_accumulate_grad_hook(self._hook(index))  # type: ignore[arg-type]
         return self
 
     def attach(self) -> None:
@@ -149,11 +146,6 @@ class GradientBuckets:
         for bucket in self.late:
             dist.all_reduce(bucket.flat, group=bucket.group)
         self.armed = False
-
-    def remove(self) -> None:
-        for handle in self._handles:
-            handle.remove()  # type: ignore[attr-defined]
-        self._handles.clear()
 
 
 def all_reduce_flat(tensors: list[torch.Tensor], group: dist.ProcessGroup) -> None:

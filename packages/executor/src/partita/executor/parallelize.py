@@ -57,7 +57,6 @@ class ParallelStage:
     """This rank's stage with its parallelism applied, and what its step synchronises."""
 
     model: StageModel
-    setups: list[LayerSetup]
     stage: int
     attention: str  # the kernel selected ("flash", "sdpa" or "eager")
     buckets: GradientBuckets  # DDP and ZeRO-1 gradients, overlapping the backward
@@ -133,7 +132,6 @@ def parallelize_stage(
     )
     return ParallelStage(
         model=stage_model,
-        setups=setups,
         stage=stage,
         attention=kernel,
         buckets=buckets,
@@ -203,27 +201,32 @@ def _materialize_and_shard(
         }
         ignored = {p for path, p in layer.named_parameters() if f"{prefix}.{path}" in tied_names}
         setup = setups[i]
-        if shard_layer(layer, mode=setup.dp, groups=setup.groups, ignored=ignored):
-            sharded |= {id(p) for p in layer.parameters() if p not in ignored}
+        shard_layer(layer, mode=setup.dp, groups=setup.groups, ignored=ignored)
         buffers = {name: b for name, b in layer.named_buffers()}
         layer.to_empty(device=materializer.device)  # this rank's pieces only, unfilled
         for name, buffer in buffers.items():
-            owner_path, _, attr = name.rpartition(".")
-            owner = layer.get_submodule(owner_path) if owner_path else layer
+            owner, attr = _owner(layer, name)
             owner._buffers[attr] = buffer.to(materializer.device)
         for path, param in layer.named_parameters(remove_duplicate=False):
             name, box = where[path]
             if name in tied_names:  # one parameter for every layer of the stage using it
                 first = materializer.canonical.get(name, name)
                 if first in tables:
-                    owner_path, _, attr = path.rpartition(".")
-                    owner = layer.get_submodule(owner_path) if owner_path else layer
+                    owner, attr = _owner(layer, path)
                     owner._parameters[attr] = tables[first]
                     continue
                 tables[first] = param
             local, box = _fsdp_piece(param, box)
             materializer.fill(local, name, box)
+        # FSDP's parameters are its DTensors, read after ``to_empty`` (which may replace them).
+        sharded |= {id(p) for p in layer.parameters() if isinstance(p, DTensor)}
     return sharded
+
+
+def _owner(module: nn.Module, path: str) -> tuple[nn.Module, str]:
+    """The submodule holding the parameter or buffer at ``path``, and its attribute name."""
+    owner_path, _, attr = path.rpartition(".")
+    return (module.get_submodule(owner_path) if owner_path else module), attr
 
 
 def _tensor_parallel_pieces(

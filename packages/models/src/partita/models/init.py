@@ -29,7 +29,6 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import math
-import weakref
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -343,16 +342,12 @@ def fill_box(
 class Materializer:
     """Fills meta parameters on ``device``, each as a piece of the whole one-process parameter
     it stands for; tied copies (``canonical``: a name -> the tie's first name) are drawn alike,
-    and a parameter shared by several modules is filled once (across calls too)."""
+    and a parameter shared by several modules of one ``module`` call is filled once."""
 
     specs: Mapping[str, InitSpec]
     seed: int
     device: torch.device
     canonical: Mapping[str, str] = field(default_factory=dict)
-    # Weak: once FSDP has cut a layer's parameter, the whole one must go.
-    _made: weakref.WeakValueDictionary[int, nn.Parameter] = field(
-        default_factory=weakref.WeakValueDictionary
-    )
 
     def fill(self, tensor: torch.Tensor, name: str, box: Box) -> None:
         """Fill ``tensor`` in place: the piece ``box`` of the one-process parameter ``name``."""
@@ -376,18 +371,17 @@ class Materializer:
         """Replace every meta parameter of ``module`` in place and move its buffers to the
         device. ``names``: id(meta parameter) -> its one-process name; ``boxes``: id(meta
         parameter) -> its piece of the whole (default: whole)."""
+        made: dict[int, nn.Parameter] = {}
         for owner in module.modules():
             for attr, param in list(owner._parameters.items()):
                 if param is None or param.device.type != "meta":
                     continue
-                made = self._made.get(id(param))
-                if made is None:
+                if id(param) not in made:
                     if id(param) not in names:
                         raise ValueError(f"a {tuple(param.shape)} parameter with no name to fill")
                     box = (boxes or {}).get(id(param))
-                    made = self.parameter(names[id(param)], param, box)
-                    self._made[id(param)] = made
-                owner._parameters[attr] = made
+                    made[id(param)] = self.parameter(names[id(param)], param, box)
+                owner._parameters[attr] = made[id(param)]
             for attr, buffer in list(owner._buffers.items()):
                 if buffer is not None:
                     owner._buffers[attr] = buffer.to(self.device)
