@@ -358,7 +358,7 @@ def measure(case: Case, *, profiles: Profiles, model: str, steps: int, repeat: i
     run_partita(
         ["train", "--plan", str(folder / "plan.json"), "--model", model, "--steps", str(steps),
          "--nproc", str(case.world), "--run-dir", str(folder / "train"),
-         "--no-final-checkpoint"],
+         "--no-final-checkpoint", "--overwrite"],  # a rerun into the same --out-dir
         log=folder / "train.log",
     )  # fmt: skip
     report = load(folder / "train" / "run_report.json", RunReport)

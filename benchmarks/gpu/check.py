@@ -620,7 +620,7 @@ def simulate(check: Check, run: dict[str, Any], *, profiles: list[str]) -> None:
 def train(check: Check, run: dict[str, Any], *, variant: Variant, model: str, steps: int) -> None:
     folder = f"runs/{slug(variant.name)}"
     argv = [*PARTITA, "train", "--plan", run["plan_file"], "--model", model]
-    argv += ["--steps", str(steps), "--nproc", "1", "--run-dir", folder]
+    argv += ["--steps", str(steps), "--nproc", "1", "--run-dir", folder, "--overwrite"]
     argv += ["--no-final-checkpoint"]
     if variant.attention:
         argv += ["--attention", variant.attention]

@@ -68,6 +68,7 @@ def _manifest(step: int, model: str = "gpt-tiny") -> CheckpointManifest:
         settings=TrainingSettings(steps=10, lr=1e-3),
         data_position=step,
         steps=tuple(StepRecord(step=i, loss=1.0, time_s=0.1, items=4) for i in range(step)),
+        files=(),  # recorded by save_checkpoint
         rng_ranks=1,
     )
 
@@ -102,6 +103,19 @@ def test_only_the_newest_checkpoints_are_kept(tmp_path: Path) -> None:
         _save(tmp_path, step, state, keep=2)
     assert [p.name for p in complete_checkpoints(tmp_path)] == ["step-00000003", "step-00000004"]
     assert latest_checkpoint(tmp_path) == checkpoint_folder(tmp_path, 4)
+
+
+def test_newer_damaged_checkpoints_do_not_prune_the_one_just_written(tmp_path: Path) -> None:
+    # A resume fell back past steps 4 and 6 (damaged) to step 2 and saved after step 3.
+    state = _trained()
+    for step in (2, 4, 6):
+        _save(tmp_path, step, state, keep=3)
+    for step in (4, 6):
+        data = checkpoint_folder(tmp_path, step) / "__0_0.distcp"
+        data.write_bytes(data.read_bytes()[:100])
+    _save(tmp_path, 3, state, keep=2)
+    kept = [p.name for p in complete_checkpoints(tmp_path)]
+    assert kept == ["step-00000002", "step-00000003", "step-00000004", "step-00000006"]
 
 
 CRASHING_SAVE = """
@@ -162,5 +176,5 @@ def test_a_manifest_from_a_newer_partita_is_refused_by_version(tmp_path: Path) -
     document = json.loads((folder / "manifest.json").read_text())
     document["version"] = 99
     (folder / "manifest.json").write_text(json.dumps(document))
-    with pytest.raises(FormatError, match="version 99 is newer than the supported version 1"):
+    with pytest.raises(FormatError, match="version 99 is newer than the supported version 2"):
         load_checkpoint(folder, _trained())

@@ -23,7 +23,7 @@ import torch
 from gloo_cases import launch_cases
 from plan_cases import make_plan, random_plan, uniform
 
-from partita.executor.checkpoint import checkpoint_folder
+from partita.executor.checkpoint import checkpoint_folder, complete_checkpoints, verify_checkpoint
 from partita.executor.export_command import export_hf
 from partita.formats import LayerStrategy, Plan, VocabStrategy, dumps
 from partita.models.api import resolve_config
@@ -259,3 +259,20 @@ def test_export_writes_the_trained_parameters_as_a_hugging_face_directory(
     assert sorted(exported) == sorted(trained)
     for name, tensor in trained.items():
         assert torch.equal(exported[name].detach(), tensor), name
+
+
+@pytest.mark.parametrize("source", [GPT_PP_TP_ZERO2, LLAMA_W2], ids=lambda s: s["name"])
+def test_the_manifest_records_the_file_every_rank_wrote(
+    results: dict[str, dict], source: dict
+) -> None:
+    run_dir = Path(results["root"]["path"]) / source["name"]
+    world = json.loads(source["plan"])["world_size"]
+    folders = complete_checkpoints(run_dir)
+    assert [f.name for f in folders] == ["step-00000002", "step-00000004"]
+    for folder in folders:
+        names = [f.name for f in verify_checkpoint(folder).files]
+        on_disk = sorted(p.name for p in folder.iterdir() if p.name != "manifest.json")
+        assert names == on_disk
+        assert on_disk == sorted(
+            [".metadata", "plan.json", *(f"__{r}_0.distcp" for r in range(world))]
+        )

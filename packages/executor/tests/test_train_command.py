@@ -240,7 +240,9 @@ def test_a_lost_rank_stops_the_job_and_is_named(tmp_path: Path, fault: str) -> N
     assert last, stderr[-2000:]
     assert "rank 1" in last[-1] or "rank(s) 1" in last[-1], last[-1]
     report = load(run / "run_report.json", RunReport)
-    assert report.status == "failed" and report.error == last[-1].split("error: ", 1)[1]
+    shown = last[-1].split("error: ", 1)[1]
+    assert shown.endswith(f" (the ranks' output: {run / 'train.log'})")
+    assert report.status == "failed" and shown.startswith(f"{report.error} (")
 
 
 def _logged_steps(run: Path) -> list[dict]:
@@ -311,3 +313,45 @@ def test_resume_keeps_the_runs_settings(tmp_path: Path) -> None:
     assert done.stderr.strip().splitlines() == [
         "partita train: error: --lr: a resumed run keeps its own (lr 0.001)"
     ]
+
+
+def test_a_run_folder_is_one_runs_and_sigterm_leaves_it_interrupted(tmp_path: Path) -> None:
+    """While a run trains, a second run into its folder is refused naming the first; SIGTERM
+    to ``partita train`` alone (as a batch scheduler sends it) stops every rank, says so in
+    one line and leaves the report ``interrupted``."""
+    plan = _plan(tmp_path / "plan.json", world=2, strategy=LayerStrategy())
+    run = tmp_path / "run"
+    command = [_partita(), "train", "--plan", str(plan), "--model", "gpt-tiny"]
+    command += ["--steps", "100000", "--timeout", "10", "--run-dir", str(run)]
+    first = subprocess.Popen(
+        command,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    )
+    try:
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline and len(_logged_steps(run)) < 2:
+            time.sleep(0.2)
+        assert len(_logged_steps(run)) >= 2, "the first run did not start training"
+        second = _train(*command[2:])
+        assert second.returncode == 2
+        assert second.stderr.strip().splitlines() == [
+            f"partita train: error: --run-dir: {run} is in use by another partita train "
+            f"(pid {first.pid} on {os.uname().nodename}, since "
+            + second.stderr.split(", since ", 1)[1].strip()
+        ]
+        first.send_signal(signal.SIGTERM)
+        _, stderr = first.communicate(timeout=120)
+    finally:
+        if first.poll() is None:
+            os.killpg(first.pid, signal.SIGKILL)
+    assert first.returncode == 128 + signal.SIGTERM, stderr[-3000:]
+    assert stderr.strip().splitlines()[-1] == (
+        f"partita train: interrupted by SIGTERM (the ranks' output: {run / 'train.log'})"
+    )
+    assert _worker_pids(first.pid) == {}
+    report = load(run / "run_report.json", RunReport)
+    assert report.status == "interrupted" and report.error == "interrupted by SIGTERM"
+    assert "Traceback" not in stderr

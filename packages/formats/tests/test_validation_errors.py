@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import json
+import math
 from collections.abc import Callable
 from typing import Any
 
@@ -218,6 +219,27 @@ FIELD_CASES = [
         "checkpoint_manifest.json: rng_ranks: random generator states of 2 ranks in a "
         "checkpoint of 4",
     ),
+    (
+        "checkpoint_manifest.json",
+        _set(("files", 1, "name"), "../__0_0.distcp"),
+        "checkpoint_manifest.json: files[1].name: expected the name of a file beside the "
+        "manifest, got '../__0_0.distcp'",
+    ),
+    (
+        "checkpoint_manifest.json",
+        _set(("files", 2, "name"), "__0_0.distcp"),
+        "checkpoint_manifest.json: files[2].name: file '__0_0.distcp' is listed twice",
+    ),
+    (
+        "checkpoint_manifest.json",
+        _set(("files", 0, "sha256"), "AE11"),
+        "checkpoint_manifest.json: files[0].sha256: expected 64 lowercase hexadecimal digits",
+    ),
+    (
+        "checkpoint_manifest.json",
+        _set(("files", 0, "bytes"), -1),
+        "checkpoint_manifest.json: files[0].bytes: must be >= 0, got -1",
+    ),
 ]
 
 
@@ -247,15 +269,17 @@ def test_unparsable_text_gets_one_clear_line(data: bytes, expected: str) -> None
     assert str(error.value).startswith(expected)
 
 
-def test_huge_but_finite_numbers_are_accepted() -> None:
+def test_numbers_just_below_2_to_the_1023_are_accepted_and_above_refused() -> None:
     document = _example("plan.json")
-    document["predictions"]["iteration_time_s"] = 1e308
+    largest = math.nextafter(2.0**1023, 0.0)
+    document["predictions"]["iteration_time_s"] = largest
     plan = loads(json.dumps(document), Plan)
     assert plan.predictions is not None
-    assert plan.predictions.iteration_time_s == 1e308
-    document["predictions"]["iteration_time_s"] = 10**400
-    with pytest.raises(FormatError, match="iteration_time_s: expected a finite number"):
-        loads(json.dumps(document), Plan)
+    assert plan.predictions.iteration_time_s == largest
+    for refused in (2.0**1023, 1e308, 10**308, 10**400):
+        document["predictions"]["iteration_time_s"] = refused
+        with pytest.raises(FormatError, match=r"predictions\.iteration_time_s: "):
+            loads(json.dumps(document), Plan)
 
 
 def test_missing_file_names_the_file(tmp_path: Any) -> None:
@@ -282,7 +306,7 @@ PLAN_STRUCTURE_CASES = [
     ),
     (
         _set(("pipeline", "stage_num_layers"), [4, 0]),
-        "plan.json: pipeline.stage_num_layers: must be >= 1, got 0",
+        "plan.json: pipeline.stage_num_layers[1]: must be >= 1, got 0",
     ),
     (
         _set(("num_micro_batches",), 3),

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 
@@ -8,6 +9,7 @@ from support import EXAMPLES
 
 from partita.formats import (
     SPECS,
+    CheckpointManifest,
     FormatError,
     HardwareProfile,
     LayerStrategy,
@@ -72,6 +74,14 @@ def test_hardware_and_model_profiles_of_version_1_load_as_version_2(data_dir: Pa
     assert all(m.backward_peak_bytes_per_sample == 0 for m in entries)
     timings = [t for layer_type in profile.layer_types for t in layer_type.timings]
     assert all(t.checkpoint_forward_s is None for t in timings)
+
+
+def test_checkpoint_manifest_version_1_loads_with_no_files_recorded(data_dir: Path) -> None:
+    manifest = load(data_dir / "checkpoint_manifest_v1.json", CheckpointManifest)
+    assert manifest.files == ()  # not verifiable: trusted, as before version 2
+    current = load(EXAMPLES / "checkpoint_manifest.json", CheckpointManifest)
+    assert manifest == dataclasses.replace(current, files=())
+    assert {f.name for f in current.files} >= {".metadata", "plan.json", "__0_0.distcp"}
 
 
 def test_migrated_plan_is_validated_like_a_current_one(data_dir: Path) -> None:

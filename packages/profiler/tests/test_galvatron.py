@@ -320,6 +320,103 @@ def test_a_wrong_key_or_value_is_one_line_naming_file_and_key(
     assert len(written) == 1  # the other part was still converted
 
 
+# Finite in Galvatron's files, out of range once converted (issue 22): the part that converts
+# is written, the other names the key in one line.
+_OUT_OF_RANGE = [
+    (  # 1e308 MiB of parameters: more than 2^53 bytes (it raised OverflowError before)
+        "memory_profiling*.json",
+        lambda d: d["layertype_0"]["128"].update(parameter_size=1e308),
+        "layertype_0.128",
+        "1e+308 MiB is more than 2^53 bytes",
+    ),
+    (  # activations x 2^20 bytes: infinite
+        "memory_profiling*.json",
+        lambda d: d["layertype_0_sp"]["128"]["tp_activation_per_bsz_dict"].update({"2": 1e308}),
+        "layertype_0_sp.128",
+        "activation_bytes_per_sample",
+    ),
+    (
+        "memory_profiling*.json",
+        lambda d: d["other_memory_pp_on_last"]["128"]["model_states"].update({"1": 1e300}),
+        "other_memory_pp_on_last.128",
+        "MiB is more than 2^53 bytes",
+    ),
+    (  # ms x a micro-batch of 10^6: beyond a double
+        "computation_profiling*.json",
+        lambda d: d.update({"layertype_0_bsz1000000_seq128": 1e308}),
+        "layertype_0_bsz1000000_seq128: 1e+308 is out of range once converted (forward_s",
+        "forward_s",
+    ),
+    (
+        "computation_profiling*.json",
+        lambda d: d.update({"layertype_0_bsz4294967296_seq128": 0.3}),
+        "layertype_0_bsz4294967296_seq128",
+        "micro_batch: must be < 2^31",
+    ),
+    (
+        "allreduce_bandwidth*.json",
+        lambda d: d.update({"allreduce_size_4_consec_1": 1e300}),
+        "allreduce_size_4_consec_1: 1e+300 is out of range once converted",
+        "bandwidth_bytes_per_s",
+    ),
+    (  # valid for the all-reduce, not for the all-gather derived from it (twice the bandwidth)
+        "allreduce_bandwidth*.json",
+        lambda d: d.update({"allreduce_size_2_consec_0": 5e298}),
+        "allreduce_size_2_consec_0",
+        "bandwidth_bytes_per_s: must be < 2^1023",
+    ),
+    ("p2p_bandwidth*.json", lambda d: d.update({"pp_size_2": 1e300}), "pp_size_2", "bandwidth"),
+    (
+        "overlap_coefficient*.json",
+        lambda d: d.update({"overlap_coe": 1e308}),
+        "overlap_coe: 1e+308 is out of range once converted",
+        "compute: must be < 2^1023",
+    ),
+    (  # the fitted line overflows: the largest time is named
+        "sp_time*.json",
+        lambda d: d.update({"allreduce_size_4_4MB_time": 1.7e308}),
+        "allreduce_size_4_4MB_time",
+        "out of range once converted",
+    ),
+    (
+        "sp_time*.json",
+        lambda d: d.update({"all2all_size_2_9999999999MB_time": 0.1}),
+        "all2all_size_2_9999999999MB_time",
+        "bytes: must be at most 2^53",
+    ),
+    (  # an integer literal no double holds
+        "computation_profiling*.json",
+        lambda d: d.update({"layertype_0_bsz1_seq128": 10**400}),
+        "layertype_0_bsz1_seq128: expected a number",
+        "",
+    ),
+]
+
+
+@pytest.mark.parametrize(("pattern", "edit", "named", "why"), _OUT_OF_RANGE)
+def test_a_value_out_of_range_once_converted_names_its_key_and_the_other_part_is_written(
+    copied: Path, tmp_path: Path, capsys, pattern: str, edit, named: str, why: str
+) -> None:
+    path = next(copied.rglob(pattern))
+    data = json.loads(path.read_text())
+    edit(data)
+    path.write_text(json.dumps(data))
+    assert _run(copied, tmp_path) == 2
+    line = _one_error(capsys)
+    assert line.startswith(f"error: {path}: {named}"), line
+    assert why in line, line
+    written = [p.name for p in tmp_path.glob("*.json")]
+    assert len(written) == 1  # the other part was still converted, and loads
+    load(tmp_path / written[0])
+
+
+def test_device_memory_beyond_2_to_the_53_bytes_is_one_line(tmp_path: Path, capsys) -> None:
+    for value in ("1e300", "nan"):
+        assert _run(FIXTURES, tmp_path, "--device-memory-gb", value) == 2
+        assert "--device-memory-gb must be > 0 and at most 9007199" in _one_error(capsys)
+    assert not list(tmp_path.glob("*.json"))
+
+
 def test_directory_that_does_not_exist(tmp_path: Path, capsys) -> None:
     assert _run(tmp_path / "nowhere", tmp_path / "out") == 2
     assert "not a directory" in _one_error(capsys)

@@ -75,6 +75,12 @@ class PieceSavePlanner(DefaultSavePlanner):
         self.plan = SavePlan(items)
         return self.plan
 
+    def finish_plan(self, new_plan: SavePlan) -> SavePlan:
+        # What this rank writes once the coordinator dropped replicas: with the save's
+        # metadata it names the files this rank wrote (``checkpoint.save_checkpoint``).
+        self.final_plan = super().finish_plan(new_plan)
+        return self.final_plan
+
     def lookup_object(self, index: MetadataIndex) -> Any:
         if index.fqn in self.objects:
             return self.objects[index.fqn]

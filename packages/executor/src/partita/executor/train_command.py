@@ -6,11 +6,18 @@ and waits. Inside a torchrun the user started (multi-node), it runs as one of th
 
 ``--resume RUN_DIR`` continues a run from its latest checkpoint, with the run's own settings
 and model, under the run's plan or another one (``--plan``, any world size).
+
+A run folder belongs to one run (``run_folder``): it is locked while the run trains, and a
+new run refuses a folder holding another one unless ``--overwrite`` is given. Everything that
+can be checked without the ranks is checked before any starts and before anything in the run
+folder changes: the settings, the data file, the model, the plan against the model and world
+size, the checkpoint against the model.
 """
 
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import sys
 import time
@@ -38,6 +45,11 @@ def _add_arguments(parser: argparse.ArgumentParser) -> None:
         help="processes on this machine (default: the plan's world size)",
     )
     parser.add_argument("--run-dir", metavar="DIR", help="default: runs/train-<time>")
+    parser.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace the run already in --run-dir (its report, step log and checkpoints)",
+    )
     parser.add_argument("--lr", type=float, help=f"default {DEFAULTS['lr']}")
     parser.add_argument("--seed", type=int, help=f"default {DEFAULTS['seed']}")
     parser.add_argument(
@@ -92,23 +104,56 @@ class _Job:
 
 def _run(args: argparse.Namespace) -> int:
     from partita.executor import worker
+    from partita.executor.run_folder import RunLock, check_not_in_use, claim_for_new_run
 
-    job = _resume_job(args) if args.resume else _new_job(args)
-    forwarded = _worker_arguments(args, job)
+    _check_settings(args)
     if "LOCAL_RANK" in os.environ:  # already one rank of a torchrun job
+        job = _resume_job(args) if args.resume else _new_job(args)
         # The same checks as before a launch, against the job's world size: every rank
         # refuses a bad plan with the same line before any process group starts.
         _check_before_launch(args, job, world_size=int(os.environ.get("WORLD_SIZE", "1")))
-        return worker.main(forwarded)
+        if os.environ.get("RANK", "0") == "0":
+            # Held until this rank's process ends; the other ranks share its folder.
+            RunLock(job.run_dir).acquire()
+            if not args.resume:
+                claim_for_new_run(job.run_dir, overwrite=args.overwrite)
+        return worker.main(_worker_arguments(args, job))
+    if args.resume:
+        check_not_in_use(args.resume)
+        _check_run_folder(Path(args.resume))
+        # Locked before its checkpoints are read: a run still training cannot be resumed.
+        with RunLock(args.resume):
+            job = _resume_job(args)
+            nproc = _check_before_launch(args, job)
+            return _launch(args, job, nproc)
+    job = _new_job(args)
     nproc = _check_before_launch(args, job)
-    job.run_dir.mkdir(parents=True, exist_ok=True)
+    # Refused before the lock file is made too, so that a refused run leaves no trace.
+    check_not_in_use(job.run_dir)
+    claim_for_new_run(job.run_dir, overwrite=args.overwrite, dry_run=True)
+    with RunLock(job.run_dir):  # nothing in the folder changes before every check passed
+        removed = claim_for_new_run(job.run_dir, overwrite=args.overwrite)
+        if removed:
+            print(
+                f"partita train: --overwrite: removed the earlier run's {', '.join(removed)} "
+                f"from {job.run_dir}",
+                file=sys.stderr,
+            )
+        return _launch(args, job, nproc)
+
+
+def _launch(args: argparse.Namespace, job: _Job, nproc: int) -> int:
+    from partita.executor.run_folder import RUN_LOG
+
     print(f"partita train: {nproc} processes, run folder {job.run_dir}", file=sys.stderr)
     return launch(
         "partita.executor.worker",
         nproc,
-        forwarded,
+        _worker_arguments(args, job),
         prog="partita train",
-        on_failure=lambda line: _mark_failed(job.run_dir, line),
+        on_failure=lambda line: _mark_ended(job.run_dir, "failed", line),
+        on_interrupt=lambda line: _mark_ended(job.run_dir, "interrupted", line),
+        log_path=job.run_dir / RUN_LOG,
     )
 
 
@@ -121,7 +166,7 @@ def _new_job(args: argparse.Namespace) -> _Job:
     return _Job(
         plan=args.plan,
         model=args.model,
-        steps=_positive("--steps", args.steps or DEFAULTS["steps"]),
+        steps=DEFAULTS["steps"] if args.steps is None else args.steps,
         data=data,
         lr=DEFAULTS["lr"] if args.lr is None else args.lr,
         seed=DEFAULTS["seed"] if args.seed is None else args.seed,
@@ -131,15 +176,24 @@ def _new_job(args: argparse.Namespace) -> _Job:
 
 
 def _resume_job(args: argparse.Namespace) -> _Job:
-    from partita.executor.checkpoint import latest_checkpoint, read_manifest
+    from partita.executor.checkpoint import read_manifest
+    from partita.executor.checkpoint_checks import check_checkpoint_fits, resume_checkpoint
     from partita.formats import RunReport, load
 
     run_dir = Path(args.resume)
     if args.run_dir:
         raise ValueError("--run-dir: a resumed run continues in its own folder (--resume)")
-    if not (run_dir / REPORT).is_file():
-        raise ValueError(f"--resume: {run_dir} is not a run folder (no {REPORT})")
+    if args.overwrite:
+        raise ValueError("--overwrite: a resumed run continues its own folder; nothing is replaced")
+    _check_run_folder(run_dir)
     report = load(run_dir / REPORT, RunReport)
+    if report.status == "running" and "LOCAL_RANK" not in os.environ:
+        # This process holds the folder's lock, so the run that wrote "running" is gone.
+        print(
+            f"partita train: {run_dir / REPORT} says running, but no process holds the run: "
+            "it was stopped from outside",
+            file=sys.stderr,
+        )
     settings = report.settings
     if settings is None:
         raise ValueError(
@@ -151,7 +205,7 @@ def _resume_job(args: argparse.Namespace) -> _Job:
         given = getattr(args, name)
         if given is not None and given != value:
             raise ValueError(f"--{name}: a resumed run keeps its own ({name} {value})")
-    steps = _positive("--steps", args.steps or settings.steps)
+    steps = settings.steps if args.steps is None else args.steps
     job = _Job(
         plan=args.plan or str(run_dir / "plan.json"),
         model=report.model,
@@ -164,7 +218,8 @@ def _resume_job(args: argparse.Namespace) -> _Job:
         else _every(args),
         run_dir=run_dir,
     )
-    checkpoint = latest_checkpoint(run_dir)
+    # Inside a user's torchrun every rank gets here: sizes and metadata, not every byte.
+    checkpoint = resume_checkpoint(run_dir, checksums="LOCAL_RANK" not in os.environ)
     if checkpoint is None:
         print(
             f"partita train: no checkpoint in {run_dir / 'checkpoints'} yet: starting from step 0",
@@ -182,21 +237,40 @@ def _resume_job(args: argparse.Namespace) -> _Job:
             f"--steps: {checkpoint} is after step {manifest.step} of {steps} already; "
             f"give --steps above {manifest.step} to train on"
         )
+    # e.g. the HF folder's config.json changed since the run started
+    check_checkpoint_fits(checkpoint, report.model)
     return replace(job, resume_from=checkpoint)
 
 
-def _positive(flag: str, value: int) -> int:
-    if value < 1:
-        raise ValueError(f"{flag} must be at least 1")
-    return value
+def _check_run_folder(run_dir: Path) -> None:
+    if not (run_dir / REPORT).is_file():
+        raise ValueError(f"--resume: {run_dir} is not a run folder (no {REPORT})")
+
+
+# Counts a user gives: at least 1 (0 for --checkpoint-every), below 2^31 like the formats'.
+_COUNT_LIMIT = 2**31
+
+
+def _check_settings(args: argparse.Namespace) -> None:
+    """The command-line numbers, before anything else is read (one line each)."""
+    counts = {
+        "--steps": (args.steps, 1),
+        "--nproc": (args.nproc, 1),
+        "--seed": (args.seed, 0),
+        "--checkpoint-every": (args.checkpoint_every, 0),
+        "--keep-checkpoints": (args.keep_checkpoints, 1),
+    }
+    for flag, (value, low) in counts.items():
+        if value is not None and not low <= value < _COUNT_LIMIT:
+            raise ValueError(f"{flag} must be between {low} and {_COUNT_LIMIT - 1}, got {value}")
+    if args.lr is not None and not (math.isfinite(args.lr) and 0 < args.lr < 2**1023):
+        raise ValueError(f"--lr must be a positive finite number, got {args.lr!r}")
+    if not (math.isfinite(args.timeout) and 0 < args.timeout <= 7 * 24 * 3600):
+        raise ValueError(f"--timeout must be between 0 and 604800 seconds, got {args.timeout!r}")
 
 
 def _every(args: argparse.Namespace) -> int:
     every = DEFAULTS["checkpoint_every"] if args.checkpoint_every is None else args.checkpoint_every
-    if every < 0:
-        raise ValueError("--checkpoint-every must be 0 (after the last step only) or more")
-    if args.keep_checkpoints < 1:
-        raise ValueError("--keep-checkpoints must be at least 1")
     return int(every)
 
 
@@ -219,19 +293,41 @@ def _check_before_launch(
 ) -> int:
     from partita.executor.trainer import check_supported
     from partita.formats import Plan, load, validate_plan
-    from partita.models.api import describe_model
+    from partita.models.api import describe_model, resolve_config
 
     plan = load(job.plan, Plan)
     nproc = world_size or args.nproc or plan.world_size
     try:
-        validate_plan(plan, world_size=nproc, model=describe_model(job.model))
+        config = resolve_config(job.model)
+        model = describe_model(config, name=job.model)
+    except ValueError as error:
+        raise ValueError(f"--model {job.model}: {error}") from None
+    try:
+        validate_plan(plan, world_size=nproc, model=model)
         check_supported(plan)
     except ValueError as error:
         raise ValueError(f"{job.plan}: {error}") from None
-    if job.data != "synthetic" and not Path(job.data).is_file():
-        raise ValueError(f"--data: no such text file {job.data!r}")
+    if job.data != "synthetic":
+        _check_data(job, config, plan)
     _check_attention(args.attention)
     return nproc
+
+
+def _check_data(job: _Job, config: object, plan: object) -> None:
+    """The text file the ranks would read, read the same way once here."""
+    from partita.executor.trainer import text_batches
+
+    path = Path(job.data)
+    if path.is_dir():
+        raise ValueError(f"--data: {job.data} is a folder; give a UTF-8 text file")
+    if not path.is_file():
+        raise ValueError(f"--data: no such file {job.data!r}")
+    text_batches(
+        job.data,
+        config,  # type: ignore[arg-type]
+        batch_size=plan.global_batch_size,  # type: ignore[attr-defined]
+        seed=job.seed,
+    )
 
 
 def _check_attention(choice: str) -> None:
@@ -243,17 +339,18 @@ def _check_attention(choice: str) -> None:
     select_attention(choice, torch.device("cuda" if torch.cuda.is_available() else "cpu"))
 
 
-def _mark_failed(run_dir: Path, line: str) -> None:
-    """The report of a job that failed says so (its steps are those it last recorded)."""
+def _mark_ended(run_dir: Path, status: str, line: str) -> None:
+    """The report of a job that failed or was interrupted says so (its steps are those it
+    last recorded)."""
     from partita.formats import FormatError, RunReport, load, save
 
     path = run_dir / REPORT
     try:
         report = load(path, RunReport)
     except (FormatError, OSError):
-        return  # the job failed before writing one: the error line is all there is
+        return  # the job ended before writing one: the error line is all there is
     if report.status == "running":
-        save(replace(report, status="failed", error=line), path)
+        save(replace(report, status=status, error=line), path)
 
 
 COMMAND = Command(

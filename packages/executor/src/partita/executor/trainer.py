@@ -96,6 +96,32 @@ def check_supported(plan: Plan) -> None:
     check_nested(plan, {layer.tp for layer in plan.layers} | {plan.vocab.tp})
 
 
+def text_batches(
+    path: str, source: ModelSource, *, batch_size: int, seed: int, seq_len: int | None = None
+) -> TextBatches:
+    """The batches of a text file as the ranks read them: byte tokens, blocks of the model's
+    sequence length (at most 128 unless given). The launcher calls it too, so that a file the
+    ranks would refuse (empty, not UTF-8, too short for one batch) is refused before they
+    start."""
+    config = resolve_config(source)
+    family = family_of(config)
+    if family.name not in ("gpt", "llama"):
+        raise ValueError(f"--data: text files feed GPT and LLaMA models, not {family.name}")
+    try:
+        tokens = tokenize_file(path, kind="bytes", vocab_size=config.vocab_size)
+    except ValueError as error:  # it names the file already
+        raise ValueError(f"--data: {error}") from None
+    try:
+        return TextBatches(
+            tokens,
+            seq_len=seq_len or min(family.default_seq_len(config), 128),
+            batch_size=batch_size,
+            seed=seed,
+        )
+    except ValueError as error:
+        raise ValueError(f"--data: {path}: {error}") from None
+
+
 def create_groups(
     plan: Plan, source: ModelSource, *, rank: int, device: torch.device
 ) -> ParallelGroups:
@@ -168,20 +194,13 @@ class Trainer:
         )
 
     def _text_batch(self, step: int) -> Activations:
-        if self.family.name not in ("gpt", "llama"):
-            raise ValueError(
-                f"--data: text files feed GPT and LLaMA models, not {self.family.name}"
-            )
         if self._text is None:
-            tokens = tokenize_file(
-                self.settings.data, kind="bytes", vocab_size=self.config.vocab_size
-            )
-            seq = self.settings.seq_len or min(self.family.default_seq_len(self.config), 128)
-            self._text = TextBatches(
-                tokens,
-                seq_len=seq,
+            self._text = text_batches(
+                self.settings.data,
+                self.config,
                 batch_size=self.plan.global_batch_size,
                 seed=self.settings.seed,
+                seq_len=self.settings.seq_len,
             )
         self._text.position = step
         return next(self._text)

@@ -74,6 +74,7 @@ class TrainingRun:
             settings=self.settings,
             data_position=done,  # one global batch per step, every rank the same
             steps=tuple(self.history),
+            files=(),  # recorded by save_checkpoint once they are written
             rng_ranks=self.world_size,
             tools=tool_versions(),
         )

@@ -11,11 +11,13 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+import traceback
 from datetime import timedelta
 from pathlib import Path
 
 import torch
 import torch.distributed as dist
+from torch.distributed.checkpoint.api import CheckpointException
 
 from partita.executor.trainer import (
     LostRankError,
@@ -30,6 +32,7 @@ from partita.formats import Plan, RankMemory, TrainingSettings, content_hash, lo
 
 REPORT = "run_report.json"
 EXIT_BAD_INPUT = 2
+EXIT_UNEXPECTED = 1
 
 
 def parse(argv: list[str] | None = None) -> argparse.Namespace:
@@ -75,20 +78,34 @@ def main(argv: list[str] | None = None, *, tear_down: bool = True) -> int:
     except ValueError as error:  # e.g. a checkpoint that does not fit this model
         print(f"partita train: error: [rank {rank}] {error}", file=sys.stderr)
         return EXIT_BAD_INPUT
-    except RuntimeError:
+    except RuntimeError as error:
         # A collective that timed out because a peer hung races the watchdog: name the
         # silent rank the same way whichever notices first.
         silent = watchdogs[0].wait_for_silent_ranks() if watchdogs else []
         if not silent:
-            raise
+            return _unexpected(rank, error)
         diagnosis = watchdogs[0].diagnosis(silent)
         print(f"partita train: error: [rank {rank}] {diagnosis}", file=sys.stderr)
         return EXIT_LOST_RANK
+    except (Exception, CheckpointException) as error:  # DCP's is a BaseException
+        return _unexpected(rank, error)
     finally:
         for watchdog in watchdogs:
             watchdog.stop()
         if tear_down:
             dist.destroy_process_group()
+
+
+def _unexpected(rank: int, error: Exception) -> int:
+    """A failure nobody foresaw: its traceback for the run's log (the launcher keeps the
+    ranks' output there), then the one line the launcher shows."""
+    traceback.print_exc()
+    first = str(error).strip().splitlines()[0] if str(error).strip() else ""
+    print(
+        f"partita train: error: [rank {rank}] {type(error).__name__}: {first[:300]}",
+        file=sys.stderr,
+    )
+    return EXIT_UNEXPECTED
 
 
 def training_settings(args: argparse.Namespace) -> TrainingSettings:

@@ -2,7 +2,7 @@
 
 from importlib.metadata import PackageNotFoundError, version
 
-from partita.formats.checkpoint_manifest import CheckpointManifest
+from partita.formats.checkpoint_manifest import CheckpointFile, CheckpointManifest
 from partita.formats.codec import content_hash, dumps, load, loads, save
 from partita.formats.errors import FormatError
 from partita.formats.hardware_profile import (
@@ -37,6 +37,7 @@ except PackageNotFoundError:  # running from a source tree that is not installed
 
 __all__ = [
     "SPECS",
+    "CheckpointFile",
     "CheckpointManifest",
     "CollectiveProfile",
     "ComputeThroughput",

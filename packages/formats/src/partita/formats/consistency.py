@@ -98,8 +98,9 @@ def check_hardware_profile(profile: HardwareProfile) -> None:
 
 
 def check_run_report(report: RunReport) -> None:
-    if report.status == "failed" and not report.error:
-        raise FormatError("a failed run must say why", path="error")
+    if report.status in ("failed", "interrupted") and not report.error:
+        article = "an" if report.status == "interrupted" else "a"
+        raise FormatError(f"{article} {report.status} run must say why", path="error")
     for index, memory in enumerate(report.peak_memory):
         if memory.rank >= report.world_size:
             raise FormatError(
@@ -150,3 +151,27 @@ def check_checkpoint_manifest(manifest: CheckpointManifest) -> None:
             f"{manifest.world_size}",
             path="rng_ranks",
         )
+    _check_checkpoint_files(manifest)
+
+
+_HEX = frozenset("0123456789abcdef")
+
+
+def _check_checkpoint_files(manifest: CheckpointManifest) -> None:
+    # A name is looked up in the checkpoint's own folder: anything with a directory part
+    # would let a manifest send verification elsewhere.
+    for index, record in enumerate(manifest.files):
+        name = record.name
+        if name in ("", ".", "..", "manifest.json") or "/" in name or "\\" in name:
+            raise FormatError(
+                f"expected the name of a file beside the manifest, got {name!r}",
+                path=f"files[{index}].name",
+            )
+        if len(record.sha256) != 64 or not set(record.sha256) <= _HEX:
+            raise FormatError(
+                "expected 64 lowercase hexadecimal digits", path=f"files[{index}].sha256"
+            )
+    duplicate = _first_duplicate(record.name for record in manifest.files)
+    if duplicate is not None:
+        name = manifest.files[duplicate].name
+        raise FormatError(f"file {name!r} is listed twice", path=f"files[{duplicate}].name")

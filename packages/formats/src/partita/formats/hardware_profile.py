@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 from partita.formats.common import Precision
-from partita.formats.schema import at_least, greater_than
+from partita.formats.schema import at_least, count_from, greater_than
 
 FORMAT = "partita.hardware_profile"
 VERSION = 2
@@ -48,7 +48,7 @@ class TimingSample:
 @dataclass(frozen=True)
 class CollectiveProfile:
     op: CollectiveOp
-    group_size: int = field(metadata=at_least(2))
+    group_size: int = field(metadata=count_from(2))
     placement: Placement
     scope: Scope
     latency_s: float = field(metadata=at_least(0))
@@ -90,8 +90,8 @@ class SyncCost:
 
 @dataclass(frozen=True)
 class Measurement:
-    warmup: int = field(metadata=at_least(0))
-    repeats: int = field(metadata=at_least(1))
+    warmup: int = field(metadata=count_from(0))
+    repeats: int = field(metadata=count_from(1))
     # What each sample's time is over its repeats: ``trimmed_mean`` (from partita-profiler
     # 0.1.0 on: the mean without the highest and lowest tenth) or ``median`` (earlier files).
     statistic: Literal["median", "trimmed_mean"] = "median"
@@ -103,8 +103,8 @@ class HardwareProfile:
     name: str
     origin: Origin
     backend: Literal["gloo", "nccl"]
-    num_nodes: int = field(metadata=at_least(1))
-    devices_per_node: int = field(metadata=at_least(1))
+    num_nodes: int = field(metadata=count_from(1))
+    devices_per_node: int = field(metadata=count_from(1))
     device: Device
     compute: tuple[ComputeThroughput, ...]
     collectives: tuple[CollectiveProfile, ...]

@@ -43,10 +43,17 @@ def plan_v1_to_v2(body: dict[str, Any]) -> dict[str, Any]:
     return upgraded
 
 
+def checkpoint_v1_to_v2(body: dict[str, Any]) -> dict[str, Any]:
+    """Checkpoint manifest v1 recorded no files: an empty ``files`` says that the checkpoint
+    cannot be verified (it is trusted, as it was before version 2)."""
+    return {**body, "files": body.get("files", [])}
+
+
 def added_optional_fields(body: dict[str, Any]) -> dict[str, Any]:
     """A version that only added fields with defaults (and values to a field's choices): the
     older body is read unchanged. Hardware profile v1 -> v2: ``optimizer``; model profile v1
     -> v2: ``param_tensors`` and ``backward_peak_bytes_per_sample`` of memory entries; model
     profile v2 -> v3: ``attention``; run report v1 -> v2: ``settings``, ``resumed_from_step``,
-    ``num_nodes`` and the status ``running``; run report v2 -> v3: ``attention``."""
+    ``num_nodes`` and the status ``running``; run report v2 -> v3: ``attention``; run report
+    v3 -> v4: the status ``interrupted``."""
     return body

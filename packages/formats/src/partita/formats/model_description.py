@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from partita.formats.common import Family, LayerKind
-from partita.formats.schema import at_least
+from partita.formats.schema import at_least, count_from
 
 FORMAT = "partita.model_description"
 VERSION = 1
@@ -21,12 +21,12 @@ class LayerDescription:
     name: str
     kind: LayerKind
     layer_type: str
-    hidden_size: int = field(metadata=at_least(1))
-    num_heads: int = field(metadata=at_least(0))
-    num_kv_heads: int = field(metadata=at_least(0))
-    ffn_size: int = field(metadata=at_least(0))
-    seq_len: int = field(metadata=at_least(1))
-    params: int = field(metadata=at_least(0))
+    hidden_size: int = field(metadata=count_from(1))
+    num_heads: int = field(metadata=count_from(0))
+    num_kv_heads: int = field(metadata=count_from(0))
+    ffn_size: int = field(metadata=count_from(0))
+    seq_len: int = field(metadata=count_from(1))
+    params: int = field(metadata=at_least(0))  # may pass 2^31 (a large vocabulary table)
     forward_flops_per_sample: float = field(metadata=at_least(0))
     backward_flops_per_sample: float = field(metadata=at_least(0))
     activation_bytes_per_sample: float = field(metadata=at_least(0))
@@ -42,14 +42,14 @@ class LayerDescription:
 class ModelDescription:
     name: str
     family: Family
-    hidden_size: int = field(metadata=at_least(1))
-    num_heads: int = field(metadata=at_least(1))
-    num_kv_heads: int = field(metadata=at_least(1))
-    ffn_size: int = field(metadata=at_least(1))
-    vocab_size: int = field(metadata=at_least(0))
-    num_labels: int = field(metadata=at_least(0))
-    seq_len: int = field(metadata=at_least(1))
-    activation_bytes_per_element: int = field(metadata=at_least(1))
+    hidden_size: int = field(metadata=count_from(1))
+    num_heads: int = field(metadata=count_from(1))
+    num_kv_heads: int = field(metadata=count_from(1))
+    ffn_size: int = field(metadata=count_from(1))
+    vocab_size: int = field(metadata=count_from(0))
+    num_labels: int = field(metadata=count_from(0))
+    seq_len: int = field(metadata=count_from(1))
+    activation_bytes_per_element: int = field(metadata=count_from(1))
     layers: tuple[LayerDescription, ...]
     source: dict[str, str] = field(default_factory=dict)
     # The layers holding a copy of one vocabulary table (``vocab_size x hidden_size``: tied

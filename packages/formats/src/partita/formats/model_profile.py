@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 from partita.formats.common import AttentionKernel, Precision, SpMode
-from partita.formats.schema import at_least
+from partita.formats.schema import at_least, count_from
 
 FORMAT = "partita.model_profile"
 VERSION = 3
@@ -34,10 +34,10 @@ Origin = Literal[
 
 @dataclass(frozen=True)
 class LayerTiming:
-    tp: int = field(metadata=at_least(1))
+    tp: int = field(metadata=count_from(1))
     sp: SpMode
-    micro_batch: int = field(metadata=at_least(1))
-    seq_len: int = field(metadata=at_least(1))
+    micro_batch: int = field(metadata=count_from(1))
+    seq_len: int = field(metadata=count_from(1))
     forward_s: float = field(metadata=at_least(0))
     backward_s: float = field(metadata=at_least(0))
     spread: float = field(default=0.0, metadata=at_least(0))
@@ -50,9 +50,9 @@ class LayerTiming:
 
 @dataclass(frozen=True)
 class LayerMemory:
-    tp: int = field(metadata=at_least(1))
+    tp: int = field(metadata=count_from(1))
     sp: SpMode
-    seq_len: int = field(metadata=at_least(1))
+    seq_len: int = field(metadata=count_from(1))
     param_bytes: int = field(metadata=at_least(0))
     grad_bytes: int = field(metadata=at_least(0))
     optimizer_bytes: int = field(metadata=at_least(0))
@@ -60,7 +60,7 @@ class LayerMemory:
     checkpoint_activation_bytes_per_sample: float = field(metadata=at_least(0))
     origin: Origin = "measured_tp_groups"
     # Tensors holding the shard's parameters (0: not known).
-    param_tensors: int = field(default=0, metadata=at_least(0))
+    param_tensors: int = field(default=0, metadata=count_from(0))
     # Working memory of the backward pass above the saved activations and the parameter
     # gradients (input and output gradients, temporaries), per sample.
     backward_peak_bytes_per_sample: float = field(default=0.0, metadata=at_least(0))

@@ -12,7 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from partita.formats.common import DpMode, MeshAxis, Precision, Schedule, SpMode
-from partita.formats.schema import at_least
+from partita.formats.schema import at_least, count_from
 
 FORMAT = "partita.plan"
 VERSION = 2
@@ -20,7 +20,7 @@ VERSION = 2
 
 @dataclass(frozen=True)
 class LayerStrategy:
-    tp: int = field(default=1, metadata=at_least(1))
+    tp: int = field(default=1, metadata=count_from(1))
     sp: SpMode = "none"
     dp: DpMode = "ddp"
     ckpt: bool = False
@@ -30,16 +30,16 @@ class LayerStrategy:
 class VocabStrategy:
     """Strategy of the embedding and the head: vocab-parallel degree, SP, data-parallel mode."""
 
-    tp: int = field(default=1, metadata=at_least(1))
+    tp: int = field(default=1, metadata=count_from(1))
     sp: bool = False
     dp: DpMode = "ddp"
 
 
 @dataclass(frozen=True)
 class PipelineConfig:
-    degree: int = field(metadata=at_least(1))
+    degree: int = field(metadata=count_from(1))
     schedule: Schedule
-    stage_num_layers: tuple[int, ...] = field(metadata=at_least(1))
+    stage_num_layers: tuple[int, ...] = field(metadata=count_from(1))
 
 
 @dataclass(frozen=True)
@@ -61,10 +61,10 @@ class Predictions:
 
 @dataclass(frozen=True)
 class Plan:
-    world_size: int = field(metadata=at_least(1))
+    world_size: int = field(metadata=count_from(1))
     mesh_axis_order: tuple[MeshAxis, ...]
-    global_batch_size: int = field(metadata=at_least(1))
-    num_micro_batches: int = field(metadata=at_least(1))
+    global_batch_size: int = field(metadata=count_from(1))
+    num_micro_batches: int = field(metadata=count_from(1))
     pipeline: PipelineConfig
     layers: tuple[LayerStrategy, ...]
     vocab: VocabStrategy = VocabStrategy()

@@ -74,7 +74,11 @@ SPECS: tuple[FormatSpec, ...] = (
         run_report.VERSION,
         run_report.RunReport,
         "run report",
-        migrations={1: migrations.added_optional_fields, 2: migrations.added_optional_fields},
+        migrations={
+            1: migrations.added_optional_fields,
+            2: migrations.added_optional_fields,
+            3: migrations.added_optional_fields,
+        },
         check=check_run_report,
     ),
     FormatSpec(
@@ -82,6 +86,7 @@ SPECS: tuple[FormatSpec, ...] = (
         checkpoint_manifest.VERSION,
         checkpoint_manifest.CheckpointManifest,
         "checkpoint manifest",
+        migrations={1: migrations.checkpoint_v1_to_v2},
         check=check_checkpoint_manifest,
     ),
 )

@@ -3,7 +3,8 @@
 Version 2 added the run's settings (so ``partita train --resume`` can continue it), the
 ``running`` status (the report is written when training starts and at every checkpoint), the
 step a resumed run started from, and the number of nodes. Version 3 added the attention kernel
-the run trained with.
+the run trained with. Version 4 added the status ``interrupted`` (stopped by SIGINT or SIGTERM;
+its last checkpoint resumes it).
 """
 
 from __future__ import annotations
@@ -12,15 +13,15 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 from partita.formats.common import AttentionKernel
-from partita.formats.schema import at_least, greater_than
+from partita.formats.schema import at_least, count_from, greater_than
 
 FORMAT = "partita.run_report"
-VERSION = 3
+VERSION = 4
 
 
 @dataclass(frozen=True)
 class StepRecord:
-    step: int = field(metadata=at_least(0))
+    step: int = field(metadata=count_from(0))
     loss: float | None  # None when the loss was not finite
     time_s: float = field(metadata=at_least(0))
     items: int = field(metadata=at_least(0))  # tokens (text) or samples (vision) in the step
@@ -28,7 +29,7 @@ class StepRecord:
 
 @dataclass(frozen=True)
 class RankMemory:
-    rank: int = field(metadata=at_least(0))
+    rank: int = field(metadata=count_from(0))
     peak_bytes: int = field(metadata=at_least(0))
 
 
@@ -36,12 +37,12 @@ class RankMemory:
 class TrainingSettings:
     """What a run was asked to do. A resumed run keeps them (its ``--steps`` may extend it)."""
 
-    steps: int = field(metadata=at_least(1))
+    steps: int = field(metadata=count_from(1))
     lr: float = field(metadata=greater_than(0))
     adam_eps: float = field(default=1e-8, metadata=greater_than(0))
     seed: int = 0
     data: str = "synthetic"  # or the path of a UTF-8 text file
-    checkpoint_every: int = field(default=0, metadata=at_least(0))  # 0: no periodic saves
+    checkpoint_every: int = field(default=0, metadata=count_from(0))  # 0: no periodic saves
     checkpoint_at_end: bool = True
 
 
@@ -49,10 +50,10 @@ class TrainingSettings:
 class RunReport:
     model: str
     plan_sha256: str
-    world_size: int = field(metadata=at_least(1))
+    world_size: int = field(metadata=count_from(1))
     backend: Literal["gloo", "nccl"]
     device: str
-    status: Literal["running", "completed", "failed"]
+    status: Literal["running", "completed", "failed", "interrupted"]
     unit: Literal["tokens", "samples"]
     steps: tuple[StepRecord, ...]
     peak_memory: tuple[RankMemory, ...]
@@ -61,8 +62,8 @@ class RunReport:
     error: str | None = None
     tools: dict[str, str] = field(default_factory=dict)
     settings: TrainingSettings | None = None
-    resumed_from_step: int | None = field(default=None, metadata=at_least(0))
-    num_nodes: int = field(default=1, metadata=at_least(1))
+    resumed_from_step: int | None = field(default=None, metadata=count_from(0))
+    num_nodes: int = field(default=1, metadata=count_from(1))
     # The kernel selected (partita.models.attention.select_attention), not one observed per
     # call: a "flash" run still ran the calls flash-attn cannot take (a bias, fp32) on SDPA.
     attention: AttentionKernel = ""

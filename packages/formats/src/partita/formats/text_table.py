@@ -30,14 +30,23 @@ def _is_number(text: str) -> bool:
     return True
 
 
+# From here on, fixed-point text would run to hundreds of digits (numbers reach 2^1023).
+_EXPONENT_FROM = 1e9
+
+
 def human_bytes(value: float) -> str:
     for unit, scale in (("GiB", 2**30), ("MiB", 2**20), ("KiB", 2**10)):
         if abs(value) >= scale:
-            return f"{value / scale:.2f} {unit}"
+            number = value / scale
+            return (
+                f"{number:.3e} {unit}" if abs(number) >= _EXPONENT_FROM else f"{number:.2f} {unit}"
+            )
     return f"{value:.0f} B"
 
 
 def human_seconds(value: float) -> str:
+    if value >= _EXPONENT_FROM:
+        return f"{value:.3e} s"
     if value >= 1:
         return f"{value:.3f} s"
     if value >= 1e-3:

@@ -7,7 +7,9 @@ Reading takes ``model.safetensors`` or a sharded ``model.safetensors.index.json`
 
 from __future__ import annotations
 
+import contextlib
 import json
+from collections.abc import Iterator
 from pathlib import Path
 
 import torch
@@ -96,5 +98,19 @@ def save_hf_checkpoint(model: LayeredModel, directory: str | Path) -> Path:
     )
     reference.load_state_dict(state, strict=True)
     target = Path(directory)
-    reference.save_pretrained(target, safe_serialization=True)
+    with _quiet_progress():  # a bar for one tiny shard is noise in a command's output
+        reference.save_pretrained(target, safe_serialization=True)
     return target
+
+
+@contextlib.contextmanager
+def _quiet_progress() -> Iterator[None]:
+    from transformers.utils import logging as hf_logging
+
+    was_enabled = hf_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        if was_enabled:
+            hf_logging.enable_progress_bar()

@@ -11,6 +11,8 @@ Torch-free: only the standard library and ``partita.formats``. Units, as Galvatr
   moments).
 
 Every problem raises :class:`GalvatronError`, whose text is one line naming the file and key.
+A value too large for a Partita file once converted (see docs/formats.md §1.2) is such a
+problem: each converted entry is checked by ``partita.formats`` where its key is known.
 """
 
 from __future__ import annotations
@@ -19,13 +21,15 @@ import json
 import math
 import re
 from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from partita.formats import (
     CollectiveProfile,
     Device,
+    FormatError,
     HardwareProfile,
     LayerMemory,
     LayerTiming,
@@ -33,9 +37,13 @@ from partita.formats import (
     ModelProfile,
     OverlapSlowdown,
     TimingSample,
+    dumps,
 )
 from partita.formats.common import FAMILIES, PRECISIONS
 from partita.formats.hardware_profile import CollectiveOp, Placement, Scope
+from partita.formats.schema import MAX_INTEGER, decode, encode
+
+T = TypeVar("T")
 
 MIB = 2**20
 BUS_BANDWIDTH_BYTES_PER_S = 1e9  # one nccl-tests GB/s (= Galvatron's MB/ms) in bytes/s
@@ -127,11 +135,56 @@ def read_object(path: Path) -> dict[str, Any]:
 
 
 def _number(path: Path, key: str, value: object, *, positive: bool = True) -> float:
-    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
-        raise GalvatronError(str(path), key, f"expected a number, got {value!r}")
-    if value < 0 or (positive and value == 0):
+    number = _as_float(value)
+    if number is None or not math.isfinite(number):
+        raise GalvatronError(str(path), key, f"expected a number, got {_short(value)}")
+    if number < 0 or (positive and number == 0):
         raise GalvatronError(str(path), key, f"expected a number > 0, got {value!r}")
-    return float(value)
+    return number
+
+
+def _as_float(value: object) -> float | None:
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return None
+    try:
+        return float(value)
+    except OverflowError:  # an integer literal beyond any double
+        return math.inf
+
+
+def _short(value: object) -> str:
+    text = repr(value)
+    return text if len(text) <= 40 else text[:37] + "..."
+
+
+@contextmanager
+def _converting(path: Path, key: str, value: float | None = None) -> Iterator[None]:
+    """A ``value`` at ``key`` that converts to something a Partita file cannot hold (beyond
+    its bounds, docs/formats.md §1.2) is an error naming the key."""
+    try:
+        yield
+    except FormatError as error:
+        what = "" if value is None else f"{value:g} is "
+        where = f"{error.path}: " if error.path else ""
+        message = f"{what}out of range once converted ({where}{error.message})"
+        raise GalvatronError(str(path), key, message) from None
+
+
+def _valid(entry: T) -> T:
+    """``entry`` if a Partita file can hold it; FormatError otherwise (see _converting)."""
+    decode(type(entry), encode(entry))
+    return entry
+
+
+def _whole(path: Path, profile: T) -> T:
+    """The converted part, with the checks its file gets on saving (a safety net: each entry
+    was checked where its key was known)."""
+    try:
+        dumps(profile)
+    except FormatError as error:
+        message = f"{error.message} (in the converted {type(profile).__name__})"
+        raise GalvatronError(str(path), error.path or "-", message) from None
+    return profile
 
 
 def _match(pattern: re.Pattern[str], path: Path, key: str, expected: str) -> re.Match[str]:
@@ -208,12 +261,16 @@ def all_reduce_entries(
         size, consecutive = int(found.group(1)), found.group(2) == "1"
         if not 2 <= size <= world:
             raise GalvatronError(str(path), key, f"group size must be 2..{world} (world size)")
-        busbw = _number(path, key, value) * BUS_BANDWIDTH_BYTES_PER_S
+        gb_per_s = _number(path, key, value)
+        busbw = gb_per_s * BUS_BANDWIDTH_BYTES_PER_S
         stride = 1 if consecutive else world // size  # Galvatron's strided groups: i, i+W/G, ...
         scope = _scope(size, stride, nodes=nodes, per_node=per_node)
         placement: Placement = "consecutive" if consecutive else "strided"
         bandwidth = busbw * size / (2 * (size - 1))
-        entries.append(_entry("all_reduce", size, placement, scope, 0.0, bandwidth))
+        with _converting(path, key, gb_per_s):
+            entries.append(
+                _with_derived(_entry("all_reduce", size, placement, scope, 0.0, bandwidth))
+            )
     if not entries:
         raise GalvatronError(str(path), "-", "no allreduce_size_{G}_consec_{0|1} entries")
     return entries
@@ -229,7 +286,11 @@ def p2p_entries(path: Path, data: Mapping[str, Any], *, nodes: int) -> list[Coll
     bandwidths = []
     for key, value in _items(path, data):
         _match(_P2P_KEY, path, key, "pp_size_{P}")
-        bandwidths.append(_number(path, key, value) * BUS_BANDWIDTH_BYTES_PER_S)
+        gb_per_s = _number(path, key, value)
+        bandwidth = gb_per_s * BUS_BANDWIDTH_BYTES_PER_S
+        with _converting(path, key, gb_per_s):
+            _valid(_entry("p2p", 2, "consecutive", "intra_node", 0.0, bandwidth))
+        bandwidths.append(bandwidth)
     if not bandwidths:
         raise GalvatronError(str(path), "-", "no pp_size_{P} entries")
     scope: Scope = "inter_node" if nodes > 1 else "intra_node"
@@ -247,7 +308,8 @@ def overlap_slowdown(path: Path, data: Mapping[str, Any]) -> OverlapSlowdown:
     value = _number(path, "overlap_coe", data["overlap_coe"])
     if value < 1:
         raise GalvatronError(str(path), "overlap_coe", f"a slowdown must be >= 1, got {value}")
-    return OverlapSlowdown(compute=value, communication=value)
+    with _converting(path, "overlap_coe", value):
+        return _valid(OverlapSlowdown(compute=value, communication=value))
 
 
 def sp_time_entries(
@@ -258,21 +320,27 @@ def sp_time_entries(
     ``M`` MiB is the per-rank buffer nccl-tests hands to the operation (its input); Galvatron
     measures consecutive groups only.
     """
-    points: dict[tuple[str, int], list[TimingSample]] = {}
+    points: dict[tuple[str, int], list[tuple[TimingSample, str]]] = {}
     for key, value in _items(path, data):
         found = _match(_SP_KEY, path, key, "{allreduce|all2all}_size_{G}_{M}MB_time")
         op = "all_reduce" if found.group(1) == "allreduce" else "all_to_all"
         size, mib = int(found.group(2)), int(found.group(3))
         if not 2 <= size <= nodes * per_node or mib < 1:
             raise GalvatronError(str(path), key, "group size or message size out of range")
-        seconds = _number(path, key, value) / 1000
-        points.setdefault((op, size), []).append(TimingSample(bytes=mib * MIB, time_s=seconds))
+        ms = _number(path, key, value)
+        with _converting(path, key, ms):
+            sample = _valid(TimingSample(bytes=mib * MIB, time_s=ms / 1000))
+        points.setdefault((op, size), []).append((sample, key))
     entries = []
-    for (op, size), samples in sorted(points.items()):
-        ordered = tuple(sorted(samples, key=lambda s: s.bytes))
+    for (op, size), keyed in sorted(points.items()):
+        ordered = tuple(sorted((sample for sample, _ in keyed), key=lambda s: s.bytes))
         latency, bandwidth = fit_line(path, f"{op} x{size}", ordered)
         scope = _scope(size, 1, nodes=nodes, per_node=per_node)
-        entries.append(_entry(op, size, "consecutive", scope, latency, bandwidth, ordered))  # type: ignore[arg-type]
+        # A fit out of range comes from the times: name the largest.
+        slowest = max(keyed, key=lambda sample_key: sample_key[0].time_s)[1]
+        with _converting(path, slowest, data[slowest]):
+            entry = _entry(op, size, "consecutive", scope, latency, bandwidth, ordered)  # type: ignore[arg-type]
+            entries.append(_with_derived(entry))
     return entries
 
 
@@ -297,6 +365,13 @@ def fit_line(path: Path, what: str, samples: tuple[TimingSample, ...]) -> tuple[
 
 def _bad_fit(path: Path, what: str) -> float:
     raise GalvatronError(str(path), what, "times do not grow with the message size")
+
+
+def _with_derived(measured: CollectiveProfile) -> CollectiveProfile:
+    """``measured``, checked with what derived_entries makes of it (twice its bandwidth)."""
+    for derived in [measured, *derived_entries([measured])]:
+        _valid(derived)
+    return measured
 
 
 def derived_entries(measured: list[CollectiveProfile]) -> list[CollectiveProfile]:
@@ -341,7 +416,7 @@ def import_hardware(files: Mapping[str, Path], options: ImportOptions) -> Hardwa
     kept = [e for e in all_reduce if (e.op, e.group_size, e.placement, e.scope) not in replaced]
     measured = sorted([*kept, *fitted], key=lambda e: (e.op, e.group_size, e.placement))
     p2p = p2p_entries(files["p2p"], read_object(files["p2p"]), nodes=nodes)
-    return HardwareProfile(
+    profile = HardwareProfile(
         name=options.name or f"galvatron-{nodes}x{per_node}",
         origin="galvatron",
         backend="nccl",
@@ -355,6 +430,7 @@ def import_hardware(files: Mapping[str, Path], options: ImportOptions) -> Hardwa
         overlap=overlap_slowdown(files["overlap"], read_object(files["overlap"])),
         tools={"galvatron-files": ", ".join(sorted(p.name for p in files.values()))},
     )
+    return _whole(files["allreduce"], profile)
 
 
 # --- model ----------------------------------------------------------------------------------
@@ -430,7 +506,10 @@ def computation_times(
         batch, seq = int(found.group(2)), int(found.group(3))
         if batch < 1 or seq < 1:
             raise GalvatronError(str(path), key, "batch size and sequence length must be >= 1")
-        times.setdefault(found.group(1), {})[(batch, seq)] = _number(path, key, value)
+        ms = _number(path, key, value)
+        with _converting(path, key, ms):  # at tp 1 and the whole share, its largest times
+            _valid(_timing(ms, batch=batch, seq=seq, tp=1, sp="none", share=1.0))
+        times.setdefault(found.group(1), {})[(batch, seq)] = ms
     if not any(name != "other" for name in times):
         raise GalvatronError(str(path), "-", "no layertype_{T}_bsz{B}_seq{S} entries")
     if "other" not in times:
@@ -495,10 +574,17 @@ def memory_profile(path: Path, data: Mapping[str, Any]) -> MemoryFile:
             if other is not None:
                 table = parsed.other.setdefault((other.group(1), bool(other.group(2))), {})
                 table[seq] = _other_memory(path, where, entry)
+                with _converting(path, where):  # the whole of it, its largest share
+                    for converted in other_memory(table[seq], seq=seq, share=1.0):
+                        _valid(converted)
             else:
                 assert block is not None
-                table_b = parsed.blocks.setdefault((block.group(1), bool(block.group(2))), {})
+                split = bool(block.group(2))
+                table_b = parsed.blocks.setdefault((block.group(1), split), {})
                 table_b[seq] = _block_memory(path, where, entry)
+                with _converting(path, where):
+                    for converted in block_memory(table_b[seq], sp=split, seq=seq):
+                        _valid(converted)
     if not parsed.blocks:
         raise GalvatronError(str(path), "layertype_{T}", "missing")
     if not parsed.other:
@@ -540,7 +626,10 @@ def _other_memory(path: Path, where: str, entry: Mapping[str, Any]) -> OtherMemo
 
 
 def _bytes(mib: float) -> int:
-    return round(mib * MIB)
+    nbytes = mib * MIB
+    if not nbytes <= MAX_INTEGER:  # an infinite product too, which round() cannot take
+        raise FormatError(f"{mib:g} MiB is more than 2^53 bytes")
+    return round(nbytes)
 
 
 def block_memory(memory: BlockMemory, *, sp: bool, seq: int) -> list[LayerMemory]:
@@ -601,19 +690,21 @@ def timings(
         for tp, sp, config_seq in configurations:
             if config_seq != seq:
                 continue
-            forward = ms * batch / 1000 * share / tp
-            result.append(
-                LayerTiming(
-                    tp=tp,
-                    sp=sp,  # type: ignore[arg-type]
-                    micro_batch=batch,
-                    seq_len=seq,
-                    forward_s=forward,
-                    backward_s=BACKWARD_OVER_FORWARD * forward,
-                    origin="galvatron",
-                )
-            )
+            result.append(_timing(ms, batch=batch, seq=seq, tp=tp, sp=sp, share=share))
     return result
+
+
+def _timing(ms: float, *, batch: int, seq: int, tp: int, sp: str, share: float) -> LayerTiming:
+    forward = ms * batch / 1000 * share / tp
+    return LayerTiming(
+        tp=tp,
+        sp=sp,  # type: ignore[arg-type]
+        micro_batch=batch,
+        seq_len=seq,
+        forward_s=forward,
+        backward_s=BACKWARD_OVER_FORWARD * forward,
+        origin="galvatron",
+    )
 
 
 def _with_defaults(memory: list[LayerMemory], seqs: set[int]) -> list[tuple[int, str, int]]:
@@ -701,7 +792,7 @@ def import_model(
         layer_types=tuple(profiles),
         tools={"galvatron-files": f"{files['computation'].name}, {files['memory'].name}"},
     )
-    return profile, notes
+    return _whole(files["computation"], profile), notes
 
 
 # --- both -----------------------------------------------------------------------------------

@@ -15,6 +15,7 @@ from pathlib import Path
 
 from partita.formats import HardwareProfile, ModelProfile, save
 from partita.formats.common import FAMILIES, PRECISIONS
+from partita.formats.schema import MAX_INTEGER
 from partita.formats.text_table import human_bytes, table
 
 EXIT_BAD_INPUT = 2
@@ -62,8 +63,13 @@ def _mapping(text: str) -> dict[str, tuple[str, ...]]:
 def run(args: argparse.Namespace) -> int:
     from partita.profiler.galvatron import ImportOptions, import_directory
 
-    if args.device_memory_gb <= 0 or not 0 <= args.embedding_share <= 1:
-        print("error: --device-memory-gb must be > 0, --embedding-share in 0..1", file=sys.stderr)
+    # Up to 2^53 bytes, what a Partita file holds (NaN fails both comparisons).
+    if not 0 < args.device_memory_gb * 1e9 <= MAX_INTEGER or not 0 <= args.embedding_share <= 1:
+        print(
+            "error: --device-memory-gb must be > 0 and at most 9007199 (2^53 bytes), "
+            "--embedding-share in 0..1",
+            file=sys.stderr,
+        )
         return EXIT_BAD_INPUT
     options = ImportOptions(
         num_nodes=args.nodes,

@@ -7,11 +7,18 @@ every other origin the workload adds it.
 Collective times come from the hardware profile's fits, ``latency + bytes / bandwidth``; work
 over a set of tensors (the optimizer step, FSDP's own work around its collectives) from its
 ``latency + tensors * per_tensor + bytes * per_byte`` fits.
+
+A prediction that overflows, at or beyond 2^1023 (the bound of every number of a Partita file,
+where a sum of two is no longer finite) or not a number at all, is refused
+(:class:`ProfileOverflowError`), naming the profile entry behind it: a lookup that overflows
+names its own entry, a sum that overflows the entry that gave the largest term of it.
 """
 
 from __future__ import annotations
 
+import math
 from collections import defaultdict
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -24,9 +31,30 @@ from partita.formats import (
     ModelProfile,
     TensorWork,
 )
+from partita.formats.schema import MAX_MAGNITUDE
 
 TP_COMM_INCLUDED = "measured_tp_groups"
 TensorWorkKind = Literal["optimizer", "fsdp_gather", "fsdp_reduce_scatter", "ddp_reducer"]
+
+
+class ProfileOverflowError(ValueError):
+    """A profile entry's values (or a model description's sizes) make a prediction overflow:
+    2^1023 or more, or not finite.
+
+    Refused rather than predicted: an infinite time would be printed as such, and a NaN one
+    (infinity minus infinity) is dropped by comparisons, as ``max(0.0, nan)`` is 0.0, so that
+    the prediction looks fast. Callers that skip what the profiles cannot price (the search,
+    a what-if point) let this one through: the profile itself is wrong.
+    """
+
+
+@dataclass(frozen=True)
+class _Source:
+    """A profile entry and the field of it behind a predicted value (for the message)."""
+
+    entry: object
+    field: str
+    amount: float  # what the entry contributed: seconds, or bytes per sample
 
 
 @dataclass(frozen=True)
@@ -58,6 +86,10 @@ class CostModel:
                 self._timing_index[(layer_type.layer_type, t.tp, t.sp, t.seq_len)].append(t)
             for m in layer_type.memory:
                 self._memory_index[(layer_type.layer_type, m.tp, m.sp, m.seq_len)] = m
+        # The largest time and memory a lookup gave, and from where: what a sum that
+        # overflows names. One comparison per lookup.
+        self._largest_time = _Source(None, "", 0.0)
+        self._largest_memory = _Source(None, "", 0.0)
 
     # --- compute ---------------------------------------------------------------------------
     def layer_times(
@@ -65,8 +97,8 @@ class CostModel:
     ) -> LayerTimes:
         """Forward and backward seconds of ``layer`` on one device for its local micro-batch."""
         points = self._timings(layer, tp=tp, sp=sp)
-        forward = _line_at([(t.micro_batch, t.forward_s) for t in points], micro_batch)
-        backward = _line_at([(t.micro_batch, t.backward_s) for t in points], micro_batch)
+        forward = self._fitted(points, "forward_s", micro_batch)
+        backward = self._fitted(points, "backward_s", micro_batch)
         included = all(t.origin == TP_COMM_INCLUDED for t in points)
         checkpointed = [t for t in points if t.checkpoint_forward_s is not None]
         if len(checkpointed) != len(points):
@@ -75,13 +107,19 @@ class CostModel:
             forward_s=forward,
             backward_s=backward,
             includes_tp_comm=included,
-            checkpoint_forward_s=_line_at(
-                [(t.micro_batch, t.checkpoint_forward_s or 0.0) for t in points], micro_batch
-            ),
-            checkpoint_backward_s=_line_at(
-                [(t.micro_batch, t.checkpoint_backward_s or 0.0) for t in points], micro_batch
-            ),
+            checkpoint_forward_s=self._fitted(points, "checkpoint_forward_s", micro_batch),
+            checkpoint_backward_s=self._fitted(points, "checkpoint_backward_s", micro_batch),
         )
+
+    def _fitted(self, points: list[LayerTiming], name: str, micro_batch: float) -> float:
+        """The line through the points' ``name`` seconds, at ``micro_batch``; checked."""
+        seconds = _line_at([(t.micro_batch, getattr(t, name) or 0.0) for t in points], micro_batch)
+        if not seconds <= self._largest_time.amount:  # larger, infinite or NaN: look closer
+            largest = max(points, key=lambda t: getattr(t, name) or 0.0)
+            self._note_time(
+                seconds, _Source(largest, name, seconds), f"time at micro-batch {micro_batch:g}"
+            )
+        return seconds
 
     def _timings(self, layer: LayerDescription, *, tp: int, sp: str) -> list[LayerTiming]:
         matching = self._timing_index.get((layer.layer_type, tp, sp, layer.seq_len))
@@ -105,6 +143,13 @@ class CostModel:
     def layer_memory(self, layer: LayerDescription, *, tp: int, sp: str) -> LayerMemory:
         entry = self._memory_index.get((layer.layer_type, tp, sp, layer.seq_len))
         if entry is not None:
+            per_sample = max(
+                entry.activation_bytes_per_sample,
+                entry.checkpoint_activation_bytes_per_sample,
+                entry.backward_peak_bytes_per_sample,
+            )
+            if per_sample > self._largest_memory.amount:
+                self._largest_memory = _Source(entry, _per_sample_field(entry), per_sample)
             return entry
         raise ValueError(
             f"the model profile has no memory entry for layer type {layer.layer_type!r} at tp "
@@ -131,7 +176,15 @@ class CostModel:
                 f"no {op} x{group_size} {placement}/{scope} in the hardware profile; used "
                 f"{entry.placement}/{entry.scope}"
             )
-        return entry.latency_s + nbytes / entry.bandwidth_bytes_per_s
+        seconds = entry.latency_s + nbytes / entry.bandwidth_bytes_per_s
+        if not seconds <= self._largest_time.amount:  # larger, infinite or NaN: look closer
+            # A tiny bandwidth overflows as surely as a huge latency: name what weighs more.
+            transfer = nbytes / entry.bandwidth_bytes_per_s
+            name = "latency_s" if entry.latency_s >= transfer else "bandwidth_bytes_per_s"
+            self._note_time(
+                seconds, _Source(entry, name, seconds), f"time of an {op} of {nbytes:.6g} bytes"
+            )
+        return seconds
 
     # --- work over a set of tensors --------------------------------------------------------------
     def tensor_work(self, kind: TensorWorkKind, *, tensors: float, nbytes: float) -> float | None:
@@ -140,7 +193,99 @@ class CostModel:
         work: TensorWork | None = getattr(self.hardware, kind)
         if work is None:
             return None
-        return work.latency_s + tensors * work.per_tensor_s + nbytes * work.per_byte_s
+        seconds = work.latency_s + tensors * work.per_tensor_s + nbytes * work.per_byte_s
+        if not seconds <= self._largest_time.amount:  # larger, infinite or NaN: look closer
+            terms = {
+                "latency_s": work.latency_s,
+                "per_tensor_s": tensors * work.per_tensor_s,
+                "per_byte_s": nbytes * work.per_byte_s,
+            }
+            name = max(terms, key=lambda n: terms[n])
+            what = f"{kind} time over {tensors:g} tensors of {nbytes:.6g} bytes"
+            self._note_time(seconds, _Source(work, name, seconds), what)
+        return seconds
+
+    # --- predictions that overflow -----------------------------------------------------------
+    def _note_time(self, seconds: float, source: _Source, what: str) -> None:
+        if overflows(seconds):
+            raise self._overflow(source, f"predicted {what}")
+        self._largest_time = source
+
+    def check_prediction(self, *, seconds: Iterable[float], nbytes: Iterable[float]) -> None:
+        """Refuse times or memory that overflow (a sum of profile values did), naming the
+        entry behind the largest term of the sums."""
+        if any(overflows(s) for s in seconds):
+            raise self._overflow(self._largest_time_source(), "predicted iteration time")
+        if any(overflows(b) for b in nbytes):
+            raise self._overflow(self._largest_memory, "predicted peak memory")
+
+    def memory_overflow(self, entry: LayerMemory, what: str) -> ProfileOverflowError:
+        """The error for ``entry``'s bytes per sample overflowing ``what``."""
+        name = _per_sample_field(entry)
+        return self._overflow(_Source(entry, name, getattr(entry, name)), what)
+
+    def time_overflow(self, what: str) -> ProfileOverflowError:
+        """The error for a sum of times overflowing ``what``."""
+        return self._overflow(self._largest_time_source(), what)
+
+    def _largest_time_source(self) -> _Source:
+        """The largest time a lookup gave, or what the hardware profile adds to times (a
+        meeting's latency) or multiplies them by, whichever is larger: any of them can carry
+        a sum over the top."""
+        hardware = self.hardware
+        candidates = [
+            self._largest_time,
+            _Source(hardware.overlap, "compute", hardware.overlap.compute),
+            _Source(hardware.overlap, "communication", hardware.overlap.communication),
+        ]
+        if hardware.sync is not None:
+            sync = hardware.sync
+            candidates.append(_Source(sync, "compute_fraction", sync.compute_fraction))
+            candidates.append(_Source(sync, "latency_s", sync.latency_s))
+        return max(candidates, key=lambda source: source.amount)
+
+    def _overflow(self, source: _Source, what: str) -> ProfileOverflowError:
+        value = getattr(source.entry, source.field, None)
+        if source.entry is None or not isinstance(value, int | float):
+            return ProfileOverflowError(f"the {what} overflows (2^1023 or more)")
+        return ProfileOverflowError(
+            f"{self._where(source.entry)}: {source.field} {value:.6g} makes the {what} "
+            "overflow (2^1023 or more)"
+        )
+
+    def _where(self, entry: object) -> str:
+        """Where ``entry`` is in its profile, as a field path and what it is for."""
+        for i, layer_type in enumerate(self.model_profile.layer_types):
+            name = layer_type.layer_type
+            for j, t in enumerate(layer_type.timings):
+                if t is entry:
+                    return (
+                        f"model profile layer_types[{i}].timings[{j}] (layer type {name!r}, "
+                        f"tp {t.tp}, sp {t.sp}, micro_batch {t.micro_batch}, seq_len {t.seq_len})"
+                    )
+            for j, m in enumerate(layer_type.memory):
+                if m is entry:
+                    return (
+                        f"model profile layer_types[{i}].memory[{j}] (layer type {name!r}, "
+                        f"tp {m.tp}, sp {m.sp}, seq_len {m.seq_len})"
+                    )
+        for i, c in enumerate(self.hardware.collectives):
+            if c is entry:
+                return (
+                    f"hardware profile collectives[{i}] ({c.op}, group_size {c.group_size}, "
+                    f"{c.placement}, {c.scope})"
+                )
+        for name in (
+            "optimizer",
+            "fsdp_gather",
+            "fsdp_reduce_scatter",
+            "ddp_reducer",
+            "sync",
+            "overlap",
+        ):
+            if getattr(self.hardware, name) is entry:
+                return f"hardware profile {name}"
+        return "a profile entry"
 
     def _warn(self, message: str) -> None:
         if message not in self.warnings:
@@ -156,10 +301,39 @@ def _best_entry(
     return min(candidates, key=rank)
 
 
+def overflows(value: float) -> bool:
+    """At or beyond 2^1023, infinite or NaN: no prediction, as the sum of two such values is
+    no longer finite and a Partita file could not hold it."""
+    return not abs(value) < MAX_MAGNITUDE
+
+
+def _per_sample_field(entry: LayerMemory) -> str:
+    return max(
+        (
+            "activation_bytes_per_sample",
+            "checkpoint_activation_bytes_per_sample",
+            "backward_peak_bytes_per_sample",
+        ),
+        key=lambda name: float(getattr(entry, name)),
+    )
+
+
 def _line_at(points: list[tuple[int, float]], x: float) -> float:
     """Value at ``x`` of the least-squares line through the measured (micro-batch, seconds)
     points: with three or more, a fit (times measured on shared machines scatter, and a
-    layer's time grows steadily with its batch); through two, the line; one, proportional."""
+    layer's time grows steadily with its batch); through two, the line; one, proportional.
+
+    The fit runs in units of a power of two near the largest time: the same result to the
+    last bit (for times that are not subnormal), but sums of huge times cannot overflow on the
+    way, where infinity minus
+    infinity would give NaN and ``max`` below would turn it into 0.0 s. What is returned
+    is infinite only if the line's value itself is beyond a double.
+    """
+    unit = math.ldexp(1.0, math.frexp(max(py for _, py in points))[1] - 1)
+    return _fit_at([(px, py / unit) for px, py in points], x) * unit
+
+
+def _fit_at(points: list[tuple[int, float]], x: float) -> float:
     if len(points) == 1:
         px, py = points[0]
         return py * x / px

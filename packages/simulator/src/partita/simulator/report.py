@@ -44,9 +44,14 @@ def summary(result: SimulationResult, *, device_memory_bytes: float | None = Non
             human_bytes(memory.total),
         ]
         if device_memory_bytes:
-            row.append(f"{memory.total / device_memory_bytes:.0%}")
+            row.append(_percent(memory.total / device_memory_bytes))
         rows.append(row)
     lines.append(table(headers, rows))
     for warning in result.warnings:
         lines.append(f"warning: {warning}")
     return "\n".join(lines)
+
+
+def _percent(share: float) -> str:
+    # Far beyond the device (a profile's absurd activations), fixed-point runs to many digits.
+    return f"{share:.0%}" if share < 1e6 else f"{share * 100:.1e}%"

@@ -44,6 +44,12 @@ def simulate(
     """Event-simulate one iteration: time, per-stage busy and bubble, memory, events."""
     stages, cost = build_workload(plan, hardware=hardware, model_profile=model_profile, model=model)
     schedule = build_schedule(plan.pipeline.schedule, len(stages), plan.num_micro_batches)
+    # Memory that overflows is refused before the engine replays it (as NaN, it would slip
+    # past the engine's max over the stage's timeline).
+    breakdowns = [
+        peak_breakdown(work, actions) for work, actions in zip(stages, schedule, strict=True)
+    ]
+    cost.check_prediction(seconds=(), nbytes=[b.total for b in breakdowns])
     output = Engine(
         stages=stages,
         schedule=schedule,
@@ -52,11 +58,11 @@ def simulate(
         record_events=record_events,
     ).run()
     iteration = max(output.stage_end_s)
+    cost.check_prediction(seconds=[iteration, *output.compute_busy_s], nbytes=output.peak_bytes)
     results = []
-    for work, actions, busy, peak, timeline in zip(
-        stages, schedule, output.compute_busy_s, output.peak_bytes, output.timelines, strict=True
+    for work, breakdown, busy, peak, timeline in zip(
+        stages, breakdowns, output.compute_busy_s, output.peak_bytes, output.timelines, strict=True
     ):
-        breakdown = peak_breakdown(work, actions)
         assert abs(breakdown.total - peak) <= 1e-6 * max(peak, 1.0), (breakdown.total, peak)
         results.append(
             StageResult(
@@ -90,11 +96,13 @@ def estimate(
 
     ``cost`` and ``cache`` let a caller pricing many plans share profile lookups.
     """
-    stages, _ = build_workload(
+    stages, cost = build_workload(
         plan, hardware=hardware, model_profile=model_profile, model=model, cost=cost, cache=cache
     )
     schedule = build_schedule(plan.pipeline.schedule, len(stages), plan.num_micro_batches)
     memory = tuple(
         peak_breakdown(work, actions) for work, actions in zip(stages, schedule, strict=True)
     )
-    return analytic.iteration_time(stages, num_micro_batches=plan.num_micro_batches), memory
+    seconds = analytic.iteration_time(stages, num_micro_batches=plan.num_micro_batches)
+    cost.check_prediction(seconds=[seconds], nbytes=[m.total for m in memory])
+    return seconds, memory

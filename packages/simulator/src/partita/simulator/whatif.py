@@ -4,7 +4,8 @@ A study is the cartesian product of a few axes (world size, devices per node, de
 intra- and inter-node bandwidth factors, global batch, and the sequence lengths of the model
 descriptions given). Each point is simulated; a point that cannot exist (a plan that does
 not divide the new world size, a profile without a needed measurement) is kept with its
-reason, so one bad corner does not hide the rest of the table.
+reason, so one bad corner does not hide the rest of the table. A profile whose values make a
+prediction overflow is refused as a whole (``ProfileOverflowError``): it is wrong everywhere.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from partita.formats import (
     Plan,
 )
 from partita.formats.plan_checks import check_plan_structure
+from partita.simulator.cost import ProfileOverflowError
 from partita.simulator.simulation import simulate
 from partita.simulator.specsheet import (
     ClusterSpec,
@@ -131,6 +133,8 @@ class Study:
             result = simulate(
                 plan, hardware=hardware, model_profile=profile, model=model, record_events=False
             )
+        except ProfileOverflowError:
+            raise  # not a corner that cannot exist: the profile is wrong at every point
         except ValueError as error:
             return WhatIfPoint(settings=settings, world_size=world, error=str(error))
         prediction = Prediction(

@@ -25,7 +25,13 @@ from typing import TypeVar
 
 from partita.formats import LayerDescription, LayerMemory, LayerStrategy, ModelDescription, Plan
 from partita.formats.common import BYTES_PER_ELEMENT, DDP_BUCKET_BYTES
-from partita.simulator.cost import CostModel, LayerTimes, TensorWorkKind
+from partita.simulator.cost import (
+    CostModel,
+    LayerTimes,
+    ProfileOverflowError,
+    TensorWorkKind,
+    overflows,
+)
 from partita.simulator.placement import GroupPlacement, group_placement
 
 T = TypeVar("T")
@@ -323,6 +329,12 @@ class WorkloadBuilder:
     def _p2p(self, layer: LayerDescription, strategy: Strategy) -> float:
         scale = self.element_bytes / self.model.activation_bytes_per_element
         nbytes = layer.output_bytes_per_sample * scale * self._local_batch(strategy)
+        if overflows(nbytes):
+            raise ProfileOverflowError(
+                f"model description layer {layer.name!r}: output_bytes_per_sample "
+                f"{layer.output_bytes_per_sample:.6g} makes the bytes sent to the next pipeline "
+                "stage overflow (2^1023 or more)"
+            )
         if strategy.sp != "none":
             nbytes /= strategy.tp  # the sequence stays split across the group
         return self._p2p_message(nbytes, strategy)
@@ -386,7 +398,7 @@ class WorkloadBuilder:
         shard_params, shard_grads, shard_optimizer = ZERO_FACTORS[strategy.dp]
         full_activations = memory.activation_bytes_per_sample * batch
         kept = memory.checkpoint_activation_bytes_per_sample * batch if strategy.ckpt else 0.0
-        return LayerWork(
+        work = LayerWork(
             name=layer.name,
             forward_s=forward,
             backward_s=backward,
@@ -402,6 +414,17 @@ class WorkloadBuilder:
             optimizer_s=self._layer_optimizer_step(memory, strategy.dp, dp),
             grads_held=self._under_ddp(strategy, dp),
         )
+        return self._finite(work, memory)
+
+    def _finite(self, work: LayerWork, memory: LayerMemory) -> LayerWork:
+        """``work``, whose every term the cost model checked, unless their sums overflow:
+        a stage adds them up, and infinities there would become NaN further on."""
+        seconds = work.forward_s + work.backward_s + work.optimizer_s
+        if overflows(seconds + sum(t for _, t in work.grad_sync)):
+            raise self.cost.time_overflow(f"predicted time of layer {work.name!r}")
+        if overflows(work.activation_bytes + work.transient_bytes):
+            raise self.cost.memory_overflow(memory, f"predicted memory of layer {work.name!r}")
+        return work
 
     def _tp_comm(self, layer: LayerDescription, strategy: Strategy) -> float:
         if strategy.tp == 1:

@@ -30,7 +30,7 @@ from partita.formats import (
     VocabStrategy,
 )
 from partita.formats.schedules import build_schedule, max_in_flight
-from partita.simulator.cost import CostModel
+from partita.simulator.cost import CostModel, ProfileOverflowError
 from partita.simulator.search.knapsack import cheapest_assignment
 from partita.simulator.search.partition import balanced_partition, even_partition
 from partita.simulator.search.space import SearchSpace, layer_candidates
@@ -302,6 +302,8 @@ class _Searcher:
                         return None
                     options[signature] = found
             vocab = self._vocab_work(template, builder)
+        except ProfileOverflowError:
+            raise  # the profile is wrong, not this combination: skipped, it would vanish
         except ValueError:
             return None  # a combination the profiles cannot price
         return _Shape(template, builder, options, signatures, vocab)

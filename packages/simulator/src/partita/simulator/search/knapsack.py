@@ -32,7 +32,8 @@ def cheapest_assignment(
     choices = []
     positions = np.arange(bins + 1)
     for layer_times, layer_memories in zip(times, memories, strict=True):
-        units = np.ceil(layer_memories / unit - 1e-9).astype(np.int64)  # [C]
+        # Anything over the budget (an infinite memory too, which no integer holds) cannot fit.
+        units = np.ceil(np.minimum(layer_memories / unit, bins + 1) - 1e-9).astype(np.int64)  # [C]
         source = positions[None, :] - units[:, None]  # [C, bins+1]
         totals = best[np.maximum(source, 0)] + layer_times[:, None]
         totals[source < 0] = np.inf
