@@ -20,10 +20,12 @@ import sys
 from pathlib import Path
 
 import pytest
-from bad_inputs import CASES, BadInput, good_plan
 
 from partita.executor.run_folder import LOCK
 from partita.formats.cli import main
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # --import-mode=importlib
+from bad_inputs import CASES, BadInput, good_plan
 
 
 def _partita() -> str:

@@ -186,6 +186,14 @@ def test_a_run_without_checkpoints_resumes_from_nothing(tmp_path: Path) -> None:
     assert intact_checkpoint(tmp_path) == (None, [])
 
 
+def test_a_checkpoint_of_a_newer_partita_is_refused_not_skipped(run: Path) -> None:
+    """Falling back past it would silently drop the steps a newer Partita trained."""
+    manifest = checkpoint_folder(run, 2) / "manifest.json"
+    manifest.write_text(json.dumps({**json.loads(manifest.read_text()), "version": 99}))
+    with pytest.raises(ValueError, match=r"manifest.json: version: version 99 is newer .*upgrade"):
+        resume_checkpoint(run, log=pytest.fail)
+
+
 def _as_version_1(folder: Path) -> None:
     document = json.loads((folder / "manifest.json").read_text())
     del document["files"]

@@ -29,6 +29,7 @@ from partita.executor.sharded_state import (
     canonical_names,
     parameter_pieces,
 )
+from partita.formats import FormatError
 from partita.models.api import ModelSource, resolve_config
 from partita.models.init import build_empty
 
@@ -48,6 +49,12 @@ def intact_checkpoint(
     for folder in reversed(step_folders(run_dir)):
         try:
             verify_checkpoint(folder, checksums=checksums)
+        except FormatError as error:
+            if error.path == "version" and "newer" in error.message:
+                # Written by a newer Partita, not damaged: falling back would drop its steps.
+                raise
+            skipped.append(f"checkpoint {folder.name} is damaged ({error})")
+            continue
         except ValueError as error:
             skipped.append(f"checkpoint {folder.name} is damaged ({error})")
             continue

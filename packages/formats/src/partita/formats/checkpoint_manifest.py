@@ -16,7 +16,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from partita.formats.run_report import StepRecord, TrainingSettings
-from partita.formats.schema import at_least
+from partita.formats.schema import at_least, count_from
 
 FORMAT = "partita.checkpoint"
 VERSION = 2
@@ -31,14 +31,14 @@ class CheckpointFile:
 
 @dataclass(frozen=True)
 class CheckpointManifest:
-    step: int = field(metadata=at_least(1))  # steps completed; training resumes at this index
+    step: int = field(metadata=count_from(1))  # steps completed; training resumes at this index
     model: str
     plan_sha256: str  # content hash of the plan.json saved beside the manifest
-    world_size: int = field(metadata=at_least(1))
+    world_size: int = field(metadata=count_from(1))
     settings: TrainingSettings
-    data_position: int = field(metadata=at_least(0))  # batches of the data stream consumed
+    data_position: int = field(metadata=count_from(0))  # batches of the data stream consumed
     steps: tuple[StepRecord, ...]  # the record of steps 0 .. step - 1
     # Every file beside the manifest, by name; empty only in a version 1 manifest (unverifiable).
     files: tuple[CheckpointFile, ...]
-    rng_ranks: int = field(default=0, metadata=at_least(0))  # ranks whose generators are saved
+    rng_ranks: int = field(default=0, metadata=count_from(0))  # ranks whose generators are saved
     tools: dict[str, str] = field(default_factory=dict)

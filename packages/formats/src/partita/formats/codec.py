@@ -35,13 +35,16 @@ def _parse_json(data: str | bytes) -> Any:
             data = data.decode("utf-8")
         except UnicodeDecodeError as error:
             raise FormatError(f"not UTF-8 text (byte {error.start})") from None
+    if data.startswith("\ufeff"):  # Python's own message names a Python codec
+        raise FormatError("starts with a byte order mark; save it as UTF-8 without one")
     try:
         return json.loads(
             data, parse_constant=_reject_constant, object_pairs_hook=_reject_duplicates
         )
     except json.JSONDecodeError as error:
+        what = error.msg.removesuffix(" at")  # "Unterminated string starting at"
         raise FormatError(
-            f"not valid JSON: {error.msg} at line {error.lineno} column {error.colno}"
+            f"not valid JSON: {what} at line {error.lineno} column {error.colno}"
         ) from None
     except RecursionError:
         raise FormatError("not valid JSON: nested too deeply") from None
