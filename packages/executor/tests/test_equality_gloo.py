@@ -160,6 +160,14 @@ def _cases() -> list[dict]:
     padded = _plan("swin", LayerStrategy(tp=2, sp="ulysses"), 2, SWIN_PADDED_SOURCE)
     assert padded is not None
     cases.append(_case("swin/padded-map-ulysses2", SWIN_PADDED_SOURCE, padded, kind=""))
+    # The LLaMA family's other model types under both sequence parallelisms: Mistral's and
+    # Qwen2's sliding windows must survive Ulysses' exchange, Qwen3's per-head q/k norms and
+    # Qwen2's q/k/v biases a split by heads.
+    for variant in ("mistral-tiny", "qwen2-tiny", "qwen3-tiny"):
+        for sp in ("megatron", "ulysses"):
+            plan = _plan("llama", LayerStrategy(tp=2, sp=sp), 2, variant)
+            assert plan is not None, variant
+            cases.append(_case(f"{variant}/{sp}-tp2", variant, plan, kind=""))
     sabotaged = _plan("gpt", LayerStrategy(tp=2, sp="megatron"), 4)
     assert sabotaged is not None
     cases.append(

@@ -42,6 +42,7 @@ class FakeFlashAttn:
     """What the stand-in ``flash_attn_func`` was called with: one shape per call."""
 
     shapes: list[tuple[int, ...]] = field(default_factory=list)
+    window_sizes: list[tuple[int, int]] = field(default_factory=list)
 
     def flash_attn_func(
         self,
@@ -51,14 +52,25 @@ class FakeFlashAttn:
         dropout_p: float = 0.0,
         softmax_scale: float | None = None,
         causal: bool = False,
+        window_size: tuple[int, int] = (-1, -1),
     ) -> torch.Tensor:
         self.shapes.append(tuple(q_bshd.shape))
+        self.window_sizes.append(window_size)
+        # flash-attn's documented window: query i sees keys i - left .. i + right (-1: no end).
+        seq_q, seq_k = q_bshd.shape[1], k_bshd.shape[1]
+        offset_qk = torch.arange(seq_k)[None, :] - torch.arange(seq_q)[:, None]
+        left, right = window_size
+        visible_qk = torch.ones(seq_q, seq_k, dtype=torch.bool)
+        if left >= 0:
+            visible_qk &= offset_qk >= -left
+        if right >= 0 or causal:
+            visible_qk &= offset_qk <= (0 if causal else right)
         out_bhsd = F.scaled_dot_product_attention(
             q_bshd.transpose(1, 2),
             k_bshd.transpose(1, 2),
             v_bshd.transpose(1, 2),
+            attn_mask=visible_qk,
             dropout_p=dropout_p,
-            is_causal=causal,
             scale=softmax_scale,
         )
         return out_bhsd.transpose(1, 2)
@@ -205,3 +217,17 @@ def test_apply_attention_eager_on_cpu() -> None:
     model = build_model("gpt-tiny", seed=0)
     assert apply_attention(model, "eager", CPU) == "eager"
     assert all(m.core is eager_attention for m in model.modules() if isinstance(m, Attends))
+
+
+@pytest.mark.usefixtures("cpu_is_a_flash_device")
+@pytest.mark.parametrize("window", [1, 2, SEQ])
+def test_flash_sliding_window_matches_sdpa_and_eager(
+    fake_flash: FakeFlashAttn, window: int
+) -> None:
+    q, k, v = _qkv(torch.bfloat16)
+    flash = flash_attention(q, k, v, causal=True, window=window)
+    # A window spanning the sequence hides nothing: flash-attn then gets no window at all.
+    assert fake_flash.window_sizes == [(window - 1, 0) if window < SEQ else (-1, -1)]
+    for core in (sdpa_attention, eager_attention):
+        expected = core(q.float(), k.float(), v.float(), causal=True, window=window)
+        torch.testing.assert_close(flash.float(), expected, rtol=2e-2, atol=2e-2)

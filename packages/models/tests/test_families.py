@@ -20,7 +20,9 @@ from partita.models.hf_io import load_hf_checkpoint, save_hf_checkpoint
 from partita.models.layered import LayeredModel
 from partita.models.presets import preset_names
 
-FAMILY_NAMES = sorted(FAMILIES)
+# Every family's tiny preset, plus those of the other model types the LLaMA family builds
+# (each switches traits on: sliding windows, q/k/v bias, per-head q/k norms).
+FAMILY_NAMES = [*sorted(FAMILIES), "mistral", "qwen2", "qwen3"]
 BATCH = 2
 TOLERANCE = {"rtol": 1e-6, "atol": 1e-6}
 

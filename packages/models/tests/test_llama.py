@@ -9,8 +9,9 @@ import pytest
 import torch
 
 from partita.models.api import build_model, describe_model, resolve_config, synthetic_batch
+from partita.models.attention import eager_attention, set_attention_core
 from partita.models.families import family_of
-from partita.models.families.llama import PRESETS
+from partita.models.families.llama import PRESETS, build, rope_frequencies
 from partita.models.hf_io import load_hf_checkpoint, save_hf_checkpoint
 from partita.models.layered import Activations, LayeredModel
 
@@ -134,9 +135,117 @@ def test_real_presets_use_llama2_sizes() -> None:
     assert round(describe_model("llama2-7b").params / 1e9, 1) == 6.7
 
 
-def test_rope_scaling_is_refused() -> None:
-    with pytest.raises(ValueError, match="llama: rope scaling 'linear' is unsupported"):
-        build_model(_config(rope_scaling={"rope_type": "linear", "factor": 2.0}))
+VARIANTS = ["llama-tiny", "mistral-tiny", "qwen2-tiny", "qwen3-tiny"]
+# Scaled rope types, each with an original length below the test positions so scaling acts.
+ROPE_SCALINGS = [
+    {"rope_type": "linear", "factor": 2.0},
+    {"rope_type": "yarn", "factor": 4.0, "original_max_position_embeddings": 8},
+    {"rope_type": "yarn", "factor": 4.0, "attention_factor": 0.8, "beta_fast": 16.0},
+    {
+        "rope_type": "llama3",
+        "factor": 8.0,
+        "low_freq_factor": 1.0,
+        "high_freq_factor": 4.0,
+        "original_max_position_embeddings": 8,
+    },
+]
+
+
+def _padded_batch(preset: str, seq_len: int = 16) -> Activations:
+    batch = synthetic_batch(preset, batch_size=2, seq_len=seq_len)
+    batch["attention_mask"] = torch.ones_like(batch["input_ids"])
+    # Right padding shorter than the smallest window: every query still sees a real key
+    # (a query seeing none gets arbitrary values, differently here and in transformers).
+    batch["attention_mask"][1, -2:] = 0
+    return batch
+
+
+@pytest.mark.parametrize("preset", VARIANTS)
+def test_each_model_type_equals_transformers_with_padding(preset: str) -> None:
+    _assert_equal_to_transformers(resolve_config(preset).to_dict(), _padded_batch(preset))
+
+
+@pytest.mark.parametrize("preset", VARIANTS)
+@pytest.mark.parametrize("rope", ROPE_SCALINGS, ids=lambda rope: str(rope["rope_type"]))
+def test_rope_scaling_equals_transformers(preset: str, rope: dict[str, Any]) -> None:
+    source = {**PRESETS[preset], "rope_scaling": rope, "rope_theta": 10000.0}
+    batch = synthetic_batch(source, batch_size=2, seq_len=16)
+    batch["position_ids"] = torch.arange(40, 56).expand(2, -1)  # beyond the original length
+    _assert_equal_to_transformers(source, batch)
+
+
+@pytest.mark.parametrize(
+    "overrides",
+    [
+        {"model_type": "mistral", "sliding_window": 3},
+        {"model_type": "mistral", "sliding_window": None},
+        {"model_type": "qwen2", "use_sliding_window": True, "sliding_window": 5},
+        {"model_type": "qwen2", "use_sliding_window": False, "sliding_window": 5},
+        {"model_type": "qwen3", "use_sliding_window": True, "sliding_window": 4},
+        {"model_type": "qwen3", "attention_bias": True, "tie_word_embeddings": True},
+        {"model_type": "qwen2", "head_dim": 32, "num_key_value_heads": 1},
+    ],
+)
+def test_switches_equal_transformers(overrides: dict[str, Any]) -> None:
+    source = _config(**overrides, max_window_layers=1)
+    _assert_equal_to_transformers(source, _padded_batch(source))
+
+
+def test_sliding_window_follows_transformers_layer_choice() -> None:
+    qwen2 = build_model("qwen2-tiny")  # max_window_layers 1: only the second block slides
+    assert [block.self_attn.window for block in qwen2.layers[1:-1]] == [None, 8]
+    mistral = build_model("mistral-tiny")
+    assert [block.self_attn.window for block in mistral.layers[1:-1]] == [8, 8]
+
+
+def test_sliding_window_changes_the_output_beyond_the_window() -> None:
+    batch = synthetic_batch("mistral-tiny", batch_size=2, seq_len=16)
+    config = resolve_config("mistral-tiny")
+    model = build_model(config, seed=0)
+    config.sliding_window = None
+    unwindowed = build_model(config, seed=0)
+    windowed_logits, full_logits = model(batch)["logits"], unwindowed(batch)["logits"]
+    torch.testing.assert_close(windowed_logits[:, :8], full_logits[:, :8])
+    assert not torch.allclose(windowed_logits[:, 8:], full_logits[:, 8:])
+
+
+@pytest.mark.parametrize("preset", ["mistral-tiny", "qwen2-tiny"])
+def test_sliding_window_eager_equals_sdpa(preset: str) -> None:
+    model = build_model(preset, seed=0)
+    batch = _padded_batch(preset)
+    sdpa_logits = model(batch)["logits"]
+    set_attention_core(model, eager_attention)
+    torch.testing.assert_close(model(batch)["logits"], sdpa_logits, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("preset", VARIANTS)
+def test_checkpoint_round_trip_through_transformers(preset: str, tmp_path: Path) -> None:
+    model = build_model(preset, seed=0)
+    loaded = load_hf_checkpoint(save_hf_checkpoint(model, tmp_path / preset))
+    assert loaded.config.model_type == model.config.model_type
+    for key, tensor in model.state_dict().items():
+        assert torch.equal(tensor, loaded.state_dict()[key]), key
+
+
+@pytest.mark.parametrize("rope", ROPE_SCALINGS, ids=lambda rope: str(rope["rope_type"]))
+def test_rope_frequencies_are_computed_under_a_meta_device_context(rope: dict[str, Any]) -> None:
+    config = resolve_config(_config(rope_scaling=rope))
+    with torch.device("meta"):
+        attention = build(config).layers[1].self_attn
+    expected, scaling = rope_frequencies(config)
+    assert attention.inv_freq_d.device.type == "cpu"
+    assert torch.equal(attention.inv_freq_d, expected)
+    assert attention.attention_scaling == scaling
+
+
+@pytest.mark.parametrize("rope_type", ["dynamic", "longrope"])
+def test_rope_that_changes_with_sequence_length_is_refused(rope_type: str) -> None:
+    rope = {"rope_type": rope_type, "factor": 2.0}
+    if rope_type == "longrope":
+        rope.update(short_factor=[1.0] * 8, long_factor=[2.0] * 8)
+        rope["original_max_position_embeddings"] = 64
+    with pytest.raises(ValueError, match=f"llama: rope scaling '{rope_type}' is unsupported"):
+        build_model(_config(rope_scaling=rope))
 
 
 def test_kv_heads_must_divide_heads() -> None:

@@ -397,13 +397,24 @@ def ulysses_attention(core: AttentionCore, group: dist.ProcessGroup) -> Attentio
         causal: bool = False,
         scale: float | None = None,
         dropout_p: float = 0.0,
+        window: int | None = None,
     ) -> torch.Tensor:
         heads = q_bhsd.shape[1]
         q = seq_to_heads(q_bhsd, group)
         k = seq_to_heads(k_bhsd, group)
         v = seq_to_heads(v_bhsd, group)
         local_bias = None if bias is None else _bias_for_local_heads(bias, group, heads)
-        out = core(q, k, v, bias=local_bias, causal=causal, scale=scale, dropout_p=dropout_p)
+        # The window counts whole-sequence positions, which the exchange has restored.
+        out = core(
+            q,
+            k,
+            v,
+            bias=local_bias,
+            causal=causal,
+            scale=scale,
+            dropout_p=dropout_p,
+            window=window,
+        )
         return heads_to_seq(out, group)
 
     return attend

@@ -1,11 +1,13 @@
 """The attention core: one swappable function from projected q, k, v to the attention output.
 
 Model code calls ``module.core(q, k, v, bias=..., causal=..., scale=..., dropout_p=...)`` on
-tensors shaped ``[batch, heads, seq, head_dim]``; the number of heads is whatever the local
-projections hold, so tensor parallelism needs no change here. ``bias`` is an additive float
-mask broadcastable to ``[batch, heads, seq_q, seq_k]`` (padding masks, T5's relative position
-bias, Swin's window bias). Ulysses sequence parallelism wraps a core. :func:`select_attention`
-turns a user's ``--attention`` choice into a core and the name of the kernel a run records.
+tensors shaped ``[batch, heads, seq, head_dim]``, plus ``window=W`` for sliding-window causal
+attention (each query sees itself and the ``W - 1`` keys before it). The number of heads is
+whatever the local projections hold, so tensor parallelism needs no change here. ``bias`` is
+an additive float mask broadcastable to ``[batch, heads, seq_q, seq_k]`` (padding masks, T5's
+relative position bias, Swin's window bias). Ulysses sequence parallelism wraps a core.
+:func:`select_attention` turns a user's ``--attention`` choice into a core and the name of
+the kernel a run records.
 """
 
 from __future__ import annotations
@@ -29,7 +31,26 @@ class AttentionCore(Protocol):
         causal: bool = False,
         scale: float | None = None,
         dropout_p: float = 0.0,
+        window: int | None = None,
     ) -> torch.Tensor: ...
+
+
+def hidden_keys(seq_q: int, seq_k: int, window: int | None, device: torch.device) -> torch.Tensor:
+    """``[seq_q, seq_k]`` True where causal attention (top-left aligned) hides the key: the
+    future, and with a ``window`` the keys ``window`` or more positions back (transformers'
+    sliding-window mask: key index > query index - window)."""
+    q_q1 = torch.arange(seq_q, device=device)[:, None]
+    k_1k = torch.arange(seq_k, device=device)[None, :]
+    hidden_qk = k_1k > q_q1
+    if window is not None:
+        hidden_qk |= k_1k <= q_q1 - window
+    return hidden_qk
+
+
+def _needed_window(window: int | None, seq_q: int, seq_k: int) -> int | None:
+    """None where the window hides nothing causality does not (it spans the sequence), so a
+    long-window model (Mistral's 4096) at a shorter length keeps the unmasked kernels."""
+    return None if window is None or window >= max(seq_q, seq_k) else window
 
 
 def sdpa_attention(
@@ -41,13 +62,17 @@ def sdpa_attention(
     causal: bool = False,
     scale: float | None = None,
     dropout_p: float = 0.0,
+    window: int | None = None,
 ) -> torch.Tensor:
     """torch's scaled_dot_product_attention (math, flash or memory-efficient kernel)."""
-    if bias is not None and causal:
-        # SDPA refuses both at once; fold causality into the additive bias.
-        seq_q, seq_k = q_bhsd.shape[-2], k_bhsd.shape[-2]
-        future = torch.ones(seq_q, seq_k, dtype=torch.bool, device=q_bhsd.device).triu(1)
-        bias = torch.where(future, torch.finfo(bias.dtype).min, bias)
+    assert window is None or causal, "a sliding window is only defined for causal attention"
+    window = _needed_window(window, q_bhsd.shape[-2], k_bhsd.shape[-2])
+    if causal and (bias is not None or window is not None):
+        # SDPA takes no window and refuses a bias with is_causal; fold both into the bias.
+        if bias is None:
+            bias = torch.zeros((), dtype=q_bhsd.dtype, device=q_bhsd.device)
+        hidden_qk = hidden_keys(q_bhsd.shape[-2], k_bhsd.shape[-2], window, q_bhsd.device)
+        bias = torch.where(hidden_qk, torch.finfo(bias.dtype).min, bias)
         causal = False
     return F.scaled_dot_product_attention(
         q_bhsd, k_bhsd, v_bhsd, attn_mask=bias, is_causal=causal, scale=scale, dropout_p=dropout_p
@@ -63,6 +88,7 @@ def eager_attention(
     causal: bool = False,
     scale: float | None = None,
     dropout_p: float = 0.0,
+    window: int | None = None,
 ) -> torch.Tensor:
     """Plain matmul-softmax-matmul: slow, but every operation is visible (FLOP counting)."""
     scores_bhqk = (q_bhsd @ k_bhsd.transpose(-1, -2)) * (
@@ -70,10 +96,11 @@ def eager_attention(
     )
     if bias is not None:
         scores_bhqk = scores_bhqk + bias
+    assert window is None or causal, "a sliding window is only defined for causal attention"
     if causal:
         seq_q, seq_k = scores_bhqk.shape[-2:]
-        future = torch.ones(seq_q, seq_k, dtype=torch.bool, device=q_bhsd.device).triu(1)
-        scores_bhqk = scores_bhqk.masked_fill(future, torch.finfo(scores_bhqk.dtype).min)
+        hidden_qk = hidden_keys(seq_q, seq_k, window, q_bhsd.device)
+        scores_bhqk = scores_bhqk.masked_fill(hidden_qk, torch.finfo(scores_bhqk.dtype).min)
     probs_bhqk = torch.softmax(scores_bhqk, dim=-1)
     if dropout_p:
         probs_bhqk = F.dropout(probs_bhqk, p=dropout_p)
@@ -106,6 +133,7 @@ def flash_attention(
     causal: bool = False,
     scale: float | None = None,
     dropout_p: float = 0.0,
+    window: int | None = None,
 ) -> torch.Tensor:
     """flash-attn's kernel for half-precision CUDA tensors without a bias; SDPA otherwise.
 
@@ -114,6 +142,7 @@ def flash_attention(
     and key lengths to the bottom right where SDPA and eager align it to the top left.
     """
     seq_q, seq_k = q_bhsd.shape[-2], k_bhsd.shape[-2]
+    window = _needed_window(window, seq_q, seq_k)
     usable = (
         bias is None
         and q_bhsd.dtype in (torch.float16, torch.bfloat16)
@@ -122,10 +151,19 @@ def flash_attention(
     )
     if not usable:
         return sdpa_attention(
-            q_bhsd, k_bhsd, v_bhsd, bias=bias, causal=causal, scale=scale, dropout_p=dropout_p
+            q_bhsd,
+            k_bhsd,
+            v_bhsd,
+            bias=bias,
+            causal=causal,
+            scale=scale,
+            dropout_p=dropout_p,
+            window=window,
         )
     from flash_attn import flash_attn_func  # optional extra, present only on GPU installs
 
+    # flash-attn's window is (keys left, keys right) of the query, both ends included.
+    sliding = {} if window is None else {"window_size": (window - 1, 0)}
     out_bshd = flash_attn_func(
         q_bhsd.transpose(1, 2),
         k_bhsd.transpose(1, 2),
@@ -133,6 +171,7 @@ def flash_attention(
         dropout_p=dropout_p,
         softmax_scale=scale,
         causal=causal,
+        **sliding,
     )
     return out_bshd.transpose(1, 2)
 

@@ -1,4 +1,10 @@
-"""LLaMA style decoders (transformers ``llama``): RMSNorm, rotary positions, GQA, SwiGLU."""
+"""LLaMA style decoders: RMSNorm, rotary positions, GQA, SwiGLU.
+
+One family for transformers' ``llama``, ``mistral``, ``qwen2`` and ``qwen3``: they differ only
+in switches read from the config (``_projection_bias``, ``_mlp_bias``, ``_qk_norm``,
+:func:`sliding_window`, :func:`rope_frequencies`), so each is the same modules with different
+options, not a copy of the family.
+"""
 
 from __future__ import annotations
 
@@ -6,7 +12,16 @@ from typing import Any
 
 import torch
 from torch import nn
-from transformers import LlamaConfig, LlamaForCausalLM, PretrainedConfig, PreTrainedModel
+from transformers import (
+    AutoModelForCausalLM,
+    LlamaConfig,
+    MistralConfig,
+    PretrainedConfig,
+    PreTrainedModel,
+    Qwen2Config,
+    Qwen3Config,
+)
+from transformers.modeling_rope_utils import ROPE_INIT_FUNCTIONS
 
 from partita.formats import LayerDescription, ModelDescription
 from partita.models.attention import Attends
@@ -16,25 +31,65 @@ from partita.models.heads import merge_heads, repeat_kv, split_heads
 from partita.models.layered import Activations, LayeredModel, TiedParameters
 from partita.models.losses import causal_lm_loss
 from partita.models.tp_layout import TPLayout
-from partita.models.validation import require_divisible, require_family_config, require_positive
+from partita.models.validation import require_divisible, require_positive
 
 FP32_BYTES = 4
 
 _LLAMA2 = {"model_type": "llama", "vocab_size": 32000, "max_position_embeddings": 4096}
-PRESETS: dict[str, dict[str, Any]] = {
-    "llama-tiny": {
-        "model_type": "llama",
-        "vocab_size": 512,
-        "hidden_size": 64,
-        "intermediate_size": 176,
-        "num_hidden_layers": 2,
-        "num_attention_heads": 4,
-        "num_key_value_heads": 2,  # grouped-query attention, 2 query heads per kv head
-        "max_position_embeddings": 128,
-        "rms_norm_eps": 1e-5,
-        "attention_dropout": 0.0,
-        "use_cache": False,
+_TINY = {
+    "vocab_size": 512,
+    "hidden_size": 64,
+    "intermediate_size": 176,
+    "num_hidden_layers": 2,
+    "num_attention_heads": 4,
+    "num_key_value_heads": 2,  # grouped-query attention, 2 query heads per kv head
+    "max_position_embeddings": 128,
+    "rms_norm_eps": 1e-5,
+    "attention_dropout": 0.0,
+    "use_cache": False,
+}
+# Llama 3.1's sizes and rope (meta-llama/Llama-3.1-{8B,70B,405B} config.json): 128K positions
+# by "llama3" rope scaling of an 8K-trained model.
+_LLAMA3 = {
+    "model_type": "llama",
+    "vocab_size": 128256,
+    "max_position_embeddings": 131072,
+    "rms_norm_eps": 1e-5,
+    "rope_theta": 500000.0,
+    "rope_scaling": {
+        "rope_type": "llama3",
+        "factor": 8.0,
+        "low_freq_factor": 1.0,
+        "high_freq_factor": 4.0,
+        "original_max_position_embeddings": 8192,
     },
+    "num_key_value_heads": 8,
+}
+# Qwen2.5 (Qwen/Qwen2.5-{7B,72B} config.json): biased q/k/v, sliding window configured but off.
+_QWEN25 = {
+    "model_type": "qwen2",
+    "vocab_size": 152064,
+    "max_position_embeddings": 131072,
+    "rope_theta": 1000000.0,
+    "use_sliding_window": False,
+    "sliding_window": 131072,
+    "tie_word_embeddings": False,
+}
+PRESETS: dict[str, dict[str, Any]] = {
+    "llama-tiny": {"model_type": "llama", **_TINY},
+    # Every block slides (Mistral), with a window shorter than the default sequence.
+    "mistral-tiny": {"model_type": "mistral", **_TINY, "head_dim": 16, "sliding_window": 8},
+    # Biased q/k/v, tied head, only the second block sliding (max_window_layers).
+    "qwen2-tiny": {
+        "model_type": "qwen2",
+        **_TINY,
+        "use_sliding_window": True,
+        "sliding_window": 8,
+        "max_window_layers": 1,
+        "tie_word_embeddings": True,
+    },
+    # Per-head q/k RMSNorm, head_dim wider than hidden_size // heads.
+    "qwen3-tiny": {"model_type": "qwen3", **_TINY, "head_dim": 32},
     "llama2-7b": {
         **_LLAMA2,
         "hidden_size": 4096,
@@ -62,27 +117,146 @@ PRESETS: dict[str, dict[str, Any]] = {
         "num_key_value_heads": 8,
         "rms_norm_eps": 1e-5,
     },
+    "llama3-8b": {
+        **_LLAMA3,
+        "hidden_size": 4096,
+        "intermediate_size": 14336,
+        "num_hidden_layers": 32,
+        "num_attention_heads": 32,
+    },
+    "llama3-70b": {
+        **_LLAMA3,
+        "hidden_size": 8192,
+        "intermediate_size": 28672,
+        "num_hidden_layers": 80,
+        "num_attention_heads": 64,
+    },
+    "llama3-405b": {
+        **_LLAMA3,
+        "hidden_size": 16384,
+        "intermediate_size": 53248,
+        "num_hidden_layers": 126,
+        "num_attention_heads": 128,
+    },
+    # mistralai/Mistral-7B-v0.1 config.json: every layer attends over a 4096-token window.
+    "mistral-7b": {
+        "model_type": "mistral",
+        "vocab_size": 32000,
+        "hidden_size": 4096,
+        "intermediate_size": 14336,
+        "num_hidden_layers": 32,
+        "num_attention_heads": 32,
+        "num_key_value_heads": 8,
+        "max_position_embeddings": 32768,
+        "rms_norm_eps": 1e-5,
+        "rope_theta": 10000.0,
+        "sliding_window": 4096,
+    },
+    "qwen2.5-7b": {
+        **_QWEN25,
+        "hidden_size": 3584,
+        "intermediate_size": 18944,
+        "num_hidden_layers": 28,
+        "num_attention_heads": 28,
+        "num_key_value_heads": 4,
+        "max_window_layers": 28,
+        "rms_norm_eps": 1e-6,
+    },
+    "qwen2.5-72b": {
+        **_QWEN25,
+        "hidden_size": 8192,
+        "intermediate_size": 29568,
+        "num_hidden_layers": 80,
+        "num_attention_heads": 64,
+        "num_key_value_heads": 8,
+        "max_window_layers": 80,
+        "rms_norm_eps": 1e-5,
+    },
 }
 
 
-def _head_dim(config: LlamaConfig) -> int:
+# The config classes of the model types this family builds, by model_type.
+CONFIG_CLASSES: dict[str, type[PretrainedConfig]] = {
+    "llama": LlamaConfig,
+    "mistral": MistralConfig,
+    "qwen2": Qwen2Config,
+    "qwen3": Qwen3Config,
+}
+# Rope types whose frequencies are fixed by the config. transformers' "dynamic" and
+# "longrope" recompute them from the longest position of each call (dynamic also keeps the
+# longest seen so far), which a block holding a sequence shard cannot know; refused.
+STATIC_ROPE_TYPES = ("default", "linear", "yarn", "llama3")
+
+
+def _head_dim(config: PretrainedConfig) -> int:
     # transformers lets head_dim differ from hidden_size // heads; q/k/v widths follow it.
-    return config.head_dim or config.hidden_size // config.num_attention_heads
+    return getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
 
 
-def _kv_heads(config: LlamaConfig) -> int:
-    return config.num_key_value_heads or config.num_attention_heads
+def _kv_heads(config: PretrainedConfig) -> int:
+    return getattr(config, "num_key_value_heads", None) or config.num_attention_heads
 
 
-def _rope_parameters(config: LlamaConfig) -> dict[str, Any]:
+def _projection_bias(config: PretrainedConfig) -> tuple[bool, bool]:
+    """(q/k/v bias, o bias): Qwen2 always biases q/k/v and never o; the others follow
+    ``attention_bias`` (absent from Mistral's config: no bias)."""
+    if config.model_type == "qwen2":
+        return True, False
+    bias = bool(getattr(config, "attention_bias", False))
+    return bias, bias
+
+
+def _mlp_bias(config: PretrainedConfig) -> bool:
+    return bool(getattr(config, "mlp_bias", False))
+
+
+def _qk_norm(config: PretrainedConfig) -> bool:
+    """Qwen3 normalises each query and key head (RMSNorm over head_dim) before rotating."""
+    return config.model_type == "qwen3"
+
+
+def sliding_window(config: PretrainedConfig, layer: int) -> int | None:
+    """The attention window of block ``layer``, as transformers decides it: Qwen2/Qwen3 list
+    per layer in ``layer_types`` (built from ``use_sliding_window`` and ``max_window_layers``),
+    Mistral slides every layer when ``sliding_window`` is set, LLaMA never slides."""
+    if config.model_type == "llama":
+        return None
+    layer_types = getattr(config, "layer_types", None)
+    if config.model_type != "mistral" and layer_types is not None:
+        return config.sliding_window if layer_types[layer] == "sliding_attention" else None
+    return getattr(config, "sliding_window", None)
+
+
+def _rope_parameters(config: PretrainedConfig) -> dict[str, Any]:
     """transformers >= 5 keeps rope settings in ``rope_parameters`` (older: ``rope_scaling``)."""
     rope = getattr(config, "rope_parameters", None) or getattr(config, "rope_scaling", None)
     return dict(rope or {})
 
 
-def _rope_theta(config: LlamaConfig) -> float:
+def _rope_type(config: PretrainedConfig) -> str:
+    rope = _rope_parameters(config)
+    return str(rope.get("rope_type", rope.get("type", "default")))
+
+
+def _rope_theta(config: PretrainedConfig) -> float:
     rope = _rope_parameters(config)
     return float(rope.get("rope_theta", getattr(config, "rope_theta", None) or 10000.0))
+
+
+def rope_frequencies(config: PretrainedConfig) -> tuple[torch.Tensor, float]:
+    """(inverse frequencies ``[head_dim / 2]`` in float32 on the CPU, attention scaling), as
+    transformers' rotary embedding computes them when it is built: the default rope as its
+    ``compute_default_rope_parameters``, scaled ones with its own ``ROPE_INIT_FUNCTIONS``."""
+    rope_type = _rope_type(config)
+    # On the CPU even when the model is built under a meta device context: the values are
+    # needed, and some init functions make tensors without naming a device.
+    with torch.device("cpu"):
+        if rope_type != "default":
+            inv_freq_d, scaling = ROPE_INIT_FUNCTIONS[rope_type](config, torch.device("cpu"))
+            return inv_freq_d.float(), float(scaling)
+        head_dim = _head_dim(config)
+        steps_d = torch.arange(0, head_dim, 2, dtype=torch.float)
+        return 1.0 / (_rope_theta(config) ** (steps_d / head_dim)), 1.0
 
 
 def padding_bias(attention_mask_bs: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
@@ -101,18 +275,17 @@ def bias_like(bias: torch.Tensor | None, q_bhsd: torch.Tensor) -> torch.Tensor |
 
 
 def rotary_cos_sin(
-    position_ids_bs: torch.Tensor, head_dim: int, theta: float, dtype: torch.dtype
+    position_ids_bs: torch.Tensor, inv_freq_d: torch.Tensor, scaling: float, dtype: torch.dtype
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """transformers' default rope, computed in float32 like it; ``[batch, 1, seq, head_dim]``.
+    """transformers' rotary cos/sin, computed in float32 like it; ``[batch, 1, seq, head_dim]``.
 
     Computed here from the positions instead of a buffer, so a model built on the meta
     device or cast to half precision still gets exact frequencies.
     """
-    steps_d = torch.arange(0, head_dim, 2, dtype=torch.float, device=position_ids_bs.device)
-    inv_freq_d = 1.0 / (theta ** (steps_d / head_dim))
     freqs_bsd = position_ids_bs[..., None].float() * inv_freq_d
     angles_bsd = torch.cat((freqs_bsd, freqs_bsd), dim=-1)
-    return angles_bsd.cos().to(dtype)[:, None], angles_bsd.sin().to(dtype)[:, None]
+    cos_bsd, sin_bsd = angles_bsd.cos() * scaling, angles_bsd.sin() * scaling
+    return cos_bsd.to(dtype)[:, None], sin_bsd.to(dtype)[:, None]
 
 
 def _rotate_half(x_bhsd: torch.Tensor) -> torch.Tensor:
@@ -139,7 +312,7 @@ class RMSNorm(nn.Module):
 
 
 class LlamaEmbedding(nn.Module):
-    def __init__(self, config: LlamaConfig) -> None:
+    def __init__(self, config: PretrainedConfig) -> None:
         super().__init__()
         self.embed_tokens = nn.Embedding(
             config.vocab_size, config.hidden_size, padding_idx=config.pad_token_id
@@ -163,18 +336,23 @@ class LlamaEmbedding(nn.Module):
 
 
 class LlamaAttention(Attends):
-    def __init__(self, config: LlamaConfig) -> None:
+    def __init__(self, config: PretrainedConfig, window: int | None = None) -> None:
         super().__init__()
         hidden, head_dim = config.hidden_size, _head_dim(config)
         q_width = config.num_attention_heads * head_dim
         kv_width = _kv_heads(config) * head_dim
-        bias = config.attention_bias
+        qkv_bias, o_bias = _projection_bias(config)
         self.head_dim = head_dim
-        self.rope_theta = _rope_theta(config)
-        self.q_proj = nn.Linear(hidden, q_width, bias=bias)
-        self.k_proj = nn.Linear(hidden, kv_width, bias=bias)
-        self.v_proj = nn.Linear(hidden, kv_width, bias=bias)
-        self.o_proj = nn.Linear(q_width, hidden, bias=bias)
+        self.window = window
+        # A plain attribute, not a buffer: casting the model must not round the frequencies.
+        self.inv_freq_d, self.attention_scaling = rope_frequencies(config)
+        self.q_proj = nn.Linear(hidden, q_width, bias=qkv_bias)
+        self.k_proj = nn.Linear(hidden, kv_width, bias=qkv_bias)
+        self.v_proj = nn.Linear(hidden, kv_width, bias=qkv_bias)
+        self.o_proj = nn.Linear(q_width, hidden, bias=o_bias)
+        # Over head_dim, with one weight for every head: a tensor-parallel shard keeps it whole.
+        self.q_norm = RMSNorm(head_dim, config.rms_norm_eps) if _qk_norm(config) else None
+        self.k_norm = RMSNorm(head_dim, config.rms_norm_eps) if _qk_norm(config) else None
         self.attn_dropout = float(config.attention_dropout or 0.0)
 
     def forward(
@@ -183,10 +361,18 @@ class LlamaAttention(Attends):
         q_bhsd = split_heads(self.q_proj(x_bsh), self.head_dim)
         k_bhsd = split_heads(self.k_proj(x_bsh), self.head_dim)
         v_bhsd = split_heads(self.v_proj(x_bsh), self.head_dim)
-        cos, sin = rotary_cos_sin(position_ids_bs, self.head_dim, self.rope_theta, q_bhsd.dtype)
+        if self.q_norm is not None and self.k_norm is not None:
+            q_bhsd, k_bhsd = self.q_norm(q_bhsd), self.k_norm(k_bhsd)
+        if self.inv_freq_d.device != position_ids_bs.device:
+            self.inv_freq_d = self.inv_freq_d.to(position_ids_bs.device)  # once, not per call
+        cos, sin = rotary_cos_sin(
+            position_ids_bs, self.inv_freq_d, self.attention_scaling, q_bhsd.dtype
+        )
         q_bhsd, k_bhsd = apply_rotary(q_bhsd, cos, sin), apply_rotary(k_bhsd, cos, sin)
         # Local head counts come from the shapes, so a tensor-parallel shard works unchanged.
         groups = q_bhsd.shape[1] // k_bhsd.shape[1]
+        # Passed only when set, so a core without the keyword still serves unwindowed models.
+        sliding = {} if self.window is None else {"window": self.window}
         out_bhsd = self.core(
             q_bhsd,
             repeat_kv(k_bhsd, groups),
@@ -195,14 +381,15 @@ class LlamaAttention(Attends):
             causal=True,
             scale=self.head_dim**-0.5,
             dropout_p=self.attn_dropout if self.training else 0.0,
+            **sliding,
         )
         return self.o_proj(merge_heads(out_bhsd))
 
 
 class LlamaMLP(nn.Module):
-    def __init__(self, config: LlamaConfig) -> None:
+    def __init__(self, config: PretrainedConfig) -> None:
         super().__init__()
-        hidden, ffn, bias = config.hidden_size, config.intermediate_size, config.mlp_bias
+        hidden, ffn, bias = config.hidden_size, config.intermediate_size, _mlp_bias(config)
         self.gate_proj = nn.Linear(hidden, ffn, bias=bias)
         self.up_proj = nn.Linear(hidden, ffn, bias=bias)
         self.down_proj = nn.Linear(ffn, hidden, bias=bias)
@@ -213,10 +400,10 @@ class LlamaMLP(nn.Module):
 
 
 class LlamaBlock(nn.Module):
-    def __init__(self, config: LlamaConfig) -> None:
+    def __init__(self, config: PretrainedConfig, index: int) -> None:
         super().__init__()
         self.input_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps)
-        self.self_attn = LlamaAttention(config)
+        self.self_attn = LlamaAttention(config, sliding_window(config, index))
         self.post_attention_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps)
         self.mlp = LlamaMLP(config)
 
@@ -231,7 +418,7 @@ class LlamaBlock(nn.Module):
 
 
 class LlamaHead(nn.Module):
-    def __init__(self, config: LlamaConfig) -> None:
+    def __init__(self, config: PretrainedConfig) -> None:
         super().__init__()
         self.norm = RMSNorm(config.hidden_size, config.rms_norm_eps)
         self.lm_head = nn.Linear(config.hidden_size, config.vocab_size, bias=False)
@@ -241,7 +428,7 @@ class LlamaHead(nn.Module):
 
 
 def check_config(config: PretrainedConfig) -> None:
-    require_family_config(config, LlamaConfig, "llama")
+    _check_model_type(config)
     for value, name in (
         (config.hidden_size, "hidden_size"),
         (config.num_hidden_layers, "num_hidden_layers"),
@@ -258,24 +445,51 @@ def check_config(config: PretrainedConfig) -> None:
     if config.hidden_act != "silu":
         raise ValueError(f"llama: hidden_act {config.hidden_act!r} is unsupported (only 'silu')")
     _check_rope(config)
+    _check_sliding_window(config)
 
 
-def _check_rope(config: LlamaConfig) -> None:
-    rope = _rope_parameters(config)
-    rope_type = rope.get("rope_type", rope.get("type", "default"))
-    if rope_type != "default":
+def _check_model_type(config: PretrainedConfig) -> None:
+    expected = CONFIG_CLASSES.get(getattr(config, "model_type", ""))
+    if expected is None or not isinstance(config, expected):
         raise ValueError(
-            f"llama: rope scaling {rope_type!r} is unsupported (only the default rotary positions)"
+            f"llama: expected a config of model_type {'/'.join(CONFIG_CLASSES)}, got "
+            f"{type(config).__name__} (model_type {getattr(config, 'model_type', '?')!r})"
         )
-    if rope.get("partial_rotary_factor", 1.0) != 1.0:
+
+
+def _check_rope(config: PretrainedConfig) -> None:
+    rope_type = _rope_type(config)
+    if rope_type not in STATIC_ROPE_TYPES:
+        raise ValueError(
+            f"llama: rope scaling {rope_type!r} is unsupported "
+            f"(supported: {', '.join(STATIC_ROPE_TYPES)})"
+        )
+    if _rope_parameters(config).get("partial_rotary_factor", 1.0) != 1.0:
         raise ValueError("llama: partial_rotary_factor other than 1.0 is unsupported")
+
+
+def _check_sliding_window(config: PretrainedConfig) -> None:
+    layer_types = getattr(config, "layer_types", None)
+    if config.model_type in ("qwen2", "qwen3") and layer_types is not None:
+        if len(layer_types) != config.num_hidden_layers:
+            raise ValueError(
+                f"llama: layer_types has {len(layer_types)} entries for "
+                f"{config.num_hidden_layers} layers"
+            )
+        unknown = set(layer_types) - {"full_attention", "sliding_attention"}
+        if unknown:
+            raise ValueError(f"llama: layer_types {sorted(unknown)} are unsupported")
+    for layer in range(config.num_hidden_layers):
+        window = sliding_window(config, layer)
+        if window is not None:
+            require_positive(window, "sliding_window")
 
 
 def build(config: PretrainedConfig) -> LayeredModel:
     check_config(config)
     layers = config.num_hidden_layers
     embedding, head = LlamaEmbedding(config), LlamaHead(config)
-    blocks = [LlamaBlock(config) for _ in range(layers)]
+    blocks = [LlamaBlock(config, i) for i in range(layers)]
     tied: list[TiedParameters] = []
     if config.tie_word_embeddings:
         head.lm_head.weight = embedding.embed_tokens.weight
@@ -292,14 +506,15 @@ def build(config: PretrainedConfig) -> LayeredModel:
     )
 
 
-def _block_params(config: LlamaConfig) -> int:
+def _block_params(config: PretrainedConfig) -> int:
     h, f = config.hidden_size, config.intermediate_size
     q_width = config.num_attention_heads * _head_dim(config)
     kv_width = _kv_heads(config) * _head_dim(config)
     params = 2 * h * (q_width + kv_width) + 3 * h * f + 2 * h  # projections, MLP, 2 norms
-    if config.attention_bias:
-        params += q_width + 2 * kv_width + h
-    if config.mlp_bias:
+    qkv_bias, o_bias = _projection_bias(config)
+    params += (q_width + 2 * kv_width) * qkv_bias + h * o_bias
+    params += 2 * _head_dim(config) * _qk_norm(config)
+    if _mlp_bias(config):
         params += 2 * f + h
     return params
 
@@ -365,7 +580,7 @@ def describe(config: PretrainedConfig, seq_len: int, name: str) -> ModelDescript
         seq_len=s,
         activation_bytes_per_element=FP32_BYTES,
         layers=tuple(layers),
-        source={"model_type": "llama", "tied_embeddings": str(tied).lower()},
+        source={"model_type": config.model_type, "tied_embeddings": str(tied).lower()},
     )
 
 
@@ -374,7 +589,7 @@ def _layer(
     kind: str,
     layer_type: str,
     *,
-    config: LlamaConfig,
+    config: PretrainedConfig,
     s: int,
     params: int,
     fwd: float,
@@ -415,8 +630,8 @@ def tp_layouts(config: PretrainedConfig) -> dict[str, TPLayout]:
             rowwise=("self_attn.o_proj", "mlp.down_proj"),
             sequence_parallel=("input_layernorm", "post_attention_layernorm"),
             replicated_note=(
-                "RMSNorm weights replicated; tp must divide num_key_value_heads so k/v split by"
-                " whole heads"
+                "RMSNorm weights (Qwen3's per-head q/k norms included) replicated; tp must"
+                " divide num_key_value_heads so k/v split by whole heads"
             ),
         ),
         "llama_head": TPLayout(vocab_head=("lm_head",), sequence_parallel=("norm",)),
@@ -424,7 +639,8 @@ def tp_layouts(config: PretrainedConfig) -> dict[str, TPLayout]:
 
 
 def reference_model(config: PretrainedConfig) -> PreTrainedModel:
-    return LlamaForCausalLM(config)
+    # transformers' own class for the model type (LlamaForCausalLM, Qwen2ForCausalLM, ...).
+    return AutoModelForCausalLM.from_config(config)
 
 
 def reference_outputs(
@@ -435,7 +651,7 @@ def reference_outputs(
     return out.logits, out.loss
 
 
-def _names(config: LlamaConfig) -> dict[str, str]:
+def _names(config: PretrainedConfig) -> dict[str, str]:
     """Our state_dict key -> transformers' key, for every parameter (tied head included)."""
     last = config.num_hidden_layers + 1
     names = {
@@ -447,8 +663,11 @@ def _names(config: LlamaConfig) -> dict[str, str]:
     projections = [f"self_attn.{p}_proj" for p in "qkvo"]
     mlp = [f"mlp.{p}_proj" for p in ("gate", "up", "down")]
     block += [f"{p}.weight" for p in (*projections, *mlp)]
-    block += [f"{p}.bias" for p in projections if config.attention_bias]
-    block += [f"{p}.bias" for p in mlp if config.mlp_bias]
+    qkv_bias, o_bias = _projection_bias(config)
+    block += [f"{p}.bias" for p in projections[:3] if qkv_bias]
+    block += ["self_attn.o_proj.bias"] if o_bias else []
+    block += [f"{p}.bias" for p in mlp if _mlp_bias(config)]
+    block += ["self_attn.q_norm.weight", "self_attn.k_norm.weight"] if _qk_norm(config) else []
     for i in range(config.num_hidden_layers):
         names.update({f"layers.{i + 1}.{key}": f"model.layers.{i}.{key}" for key in block})
     return names
@@ -470,7 +689,7 @@ def to_hf_state_dict(ours: StateDict, config: PretrainedConfig) -> StateDict:
 
 FAMILY = Family(
     name="llama",
-    model_types=("llama",),
+    model_types=tuple(CONFIG_CLASSES),
     unit="tokens",
     check_config=check_config,
     build=build,

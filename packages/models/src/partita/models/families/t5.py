@@ -111,8 +111,10 @@ def _scales_logits(config: T5Config) -> bool:
 
 
 def _decoder_start_token_id(config: T5Config) -> int:
-    start = config.decoder_start_token_id
-    start = config.pad_token_id if start is None else start
+    # transformers 5's T5Config sets the attribute only when the config.json names it; T5
+    # starts decoding from the padding token, so a config without it falls back to that.
+    start = getattr(config, "decoder_start_token_id", None)
+    start = getattr(config, "pad_token_id", None) if start is None else start
     if start is None:
         raise ValueError("t5: decoder_start_token_id and pad_token_id are both unset")
     return int(start)
