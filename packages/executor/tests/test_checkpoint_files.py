@@ -176,5 +176,5 @@ def test_a_manifest_from_a_newer_partita_is_refused_by_version(tmp_path: Path) -
     document = json.loads((folder / "manifest.json").read_text())
     document["version"] = 99
     (folder / "manifest.json").write_text(json.dumps(document))
-    with pytest.raises(FormatError, match="version 99 is newer than the supported version 2"):
+    with pytest.raises(FormatError, match="version 99 is newer than the supported version 3"):
         load_checkpoint(folder, _trained())

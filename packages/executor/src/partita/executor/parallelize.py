@@ -12,8 +12,9 @@ in this order (each step reads each layer's ``setups.LayerSetup``):
 4. materialisation, layer by layer: the model comes built on the ``meta`` device
    (``partita.models.init.build_empty``), and each parameter this rank holds (its tensor-
    parallel shard) is allocated on the rank's device and filled with what the same part of
-   the one-process model holds (``partita.models.init.Materializer``); nothing else is ever
-   allocated;
+   the one-process model holds (``partita.models.init.Materializer``), or, starting from
+   pretrained weights, with that piece of the checkpoint (``partita.models.weights``: only
+   its bytes are read where the tensor is a rename); nothing else is ever allocated;
 5. activation checkpointing (``StageModel.forward`` wraps the layers whose setup asks);
 6. data parallelism: FSDP2 on each ZeRO-2/3 layer right after it is materialised
    (``data_parallel.shard_layer``), so at most one layer's tensor-parallel shard is whole at a
@@ -48,7 +49,7 @@ from partita.executor.tensor_parallel import ShardRecord, apply_tensor_parallel
 from partita.formats import Plan
 from partita.models.attention import apply_attention
 from partita.models.families import family_of
-from partita.models.init import Box, Materializer, init_specs, one_process_names
+from partita.models.init import Box, Materializer, WeightsSource, init_specs, one_process_names
 from partita.models.layered import LayeredModel
 
 
@@ -92,9 +93,11 @@ def parallelize_stage(
     attention: str = "auto",
     lr: float,
     eps: float,
+    weights: WeightsSource | None = None,
 ) -> ParallelStage:
     """This rank's stage of ``model`` (built by ``build_empty``: parameters on ``meta``)
-    under ``plan``, initialised as ``build_model(..., seed=seed)`` initialises one process."""
+    under ``plan``, initialised as ``build_model(..., seed=seed)`` initialises one process,
+    or with ``weights`` (pretrained: each piece read from it, this rank's pieces only)."""
     setups = layer_setups(model, plan, groups)
     stage, _ = groups.stage_of()
     indices = [i for i, s in enumerate(layer_stages(model, plan)) if s == stage]
@@ -102,7 +105,8 @@ def parallelize_stage(
     stage_model = StageModel(model, setups, indices=indices, groups=groups)
     kernel = apply_attention(stage_model, attention, device)
     record = _apply_tensor_parallel(model, stage_model, setups)
-    materializer = Materializer(init_specs(model.config), seed, device, canonical_names(model))
+    specs = {} if weights is not None else init_specs(model.config)
+    materializer = Materializer(specs, seed, device, canonical_names(model), weights)
     sharded = _materialize_and_shard(stage_model, setups, model, record, names, materializer)
     tables = _tied_tables(model, stage_model)
     named = dict(stage_model.named_parameters())

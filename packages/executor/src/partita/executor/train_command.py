@@ -83,6 +83,12 @@ def _add_arguments(parser: argparse.ArgumentParser) -> None:
         help="attention kernel: flash-attn where installed on a GPU, else SDPA (default auto)",
     )
     parser.add_argument(
+        "--init",
+        choices=("pretrained", "random"),
+        help="start from the model folder's safetensors weights, or from a random init "
+        "(default: pretrained when --model is a folder holding weights, else random)",
+    )
+    parser.add_argument(
         "--resume",
         metavar="RUN_DIR",
         help="continue this run from its latest checkpoint (under --plan if given)",
@@ -100,6 +106,7 @@ class _Job:
     checkpoint_every: int
     run_dir: Path
     resume_from: Path | None = None
+    init: str = "random"  # "pretrained": start from the model folder's safetensors weights
 
 
 def _run(args: argparse.Namespace) -> int:
@@ -117,6 +124,7 @@ def _run(args: argparse.Namespace) -> int:
             RunLock(job.run_dir).acquire()
             if not args.resume:
                 claim_for_new_run(job.run_dir, overwrite=args.overwrite)
+            _say_where_weights_come_from(job)
         return worker.main(_worker_arguments(args, job))
     if args.resume:
         check_not_in_use(args.resume)
@@ -145,6 +153,7 @@ def _run(args: argparse.Namespace) -> int:
 def _launch(args: argparse.Namespace, job: _Job, nproc: int) -> int:
     from partita.executor.run_folder import RUN_LOG
 
+    _say_where_weights_come_from(job)
     print(f"partita train: {nproc} processes, run folder {job.run_dir}", file=sys.stderr)
     return launch(
         "partita.executor.worker",
@@ -172,7 +181,21 @@ def _new_job(args: argparse.Namespace) -> _Job:
         seed=DEFAULTS["seed"] if args.seed is None else args.seed,
         checkpoint_every=_every(args),
         run_dir=Path(args.run_dir or f"runs/train-{time.strftime('%Y%m%d-%H%M%S')}"),
+        init=_init_of(args),
     )
+
+
+def _init_of(args: argparse.Namespace) -> str:
+    """Pretrained when the model folder holds weights, unless --init says otherwise."""
+    from partita.models.weights import weights_file
+
+    found = weights_file(args.model)
+    if args.init == "pretrained" and found is None:
+        raise ValueError(
+            f"--init pretrained: {args.model} is not a folder holding model.safetensors or "
+            "model.safetensors.index.json"
+        )
+    return args.init or ("pretrained" if found else "random")
 
 
 def _resume_job(args: argparse.Namespace) -> _Job:
@@ -200,7 +223,13 @@ def _resume_job(args: argparse.Namespace) -> _Job:
             f"{run_dir / REPORT}: settings: the run did not record its settings, so it "
             "cannot be resumed"
         )
-    kept = {"model": report.model, "data": settings.data, "lr": settings.lr, "seed": settings.seed}
+    kept = {
+        "model": report.model,
+        "data": settings.data,
+        "lr": settings.lr,
+        "seed": settings.seed,
+        "init": settings.init,
+    }
     for name, value in kept.items():
         given = getattr(args, name)
         if given is not None and given != value:
@@ -217,6 +246,7 @@ def _resume_job(args: argparse.Namespace) -> _Job:
         if args.checkpoint_every is None
         else _every(args),
         run_dir=run_dir,
+        init=settings.init,
     )
     # Inside a user's torchrun every rank gets here: sizes and metadata, not every byte.
     checkpoint = resume_checkpoint(run_dir, checksums="LOCAL_RANK" not in os.environ)
@@ -280,7 +310,7 @@ def _worker_arguments(args: argparse.Namespace, job: _Job) -> list[str]:
     forwarded += ["--run-dir", str(job.run_dir), "--timeout", str(args.timeout)]
     forwarded += ["--checkpoint-every", str(job.checkpoint_every)]
     forwarded += ["--keep-checkpoints", str(args.keep_checkpoints)]
-    forwarded += ["--attention", args.attention]
+    forwarded += ["--attention", args.attention, "--init", job.init]
     if args.no_final_checkpoint:
         forwarded.append("--no-final-checkpoint")
     if job.resume_from is not None:
@@ -310,7 +340,37 @@ def _check_before_launch(
     if job.data != "synthetic":
         _check_data(job, config, plan)
     _check_attention(args.attention)
+    if job.init == "pretrained" and job.resume_from is None:
+        _check_weights(job, config)
     return nproc
+
+
+def _check_weights(job: _Job, config: object) -> None:
+    """The checkpoint holds every parameter of the model in its shape (from the files'
+    headers: nothing is read but them)."""
+    from partita.models.init import build_empty
+    from partita.models.weights import PretrainedWeights
+
+    weights = PretrainedWeights(job.model, config)  # type: ignore[arg-type]
+    params = build_empty(config).named_parameters(remove_duplicate=False)  # type: ignore[arg-type]
+    weights.check({name: tuple(p.shape) for name, p in params})
+
+
+def _say_where_weights_come_from(job: _Job) -> None:
+    """A new run's first line: a fine-tuning run must not start from a random init unseen."""
+    from partita.models.api import resolve_config
+    from partita.models.weights import PretrainedWeights, weights_file
+
+    if job.resume_from is not None:
+        return  # the checkpoint's weights
+    if job.init == "pretrained":
+        weights = PretrainedWeights(job.model, resolve_config(job.model))
+        line = f"weights from {job.model} ({weights.describe()})"
+    else:
+        found = weights_file(job.model)
+        held = f" ({job.model}'s {found} not read: --init random)" if found else ""
+        line = f"weights drawn from seed {job.seed}{held}"
+    print(f"partita train: {line}", file=sys.stderr)
 
 
 def _check_data(job: _Job, config: object, plan: object) -> None:

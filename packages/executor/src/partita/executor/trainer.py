@@ -58,6 +58,7 @@ from partita.models.init import build_empty
 from partita.models.layered import Activations
 from partita.models.losses import IGNORE_INDEX
 from partita.models.text_data import TextBatches, tokenize_file
+from partita.models.weights import PretrainedWeights
 
 AUTOCAST_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
 MEMORY_WINDOWS = 3  # steps whose peak memory is measured (the lowest is reported)
@@ -73,6 +74,7 @@ class TrainSettings:
     data: str = "synthetic"  # or the path of a UTF-8 text file (GPT and LLaMA)
     rank_timeout: timedelta = timedelta(seconds=60)
     attention: str = "auto"  # partita.models.attention.ATTENTION_CHOICES
+    init: str = "random"  # or "pretrained": the model folder's safetensors weights
 
 
 class LostRankError(RuntimeError):
@@ -147,6 +149,12 @@ class Trainer:
         self.config = resolve_config(self.source)
         self.family = family_of(self.config)
         model = build_empty(self.config)  # parameters on meta: each rank fills only its own
+        # Read piece by piece as each rank fills its own (bytes_read: this rank's share).
+        self.weights = (
+            PretrainedWeights(str(self.source), self.config)
+            if self.settings.init == "pretrained"
+            else None
+        )
         # A tied table's copies are reported under the one-process model's (first) name.
         self.canonical = canonical_names(model)
         self.parallel: ParallelStage = parallelize_stage(
@@ -158,7 +166,10 @@ class Trainer:
             attention=self.settings.attention,
             lr=self.settings.lr,
             eps=self.settings.adam_eps,
+            weights=self.weights,
         )
+        if self.weights is not None:
+            self.weights.close()
         self.stage_model = self.parallel.model
         self.optimizer = self.parallel.optimizer
         self.stage = self.parallel.stage

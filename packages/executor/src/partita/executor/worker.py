@@ -50,6 +50,7 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--keep-checkpoints", type=int, default=2)
     parser.add_argument("--resume-from", metavar="CHECKPOINT_DIR")
     parser.add_argument("--attention", default="auto")
+    parser.add_argument("--init", choices=("random", "pretrained"), default="random")
     return parser.parse_args(argv)
 
 
@@ -117,6 +118,7 @@ def training_settings(args: argparse.Namespace) -> TrainingSettings:
         data=args.data,
         checkpoint_every=args.checkpoint_every,
         checkpoint_at_end=not args.no_final_checkpoint,
+        init=args.init,
     )
 
 
@@ -139,6 +141,8 @@ def _train(
             data=args.data,
             rank_timeout=timedelta(seconds=args.timeout),
             attention=args.attention,
+            # A resumed run's weights come from its checkpoint: nothing to read here.
+            init="random" if args.resume_from else args.init,
         ),
         groups=groups,
         device=device,

@@ -19,7 +19,7 @@ from partita.formats.run_report import StepRecord, TrainingSettings
 from partita.formats.schema import at_least, count_from
 
 FORMAT = "partita.checkpoint"
-VERSION = 2
+VERSION = 3
 
 
 @dataclass(frozen=True)

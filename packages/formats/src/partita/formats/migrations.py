@@ -55,5 +55,6 @@ def added_optional_fields(body: dict[str, Any]) -> dict[str, Any]:
     -> v2: ``param_tensors`` and ``backward_peak_bytes_per_sample`` of memory entries; model
     profile v2 -> v3: ``attention``; run report v1 -> v2: ``settings``, ``resumed_from_step``,
     ``num_nodes`` and the status ``running``; run report v2 -> v3: ``attention``; run report
-    v3 -> v4: the status ``interrupted``."""
+    v3 -> v4: the status ``interrupted``; run report v4 -> v5 and checkpoint manifest v2 -> v3:
+    ``settings.init``."""
     return body

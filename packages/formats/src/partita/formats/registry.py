@@ -78,6 +78,7 @@ SPECS: tuple[FormatSpec, ...] = (
             1: migrations.added_optional_fields,
             2: migrations.added_optional_fields,
             3: migrations.added_optional_fields,
+            4: migrations.added_optional_fields,
         },
         check=check_run_report,
     ),
@@ -86,7 +87,7 @@ SPECS: tuple[FormatSpec, ...] = (
         checkpoint_manifest.VERSION,
         checkpoint_manifest.CheckpointManifest,
         "checkpoint manifest",
-        migrations={1: migrations.checkpoint_v1_to_v2},
+        migrations={1: migrations.checkpoint_v1_to_v2, 2: migrations.added_optional_fields},
         check=check_checkpoint_manifest,
     ),
 )

@@ -16,7 +16,7 @@ from partita.formats.common import AttentionKernel
 from partita.formats.schema import at_least, count_from, greater_than
 
 FORMAT = "partita.run_report"
-VERSION = 4
+VERSION = 5
 
 
 @dataclass(frozen=True)
@@ -44,6 +44,8 @@ class TrainingSettings:
     data: str = "synthetic"  # or the path of a UTF-8 text file
     checkpoint_every: int = field(default=0, metadata=count_from(0))  # 0: no periodic saves
     checkpoint_at_end: bool = True
+    # Where step 0's weights came from: a Hugging Face folder's safetensors, or drawn.
+    init: Literal["random", "pretrained"] = "random"
 
 
 @dataclass(frozen=True)

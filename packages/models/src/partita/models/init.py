@@ -31,7 +31,7 @@ import hashlib
 import math
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 import torch
 from torch import nn
@@ -338,28 +338,37 @@ def fill_box(
     return tensor
 
 
+class WeightsSource(Protocol):
+    """Values to fill pieces with instead of random ones (``partita.models.weights``)."""
+
+    def fill(self, tensor: torch.Tensor, name: str, box: Box) -> torch.Tensor: ...
+
+
 @dataclass
 class Materializer:
     """Fills meta parameters on ``device``, each as a piece of the whole one-process parameter
     it stands for; tied copies (``canonical``: a name -> the tie's first name) are drawn alike,
-    and a parameter shared by several modules of one ``module`` call is filled once."""
+    and a parameter shared by several modules of one ``module`` call is filled once. With
+    ``weights``, pieces are read from it instead of drawn."""
 
     specs: Mapping[str, InitSpec]
     seed: int
     device: torch.device
     canonical: Mapping[str, str] = field(default_factory=dict)
+    weights: WeightsSource | None = None
 
     def fill(self, tensor: torch.Tensor, name: str, box: Box) -> None:
         """Fill ``tensor`` in place: the piece ``box`` of the one-process parameter ``name``."""
+        if self.weights is not None:
+            self.weights.fill(tensor, name, box)
+            return
         key = self.canonical.get(name, name)
         fill_box(tensor, self.specs[name], seed=self.seed, name=key, box=box)
 
     def parameter(self, name: str, meta: nn.Parameter, box: Box | None = None) -> nn.Parameter:
         """A real parameter on the device for ``meta``, ``name`` in the one-process model."""
         tensor = torch.empty(meta.shape, dtype=meta.dtype, device=self.device)
-        key = self.canonical.get(name, name)
-        whole = box or Box.whole(meta.shape)
-        fill_box(tensor, self.specs[name], seed=self.seed, name=key, box=whole)
+        self.fill(tensor, name, box or Box.whole(meta.shape))
         return nn.Parameter(tensor, requires_grad=meta.requires_grad)
 
     def module(
@@ -396,11 +405,16 @@ def one_process_names(model: nn.Module) -> dict[int, str]:
 
 
 def materialize(
-    model: LayeredModel, *, seed: int, device: torch.device | str = "cpu"
+    model: LayeredModel,
+    *,
+    seed: int,
+    device: torch.device | str = "cpu",
+    weights: WeightsSource | None = None,
 ) -> LayeredModel:
-    """Fill every parameter of a :func:`build_empty` model whole (what one process trains)."""
-    specs = init_specs(model.config)
+    """Fill every parameter of a :func:`build_empty` model whole (what one process trains),
+    drawn, or read from ``weights``."""
+    specs = {} if weights is not None else init_specs(model.config)
     canonical = {name: tie.names[0] for tie in model.tied for name in tie.names}
-    materializer = Materializer(specs, seed, torch.device(device), canonical)
+    materializer = Materializer(specs, seed, torch.device(device), canonical, weights)
     materializer.module(model, one_process_names(model))
     return model
