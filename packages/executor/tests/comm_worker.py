@@ -26,9 +26,12 @@ from datetime import timedelta
 
 import torch
 import torch.distributed as dist
+import torch.nn.functional as F
 
 from partita.executor import comm
+from partita.executor.vocab_parallel_loss import vocab_parallel_cross_entropy
 from partita.models.attention import sdpa_attention
+from partita.models.losses import IGNORE_INDEX
 
 TIMEOUT = timedelta(seconds=30)
 Tensors = list[torch.Tensor]
@@ -161,6 +164,24 @@ def _cases() -> list[Case]:
             lambda full, p: _chunks(full[0], p, 2),
         ),
     ]
+    # The vocabulary-parallel loss: logits split along the classes, every rank's loss the
+    # whole loss (replicated downstream); targets in every shard, two of them ignored.
+    targets = torch.tensor([0, 7, 3, IGNORE_INDEX, 4, 1, IGNORE_INDEX, 6, 2, 5])
+    for label, scale in (("", 1.0), (", large logits", 60.0)):
+        cases.append(
+            Case(
+                f"vocab_parallel_cross_entropy{label}",
+                lambda gen, size, scale=scale: [_randn(gen, 10, 8) * scale],
+                _shard(-1),
+                lambda xs, g: vocab_parallel_cross_entropy(g)(
+                    xs[0], targets, ignore_index=IGNORE_INDEX
+                ).reshape(1),
+                lambda full, p: (
+                    [F.cross_entropy(full[0], targets, ignore_index=IGNORE_INDEX).reshape(1)] * p
+                ),
+                replicated_loss=True,
+            )
+        )
     # Ulysses attention: q, k, v sequence-sharded, the bias (if any) full and replicated.
     for label, bias_shape, causal, scale in (
         ("no bias", None, False, None),

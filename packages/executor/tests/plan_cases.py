@@ -8,7 +8,11 @@ from partita.formats import LayerStrategy, PipelineConfig, Plan, VocabStrategy, 
 from partita.models.api import describe_model
 
 BATCH = 8
-BLOCKS = {m: len(describe_model(m).blocks) for m in ("gpt-tiny", "llama-tiny", "t5-tiny")}
+# The LLaMA family's other model types (issue 25) beside the suite's three presets.
+VARIANTS = ("mistral-tiny", "qwen2-tiny", "qwen3-tiny")
+BLOCKS = {
+    m: len(describe_model(m).blocks) for m in ("gpt-tiny", "llama-tiny", "t5-tiny", *VARIANTS)
+}
 
 
 def even_stages(blocks: int, pp: int) -> tuple[int, ...]:

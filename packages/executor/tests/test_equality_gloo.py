@@ -160,11 +160,12 @@ def _cases() -> list[dict]:
     padded = _plan("swin", LayerStrategy(tp=2, sp="ulysses"), 2, SWIN_PADDED_SOURCE)
     assert padded is not None
     cases.append(_case("swin/padded-map-ulysses2", SWIN_PADDED_SOURCE, padded, kind=""))
-    # The LLaMA family's other model types under both sequence parallelisms: Mistral's and
-    # Qwen2's sliding windows must survive Ulysses' exchange, Qwen3's per-head q/k norms and
-    # Qwen2's q/k/v biases a split by heads.
+    # The LLaMA family's other model types under tp and both sequence parallelisms: Mistral's
+    # and Qwen2's sliding windows must survive Ulysses' exchange, Qwen3's per-head q/k norms
+    # (whole, but seeing this rank's heads only) and Qwen2's q/k/v biases a split by heads.
+    # Pipelines, checkpointing and ZeRO: test_pipeline_gloo's VARIANT_PLANS.
     for variant in ("mistral-tiny", "qwen2-tiny", "qwen3-tiny"):
-        for sp in ("megatron", "ulysses"):
+        for sp in ("none", "megatron", "ulysses"):
             plan = _plan("llama", LayerStrategy(tp=2, sp=sp), 2, variant)
             assert plan is not None, variant
             cases.append(_case(f"{variant}/{sp}-tp2", variant, plan, kind=""))

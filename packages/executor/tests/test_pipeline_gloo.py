@@ -6,6 +6,8 @@ Cases (GPT, LLaMA and T5 tiny presets; global batch 8; 5 AdamW steps, lr 1e-3, e
   at least 4 blocks), 1, 2 and 4 micro-batches; one stage of 2 data-parallel ranks with 2 and
   4 micro-batches (gradient accumulation under the schedule);
 - pipelines with every Executor I strategy inside the stages (world 4: 2 stages x 2 ranks);
+- the LLaMA family's Mistral, Qwen2 and Qwen3 variants under pipeline cuts, checkpointing and
+  every ZeRO stage mixed layer by layer (``VARIANT_PLANS``);
 - ``NUM_RANDOM`` seeded random valid layer-wise plans per world size (per-layer tp, sp, dp mode
   and checkpointing, vocab strategy, stage assignment, schedule and micro-batches);
 - a sabotaged case (one layer's data-parallel gradient sum skipped) that must fail.
@@ -24,7 +26,7 @@ from pathlib import Path
 
 import pytest
 from gloo_cases import launch_cases
-from plan_cases import BLOCKS, make_plan, random_plan
+from plan_cases import BLOCKS, VARIANTS, make_plan, random_plan
 
 from partita.formats import LayerStrategy, Plan, VocabStrategy, dumps
 
@@ -121,6 +123,53 @@ def _world8() -> list[dict]:
     ]
 
 
+# Mistral's windows, Qwen2's biases, tied head and partial windows, Qwen3's q/k norms under
+# pipeline cuts, checkpointing and every ZeRO stage, mixed layer by layer (tp and both
+# sequence parallelisms alone run in test_equality_gloo).
+VARIANT_PLANS: dict[str, dict] = {
+    "pp2-zero3-ckpt+ulysses2-zero2-1f1b-m2": {
+        "world": 4,
+        "pp": 2,
+        "schedule": "1f1b",
+        "micro_batches": 2,
+        "layers": (
+            LayerStrategy(dp="zero3", ckpt=True),
+            LayerStrategy(tp=2, sp="ulysses", dp="zero2"),
+        ),
+        "vocab": VocabStrategy(tp=2, dp="zero1"),
+    },
+    "pp2-megatron-sp2-zero1-ckpt+zero2-gpipe-m2": {
+        "world": 4,
+        "pp": 2,
+        "schedule": "gpipe",
+        "micro_batches": 2,
+        "layers": (
+            LayerStrategy(tp=2, sp="megatron", dp="zero1", ckpt=True),
+            LayerStrategy(dp="zero2"),
+        ),
+        "vocab": VocabStrategy(dp="zero3"),
+    },
+    "zero3-ckpt+tp2-zero1-m2": {
+        "world": 2,
+        "micro_batches": 2,
+        "layers": (LayerStrategy(dp="zero3", ckpt=True), LayerStrategy(tp=2, dp="zero1")),
+        "vocab": VocabStrategy(tp=2, dp="zero2"),
+    },
+}
+
+
+def _variants() -> list[dict]:
+    cases = []
+    for model in VARIANTS:
+        for label, settings in VARIANT_PLANS.items():
+            if settings["world"] not in WORLDS:
+                continue
+            plan = make_plan(model, **settings)
+            assert plan is not None, (model, label)
+            cases.append(_case(f"variants/{model}/{label}", model, plan))
+    return cases
+
+
 def _random_cases() -> list[dict]:
     rng = random.Random(RANDOM_SEED)
     cases = []
@@ -141,7 +190,9 @@ def _sabotaged() -> list[dict]:
     return [_case("sabotaged", "gpt-tiny", plan, sabotage="skip_layer_dp_sync")]
 
 
-CASES = _pure_pipelines() + _inside_stages() + _world8() + _random_cases() + _sabotaged()
+CASES = (
+    _pure_pipelines() + _inside_stages() + _world8() + _variants() + _random_cases() + _sabotaged()
+)
 
 
 def _world(case: dict) -> int:
@@ -178,6 +229,8 @@ def test_case_grid() -> None:
     assert any(len({layer["tp"] for layer in p["layers"]}) > 1 for p in plans)
     assert any(len({layer["dp"] for layer in p["layers"]}) > 1 for p in plans)
     assert any(p["pipeline"]["degree"] > 1 for p in plans)
+    variants = {c["model"] for c in CASES if c["name"].startswith("variants/")}
+    assert variants == set(VARIANTS) or set(WORLDS) != {2, 4, 8}
 
 
 @pytest.mark.parametrize("world", WORLDS)

@@ -1,12 +1,17 @@
 """Training from a Hugging Face folder's weights (``--init pretrained``) on gloo: step 0's
-loss equals transformers' on the same weights and batch under a tp 2 x pp 2 plan, each rank
-reads about its share of the file, and what the run writes loads back in transformers."""
+loss equals transformers' on the same weights and batch under every plan kind (tp, both
+sequence parallelisms, pipeline cuts, checkpointing, ZeRO-1/2/3) and the LLaMA family's
+variants, and follows it in bf16; each rank reads about its share of the file, and what the
+run writes loads back in transformers."""
 
 from __future__ import annotations
 
+import math
 import shutil
 import subprocess
 import sys
+from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -36,29 +41,80 @@ SHARE_BOUND = 0.3
 
 
 def _save_pretrained(preset: str, folder: Path) -> Path:
-    """``preset`` as transformers initialises it, saved with safetensors."""
+    """``preset`` as transformers initialises it, its norms scaled up so that its loss is far
+    from a fresh initialisation's (about ln V), saved with safetensors."""
     config = resolve_config(preset)
     torch.manual_seed(0)
-    family_of(config).reference_model(config).save_pretrained(folder, safe_serialization=True)
+    model = family_of(config).reference_model(config)
+    with torch.no_grad():
+        for name, param in model.named_parameters():
+            if name.endswith(("norm.weight", "ln_f.weight")):
+                param.mul_(30.0)
+    model.save_pretrained(folder, safe_serialization=True)
     return folder
 
 
-def _tp2_pp2(folder: Path) -> Plan:
+def _plan(
+    folder: Path,
+    layer: LayerStrategy,
+    *,
+    pp: int = 1,
+    vocab: VocabStrategy | None = None,
+    precision: str = "fp32",
+) -> Plan:
     description = describe_model(folder)
     count = sum(layer.kind == "block" for layer in description.layers)
+    stages = (count // 2, count - count // 2) if pp == 2 else (count,)
     plan = Plan(
         world_size=4,
         mesh_axis_order=("pp", "dp", "tp"),
         global_batch_size=4,
-        num_micro_batches=2,
-        pipeline=PipelineConfig(
-            degree=2, schedule="1f1b", stage_num_layers=(count // 2, count - count // 2)
-        ),
-        layers=tuple(LayerStrategy(tp=2) for _ in range(count)),
-        vocab=VocabStrategy(tp=2),
+        num_micro_batches=pp,  # one micro-batch per stage: 4 data-parallel ranks take 1 each
+        pipeline=PipelineConfig(degree=pp, schedule="1f1b", stage_num_layers=stages),
+        layers=tuple(layer for _ in range(count)),
+        vocab=vocab or VocabStrategy(),
+        precision=precision,  # type: ignore[arg-type]
     )
     validate_plan(plan, world_size=4, model=description)
     return plan
+
+
+def _tp2_pp2(folder: Path) -> Plan:
+    return _plan(folder, LayerStrategy(tp=2), pp=2, vocab=VocabStrategy(tp=2))
+
+
+# Every plan kind the suite covers, started from a folder's weights: (preset, plan).
+KINDS: dict[str, tuple[str, Callable[[Path], Plan]]] = {
+    "llama-tiny/tp2-pp2": ("llama-tiny", _tp2_pp2),
+    # GPT-2: Conv1D weights read whole, transposed.
+    "gpt-tiny/tp2-pp2": ("gpt-tiny", _tp2_pp2),
+    "llama-tiny/zero3-ckpt": (
+        "llama-tiny",
+        lambda f: _plan(f, LayerStrategy(dp="zero3", ckpt=True), vocab=VocabStrategy(dp="zero3")),
+    ),
+    "llama-tiny/megatron-sp2-zero1": (
+        "llama-tiny",
+        lambda f: _plan(
+            f, LayerStrategy(tp=2, sp="megatron", dp="zero1"), vocab=VocabStrategy(tp=2)
+        ),
+    ),
+    "llama-tiny/ulysses2-zero2": (
+        "llama-tiny",
+        lambda f: _plan(f, LayerStrategy(tp=2, sp="ulysses", dp="zero2")),
+    ),
+    # Tied head on the other stage than its table, biased q/k/v, one sliding block.
+    "qwen2-tiny/tp2-pp2": ("qwen2-tiny", _tp2_pp2),
+    "qwen3-tiny/tp2-zero3-ckpt": (
+        "qwen3-tiny",
+        lambda f: _plan(f, LayerStrategy(tp=2, dp="zero3", ckpt=True), vocab=VocabStrategy(tp=2)),
+    ),
+    "mistral-tiny/ulysses2-pp2": (
+        "mistral-tiny",
+        lambda f: _plan(f, LayerStrategy(tp=2, sp="ulysses"), pp=2),
+    ),
+}
+# bf16 compute from fp32 weights: step 0 within bf16's rounding of transformers' fp32 loss.
+BF16_LOSS_RTOL = 2e-2
 
 
 def _transformers_loss(folder: Path, plan: Plan, *, seed: int = 0) -> float:
@@ -80,22 +136,33 @@ def _tensor_bytes(folder: Path) -> int:
 
 
 def test_each_rank_reads_its_share_and_step_0_equals_transformers(tmp_path: Path) -> None:
-    cases, plans = [], {}
-    for preset in ("llama-tiny", "gpt-tiny"):  # GPT-2: Conv1D weights read whole, transposed
-        folder = _save_pretrained(preset, tmp_path / preset)
-        plans[preset] = _tp2_pp2(folder)
+    cases, plans, folders = [], {}, {}
+    for preset in sorted({preset for preset, _ in KINDS.values()}):
+        folders[preset] = _save_pretrained(preset, tmp_path / preset)
+    for name, (preset, make) in KINDS.items():
+        plans[name] = make(folders[preset])
         cases.append(
-            {"name": preset, "model": str(folder), "plan": dumps(plans[preset]), "steps": 1}
+            {"name": name, "model": str(folders[preset]), "plan": dumps(plans[name]), "steps": 1}
         )
+    bf16 = replace(_tp2_pp2(folders["llama-tiny"]), precision="bf16")
+    cases.append(
+        {"name": "bf16", "model": str(folders["llama-tiny"]), "plan": dumps(bf16), "steps": 1}
+    )
     results = launch_cases(WORKER, 4, tmp_path, cases)
-    for preset, plan in plans.items():
-        result = results[preset]
-        assert "error" not in result, result.get("error")
-        expected = _transformers_loss(tmp_path / preset, plan)
-        assert abs(result["losses"][0] - expected) <= 1e-6 * abs(expected), (result, expected)
+    far_from_fresh = {}
+    for name, plan in plans.items():
+        result = results[name]
+        assert "error" not in result, (name, result.get("error"))
+        expected = _transformers_loss(folders[KINDS[name][0]], plan)
+        far_from_fresh[name] = abs(expected - math.log(512))
+        assert abs(result["losses"][0] - expected) <= 1e-6 * abs(expected), (name, result, expected)
+    # The weights matter: a fresh initialisation's loss (about ln V) is far from these.
+    assert min(far_from_fresh.values()) > 1.0, far_from_fresh
+    expected = _transformers_loss(folders["llama-tiny"], bf16)
+    assert abs(results["bf16"]["losses"][0] - expected) <= BF16_LOSS_RTOL * expected
     # LLaMA's tensors are all renames: every rank reads its slices only.
-    total = _tensor_bytes(tmp_path / "llama-tiny")
-    read = results["llama-tiny"]["bytes"]
+    total = _tensor_bytes(folders["llama-tiny"])
+    read = results["llama-tiny/tp2-pp2"]["bytes"]
     assert all(0 < b <= SHARE_BOUND * total for b in read), (read, total)
     assert sum(read) >= total  # every tensor read by some rank
 

@@ -108,10 +108,13 @@ def test_output_after_a_failure_goes_to_the_log_only(tmp_path: Path, capsys) -> 
     assert len(log.read_text().splitlines()) == 6
 
 
+def _with_tests_importable() -> str:
+    """PYTHONPATH under which the ranks import ``failing_worker`` from this folder."""
+    return os.pathsep.join([str(TESTS), os.environ.get("PYTHONPATH", "")])
+
+
 def _launch(tmp_path: Path, how: str, monkeypatch: pytest.MonkeyPatch, **kwargs: object) -> int:
-    monkeypatch.setenv(
-        "PYTHONPATH", os.pathsep.join([str(TESTS), os.environ.get("PYTHONPATH", "")])
-    )
+    monkeypatch.setenv("PYTHONPATH", _with_tests_importable())
     return launch(
         "failing_worker",
         2,
@@ -154,10 +157,7 @@ def test_sigterm_stops_the_ranks_and_is_reported(tmp_path: Path) -> None:
         f"log_path=Path({str(tmp_path / RUN_LOG)!r}), "
         "on_interrupt=lambda line: print('handed on:', line, file=sys.stderr)))"
     )
-    env = {
-        **os.environ,
-        "PYTHONPATH": os.pathsep.join([str(TESTS), os.environ.get("PYTHONPATH", "")]),
-    }
+    env = {**os.environ, "PYTHONPATH": _with_tests_importable()}
     process = subprocess.Popen(
         [sys.executable, "-c", script], stderr=subprocess.PIPE, text=True, env=env
     )

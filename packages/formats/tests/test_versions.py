@@ -13,6 +13,7 @@ from partita.formats import (
     FormatError,
     HardwareProfile,
     LayerStrategy,
+    ModelDescription,
     ModelProfile,
     Plan,
     RunReport,
@@ -74,6 +75,21 @@ def test_hardware_and_model_profiles_of_version_1_load_as_version_2(data_dir: Pa
     assert all(m.backward_peak_bytes_per_sample == 0 for m in entries)
     timings = [t for layer_type in profile.layer_types for t in layer_type.timings]
     assert all(t.checkpoint_forward_s is None for t in timings)
+
+
+def test_model_description_version_1_loads_with_no_loss_bytes(data_dir: Path) -> None:
+    old = load(data_dir / "model_description_v1.json", ModelDescription)
+    assert all(layer.loss_bytes_per_sample == 0.0 for layer in old.layers)
+    current = load(EXAMPLES / "model_description.json", ModelDescription)
+    head = current.layers[-1]
+    assert head.kind == "head" and head.loss_bytes_per_sample > 0
+    # Version 2 moved the fp32 loss out of the head's activations: nothing else changed.
+    moved = dataclasses.replace(
+        head,
+        activation_bytes_per_sample=head.activation_bytes_per_sample + head.loss_bytes_per_sample,
+        loss_bytes_per_sample=0.0,
+    )
+    assert old == dataclasses.replace(current, layers=(*current.layers[:-1], moved))
 
 
 def test_checkpoint_manifest_version_1_loads_with_no_files_recorded(data_dir: Path) -> None:

@@ -14,8 +14,9 @@ from torch.utils.flop_counter import FlopCounterMode
 from transformers import AutoConfig, AutoModel
 
 from partita.models.api import build_model, describe_model, resolve_config, synthetic_batch
-from partita.models.attention import Attends, eager_attention, set_attention_core
+from partita.models.attention import Attends, eager_attention, hidden_keys, set_attention_core
 from partita.models.families import FAMILIES, family_of
+from partita.models.families.llama import sliding_window
 from partita.models.hf_io import load_hf_checkpoint, save_hf_checkpoint
 from partita.models.layered import LayeredModel
 from partita.models.presets import preset_names
@@ -107,7 +108,12 @@ def test_flops_formula_within_2_percent_of_torch_counter(name: str) -> None:
     model = build_model(_tiny(name), seed=0)
     set_attention_core(model, eager_attention)  # SDPA's CPU kernel is invisible to the counter
     batch = synthetic_batch(_tiny(name), batch_size=BATCH)
-    description = describe_model(_tiny(name))
+    # Eager attention computes a window as a mask over the whole product: compare with the
+    # description of the same model unwindowed (the window's count: the next test).
+    config = resolve_config(_tiny(name))
+    if hasattr(config, "sliding_window"):
+        config.sliding_window = None
+    description = describe_model(config)
     with FlopCounterMode(display=False) as forward_counter:
         outputs = model(batch)
     with FlopCounterMode(display=False) as backward_counter:
@@ -116,6 +122,32 @@ def test_flops_formula_within_2_percent_of_torch_counter(name: str) -> None:
     backward = sum(layer.backward_flops_per_sample for layer in description.layers)
     assert forward == pytest.approx(forward_counter.get_total_flops() / BATCH, rel=0.02)
     assert backward == pytest.approx(backward_counter.get_total_flops() / BATCH, rel=0.02)
+
+
+@pytest.mark.parametrize("name", ["mistral", "qwen2"])
+def test_sliding_window_flops_count_the_pairs_the_window_leaves(name: str) -> None:
+    """A windowed block is described with the query-key pairs a window-aware kernel computes:
+    the pairs the mask leaves visible, on the description's dense scale."""
+    config = resolve_config(_tiny(name))
+    windows = [sliding_window(config, i) for i in range(config.num_hidden_layers)]
+    windowed = describe_model(config).blocks
+    config.sliding_window = None
+    dense = describe_model(config).blocks
+    head_dim = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
+    s, q_width = dense[0].seq_len, config.num_attention_heads * head_dim
+    assert any(w is not None and w < s for w in windows)  # the tiny presets slide
+    causal_pairs = int((~hidden_keys(s, s, None, torch.device("cpu"))).sum())
+    for window, slid, whole in zip(windows, windowed, dense, strict=True):
+        if window is None or window >= s:
+            assert slid == whole
+            continue
+        pairs = int((~hidden_keys(s, s, window, torch.device("cpu"))).sum())
+        keys = s * pairs / causal_pairs
+        saved = 4 * s * (s - keys) * q_width
+        assert whole.forward_flops_per_sample - slid.forward_flops_per_sample == pytest.approx(
+            saved, rel=1e-9
+        )
+        assert slid.activation_bytes_per_sample == whole.activation_bytes_per_sample
 
 
 @pytest.mark.parametrize("name", FAMILY_NAMES)

@@ -256,3 +256,18 @@ def test_kv_heads_must_divide_heads() -> None:
 def test_activation_other_than_silu_is_refused() -> None:
     with pytest.raises(ValueError, match="llama: hidden_act 'gelu' is unsupported"):
         describe_model(_config(hidden_act="gelu"))
+
+
+def test_a_sliding_window_counts_less_attention_at_long_sequences() -> None:
+    """Mistral-7B slides a 4096-token window: at its default 4096 tokens nothing changes, at
+    16K its attention is counted at 7/16 of the dense product (the window's pairs against
+    the causal triangle's, on the description's dense scale)."""
+    config = resolve_config("mistral-7b")
+    windowed = {s: describe_model(config, seq_len=s).blocks[0] for s in (4096, 16384)}
+    config.sliding_window = None
+    dense = {s: describe_model(config, seq_len=s).blocks[0] for s in (4096, 16384)}
+    assert windowed[4096] == dense[4096]
+    s, q_width = 16384, config.num_attention_heads * config.head_dim
+    attention = 4 * s * s * q_width
+    saved = dense[s].forward_flops_per_sample - windowed[s].forward_flops_per_sample
+    assert (attention - saved) / attention == pytest.approx(7 / 16, rel=1e-3)

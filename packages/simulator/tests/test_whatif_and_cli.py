@@ -161,3 +161,73 @@ def test_whatif_command_table_json_and_plot(tmp_path: Path) -> None:
     assert all(p["prediction"] is not None for p in points)
     assert (tmp_path / "throughput.png").stat().st_size > 5000
     assert "per device" in result.stdout
+
+
+# --- planning a preset from a spec sheet, with no file (issue 25) -------------------------------
+
+
+def test_presets_ship_as_descriptions_without_torch() -> None:
+    from partita.simulator.model_source import load_model_description, preset_names
+
+    names = preset_names()
+    asked = {"llama3-8b", "llama3-70b", "llama3-405b", "mistral-7b", "qwen2.5-7b", "qwen2.5-72b"}
+    assert asked <= set(names)
+    llama3 = load_model_description("llama3-70b")
+    assert (llama3.num_heads, llama3.num_kv_heads, llama3.vocab_size) == (64, 8, 128256)
+    assert 70.5e9 < llama3.params < 70.6e9
+    with pytest.raises(ValueError, match=r"^--model llama9: neither a description file nor a"):
+        load_model_description("llama9")
+
+
+def test_plan_searches_a_preset_from_a_spec_sheet_alone(tmp_path: Path) -> None:
+    result = _run(
+        "plan",
+        "--model",
+        "llama3-8b",
+        "--cluster",
+        "h100-sxm",
+        "--world-size",
+        "8",
+        "--global-batch",
+        "32",
+        "--out",
+        str(tmp_path / "plan.json"),
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.splitlines()[0] == (
+        "searching llama3-8b on 8 devices from spec sheet h100-sxm (bf16)"
+    )
+    plan = load(tmp_path / "plan.json")
+    # A GPU spec sheet plans bf16, and the budget is the device's 80 GB.
+    assert plan.precision == "bf16" and plan.world_size == 8 and len(plan.layers) == 32
+    assert "(budget 74.51 GiB)" in result.stdout
+    simulated = _run(
+        "simulate", "--plan", str(tmp_path / "plan.json"), "--model", "llama3-8b",
+        "--cluster", "h100-sxm",
+    )  # fmt: skip
+    assert simulated.returncode == 0, simulated.stderr
+    assert "samples/s" in simulated.stdout
+    studied = _run(
+        "whatif", "--plan", str(tmp_path / "plan.json"), "--model", "llama3-8b",
+        "--cluster", "h100-sxm", "--memory-gb", "40,80", "--json", str(tmp_path / "w.json"),
+    )  # fmt: skip
+    assert studied.returncode == 0, studied.stderr
+    fits = [p["prediction"]["peak_memory_bytes"] <= p["prediction"]["device_memory_bytes"]
+            for p in json.loads((tmp_path / "w.json").read_text())]  # fmt: skip
+    assert fits == [False, True]  # the plan searched for 80 GB does not fit 40
+
+
+def test_plan_needs_profiles_or_a_cluster_not_both(tmp_path: Path) -> None:
+    common = ["plan", "--model", "llama3-8b", "--world-size", "8", "--global-batch", "8"]
+    common += ["--out", str(tmp_path / "p.json")]
+    neither = _run(*common)
+    both = _run(*common, "--cluster", "h100-sxm", "--hardware", "h.json")
+    assert neither.returncode == both.returncode == 2
+    assert neither.stderr.strip().splitlines() == [
+        "partita plan: error: give --hardware H and --model-profile M (measured), or --cluster "
+        "NAME|FILE (a spec sheet)"
+    ]
+    assert both.stderr.strip().splitlines() == [
+        "partita plan: error: give either --cluster or --hardware with --model-profile, not both"
+    ]
+    assert not (tmp_path / "p.json").exists()

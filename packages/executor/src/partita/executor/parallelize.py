@@ -46,6 +46,7 @@ from partita.executor.setups import (
 from partita.executor.sharded_state import canonical_names
 from partita.executor.stage import StageModel
 from partita.executor.tensor_parallel import ShardRecord, apply_tensor_parallel
+from partita.executor.vocab_parallel_loss import loss_for_split_head
 from partita.formats import Plan
 from partita.models.attention import apply_attention
 from partita.models.families import family_of
@@ -166,12 +167,29 @@ def _apply_tensor_parallel(
         for name, p in stage_model.named_parameters(remove_duplicate=False)
         if id(p) in record.dims
     }
+    # A split head leaves its logits split: the loss works on the shards.
+    for i in stage_model.indices:
+        if layouts[model.layer_types[i]].vocab_head:
+            stage_model.loss_fn = loss_for_split_head(model.loss_fn, setups[i].groups.tp)
+    # Whole parameters that see part of the sequence (sequence parallelism) or part of the
+    # heads (a layout's head_local modules) hold partial gradients, summed over the tp group.
     partial = {}
     for i in stage_model.indices:
         setup = setups[i]
-        if setup.sp == "none" or setup.tp == 1:
+        if setup.tp == 1:
             continue
-        for name, _ in stage_model.layers[str(i)].named_parameters(prefix=f"layers.{i}"):
+        layer = stage_model.layers[str(i)]
+        if setup.sp == "none":
+            head_local = layouts[model.layer_types[i]].head_local
+            named = [
+                (f"{path}.{n}", p)
+                for path in head_local
+                for n, p in layer.get_submodule(path).named_parameters()
+            ]
+        else:
+            named = list(layer.named_parameters())
+        for path, _ in named:
+            name = f"layers.{i}.{path}"
             if name not in stage_model.shard_dims:
                 partial[name] = setup.groups.tp
     stage_model.partial_names = partial

@@ -141,7 +141,8 @@ def apply_tensor_parallel(
     for path in layout.vocab_embedding:
         _replace(layer, path, lambda m: VocabParallelEmbedding(m, group=group), group, record)
     for path in layout.vocab_head:
-        make_head = lambda m: ColumnParallelLinear(m, group=group, sp="none", gather=True)  # noqa: E731
+        # The logits stay split: the loss is computed from the shards (vocab_parallel_loss).
+        make_head = lambda m: ColumnParallelLinear(m, group=group, sp="none", gather=False)  # noqa: E731
         _replace(layer, path, make_head, group, record)
     for path in layout.head_parameters:
         owner_path, _, name = path.rpartition(".")

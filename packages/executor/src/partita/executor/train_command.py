@@ -23,10 +23,15 @@ import sys
 import time
 from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from partita.executor.launch import launch
 from partita.formats.cli import Command
 from partita.models.attention import ATTENTION_CHOICES
+
+if TYPE_CHECKING:
+    from partita.formats import Plan
+    from partita.models.config import ModelConfig
 
 # Defaults of a new run; a resumed run takes its own settings instead.
 DEFAULTS = {"steps": 20, "data": "synthetic", "lr": 1e-3, "seed": 0, "checkpoint_every": 0}
@@ -118,13 +123,15 @@ def _run(args: argparse.Namespace) -> int:
         job = _resume_job(args) if args.resume else _new_job(args)
         # The same checks as before a launch, against the job's world size: every rank
         # refuses a bad plan with the same line before any process group starts.
-        _check_before_launch(args, job, world_size=int(os.environ.get("WORLD_SIZE", "1")))
+        _, weights = _check_before_launch(
+            args, job, world_size=int(os.environ.get("WORLD_SIZE", "1"))
+        )
         if os.environ.get("RANK", "0") == "0":
             # Held until this rank's process ends; the other ranks share its folder.
             RunLock(job.run_dir).acquire()
             if not args.resume:
                 claim_for_new_run(job.run_dir, overwrite=args.overwrite)
-            _say_where_weights_come_from(job)
+            _say_where_weights_come_from(job, weights)
         return worker.main(_worker_arguments(args, job))
     if args.resume:
         check_not_in_use(args.resume)
@@ -132,10 +139,10 @@ def _run(args: argparse.Namespace) -> int:
         # Locked before its checkpoints are read: a run still training cannot be resumed.
         with RunLock(args.resume):
             job = _resume_job(args)
-            nproc = _check_before_launch(args, job)
-            return _launch(args, job, nproc)
+            nproc, weights = _check_before_launch(args, job)
+            return _launch(args, job, nproc, weights)
     job = _new_job(args)
-    nproc = _check_before_launch(args, job)
+    nproc, weights = _check_before_launch(args, job)
     # Refused before the lock file is made too, so that a refused run leaves no trace.
     check_not_in_use(job.run_dir)
     claim_for_new_run(job.run_dir, overwrite=args.overwrite, dry_run=True)
@@ -147,13 +154,13 @@ def _run(args: argparse.Namespace) -> int:
                 f"from {job.run_dir}",
                 file=sys.stderr,
             )
-        return _launch(args, job, nproc)
+        return _launch(args, job, nproc, weights)
 
 
-def _launch(args: argparse.Namespace, job: _Job, nproc: int) -> int:
+def _launch(args: argparse.Namespace, job: _Job, nproc: int, weights: str | None) -> int:
     from partita.executor.run_folder import RUN_LOG
 
-    _say_where_weights_come_from(job)
+    _say_where_weights_come_from(job, weights)
     print(f"partita train: {nproc} processes, run folder {job.run_dir}", file=sys.stderr)
     return launch(
         "partita.executor.worker",
@@ -320,7 +327,9 @@ def _worker_arguments(args: argparse.Namespace, job: _Job) -> list[str]:
 
 def _check_before_launch(
     args: argparse.Namespace, job: _Job, *, world_size: int | None = None
-) -> int:
+) -> tuple[int, str | None]:
+    """The number of processes, and what the pretrained weights are (None when the run
+    does not start from them)."""
     from partita.executor.trainer import check_supported
     from partita.formats import Plan, load, validate_plan
     from partita.models.api import describe_model, resolve_config
@@ -341,31 +350,35 @@ def _check_before_launch(
         _check_data(job, config, plan)
     _check_attention(args.attention)
     if job.init == "pretrained" and job.resume_from is None:
-        _check_weights(job, config)
-    return nproc
+        return nproc, _check_weights(job, config)
+    return nproc, None
 
 
-def _check_weights(job: _Job, config: object) -> None:
+def _check_weights(job: _Job, config: ModelConfig) -> str:
     """The checkpoint holds every parameter of the model in its shape (from the files'
-    headers: nothing is read but them)."""
+    headers: nothing is read but them); what it is, in words."""
     from partita.models.init import build_empty
     from partita.models.weights import PretrainedWeights
 
-    weights = PretrainedWeights(job.model, config)  # type: ignore[arg-type]
-    params = build_empty(config).named_parameters(remove_duplicate=False)  # type: ignore[arg-type]
-    weights.check({name: tuple(p.shape) for name, p in params})
+    weights = PretrainedWeights(job.model, config)
+    try:
+        params = build_empty(config).named_parameters(remove_duplicate=False)
+        weights.check({name: tuple(p.shape) for name, p in params})
+        return weights.describe()
+    finally:
+        weights.close()
 
 
-def _say_where_weights_come_from(job: _Job) -> None:
-    """A new run's first line: a fine-tuning run must not start from a random init unseen."""
-    from partita.models.api import resolve_config
-    from partita.models.weights import PretrainedWeights, weights_file
+def _say_where_weights_come_from(job: _Job, weights: str | None) -> None:
+    """A new run's first line: a fine-tuning run must not start from a random init unseen.
+    ``weights``: what ``_check_weights`` found, for a run starting from them."""
+    from partita.models.weights import weights_file
 
     if job.resume_from is not None:
         return  # the checkpoint's weights
     if job.init == "pretrained":
-        weights = PretrainedWeights(job.model, resolve_config(job.model))
-        line = f"weights from {job.model} ({weights.describe()})"
+        assert weights is not None, "the weights were checked before the launch"
+        line = f"weights from {job.model} ({weights})"
     else:
         found = weights_file(job.model)
         held = f" ({job.model}'s {found} not read: --init random)" if found else ""
@@ -373,7 +386,7 @@ def _say_where_weights_come_from(job: _Job) -> None:
     print(f"partita train: {line}", file=sys.stderr)
 
 
-def _check_data(job: _Job, config: object, plan: object) -> None:
+def _check_data(job: _Job, config: ModelConfig, plan: Plan) -> None:
     """The text file the ranks would read, read the same way once here."""
     from partita.executor.trainer import text_batches
 
@@ -384,8 +397,8 @@ def _check_data(job: _Job, config: object, plan: object) -> None:
         raise ValueError(f"--data: no such file {job.data!r}")
     text_batches(
         job.data,
-        config,  # type: ignore[arg-type]
-        batch_size=plan.global_batch_size,  # type: ignore[attr-defined]
+        config,
+        batch_size=plan.global_batch_size,
         seed=job.seed,
     )
 

@@ -13,7 +13,7 @@ from partita.formats.common import Family, LayerKind
 from partita.formats.schema import at_least, count_from
 
 FORMAT = "partita.model_description"
-VERSION = 1
+VERSION = 2
 
 
 @dataclass(frozen=True)
@@ -36,6 +36,11 @@ class LayerDescription:
     # sequence parallelism, like the embedding and head; its plan entry gives only its data
     # parallelism and checkpointing.
     vocab_parallel: bool = False
+    # Bytes per sample the loss keeps from forward to backward in fp32 whatever the compute
+    # precision (the softmax of the head's logits, split with the vocabulary under vocab
+    # tensor parallelism); 0 for layers without a loss. Not in activation_bytes_per_sample,
+    # which scales with the compute precision. Added in version 2 (0 in version 1 files).
+    loss_bytes_per_sample: float = field(default=0.0, metadata=at_least(0))
 
 
 @dataclass(frozen=True)

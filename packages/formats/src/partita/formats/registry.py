@@ -59,6 +59,7 @@ SPECS: tuple[FormatSpec, ...] = (
         model_description.VERSION,
         model_description.ModelDescription,
         "model description",
+        migrations={1: migrations.added_optional_fields},
         check=check_model_description,
     ),
     FormatSpec(

@@ -156,10 +156,11 @@ def _model_description(model: ModelDescription) -> str:
             f"{layer.params:,}",
             f"{layer.forward_flops_per_sample / 1e9:.4f}",
             human_bytes(layer.activation_bytes_per_sample),
+            human_bytes(layer.loss_bytes_per_sample) if layer.loss_bytes_per_sample else "",
         ]
         for layer in model.layers
     ]
-    headers = ["layer", "kind", "type", "params", "fwd GFLOP", "act/sample"]
+    headers = ["layer", "kind", "type", "params", "fwd GFLOP", "act/sample", "fp32 loss/sample"]
     lines.append(table(headers, rows))
     return "\n".join(lines)
 

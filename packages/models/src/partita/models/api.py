@@ -14,6 +14,7 @@ from partita.formats import LayerDescription, ModelDescription
 from partita.models.config import load_config
 from partita.models.families import family_of
 from partita.models.layered import Activations, LayeredModel
+from partita.models.tp_layout import TPLayout
 
 ModelSource = str | Path | Mapping[str, Any] | PretrainedConfig
 
@@ -47,15 +48,22 @@ def describe_model(
     label = name or (str(source) if isinstance(source, str | Path) else config.model_type)
     description = family.describe(config, seq, label)
     layouts = family.tp_layouts(config)
-    layers = tuple(
-        dataclasses.replace(layer, vocab_parallel=True)
-        if layer.kind == "block" and layouts[layer.layer_type].holds_vocabulary
-        else layer
-        for layer in description.layers
-    )
+    layers = tuple(_with_traits(layer, layouts[layer.layer_type]) for layer in description.layers)
     return dataclasses.replace(
         description, layers=layers, shared_vocabulary=_shared_vocabulary(config, layers)
     )
+
+
+def _with_traits(layer: LayerDescription, layout: TPLayout) -> LayerDescription:
+    """What every family shares: a block holding the vocabulary table runs vocab-parallel,
+    and the loss after the head keeps the fp32 softmax of its logits (log-softmax in one
+    process, the exponentials of each shard under vocab parallelism: as many bytes as the
+    fp32 logits, ``output_bytes_per_sample``) whatever the compute precision."""
+    if layer.kind == "block" and layout.holds_vocabulary:
+        return dataclasses.replace(layer, vocab_parallel=True)
+    if layer.kind == "head":
+        return dataclasses.replace(layer, loss_bytes_per_sample=layer.output_bytes_per_sample)
+    return layer
 
 
 def _shared_vocabulary(

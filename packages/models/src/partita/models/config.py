@@ -12,6 +12,10 @@ from transformers import AutoConfig, PretrainedConfig
 
 from partita.models.presets import all_presets, preset_names
 
+# The config every family reads (transformers' class), named here so that packages built on
+# this one need not import transformers to type it.
+ModelConfig = PretrainedConfig
+
 
 def load_config(source: str | Path | Mapping[str, Any]) -> PretrainedConfig:
     """A transformers config from a preset name, a dict with ``model_type``, or an HF directory.

@@ -26,6 +26,10 @@ class TPLayout:
     # exchanges sequence for heads around them instead of around the attention core. Their
     # keyword tensors (or None) index heads in dim 1 and are cut to this rank's heads.
     ulysses_exchange: tuple[str, ...] = ()
+    # Modules that stay whole but, under tensor parallelism, see only this rank's heads
+    # (Qwen3's per-head q/k norms after the column-parallel q/k projections): their gradient
+    # is a partial sum over the group, as under sequence parallelism.
+    head_local: tuple[str, ...] = ()
     replicated_note: str = ""  # what stays whole, in words, for docs and `partita describe`
 
     @property

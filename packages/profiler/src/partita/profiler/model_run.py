@@ -44,6 +44,7 @@ from pathlib import Path
 import torch
 
 from partita.executor.setups import SEQUENCE_PARALLEL_MODES
+from partita.executor.vocab_parallel_loss import loss_for_split_head
 from partita.formats import (
     LayerMemory,
     LayerTiming,
@@ -293,7 +294,9 @@ def _measure_config(
         for batch in settings.micro_batches:
             acts = measure.layer_input(placed, batches[batch])
             if model.layer_names[case.index] == "head":
-                layer = measure.WithLoss(placed.layer, model.loss_fn, batches[batch])
+                head_group = placed.parallel.setups[case.index].groups.tp
+                loss_fn = loss_for_split_head(model.loss_fn, head_group)
+                layer = measure.WithLoss(placed.layer, loss_fn, batches[batch])
             try:
                 measure.run_once(layer, acts, device=settings.device)
             except ValueError as error:

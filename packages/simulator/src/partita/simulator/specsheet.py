@@ -578,6 +578,10 @@ def _memory(
         activations *= share + (1 - share) / tp
     else:
         activations, checkpoint = activations / tp, checkpoint / tp
+    # The loss keeps its softmax in fp32 whatever the compute precision, split with the
+    # vocabulary (a head's tp is its vocab tp); backward holds two more of it at its peak
+    # (the softmax's gradient and the logits').
+    loss = layer.loss_bytes_per_sample / tp
     return LayerMemory(
         tp=tp,
         sp=sp,
@@ -585,8 +589,9 @@ def _memory(
         param_bytes=weight_bytes,
         grad_bytes=weight_bytes,
         optimizer_bytes=_ceil_div(layer.params * ADAM_MOMENT_BYTES, shards),
-        activation_bytes_per_sample=float(activations),
+        activation_bytes_per_sample=float(activations + loss),
         checkpoint_activation_bytes_per_sample=float(checkpoint),
+        backward_peak_bytes_per_sample=float(2 * loss),
         origin="analytic",
     )
 

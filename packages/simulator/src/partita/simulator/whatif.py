@@ -149,7 +149,7 @@ class Study:
         self, settings: Mapping[str, float], world: int, model: ModelDescription
     ) -> tuple[HardwareProfile, ModelProfile]:
         if self.cluster is not None:
-            spec = _cluster_variant(self.cluster, settings, world)
+            spec = cluster_variant(self.cluster, settings, world)
             return hardware_profile_from_spec(spec), model_profile_from_description(
                 model,
                 spec,
@@ -159,7 +159,7 @@ class Study:
         return _measured_variant(self.hardware, settings, world), self.model_profile
 
 
-def _cluster_variant(spec: ClusterSpec, settings: Mapping[str, float], world: int) -> ClusterSpec:
+def cluster_variant(spec: ClusterSpec, settings: Mapping[str, float], world: int) -> ClusterSpec:
     per_node = int(settings.get("devices_per_node", spec.devices_per_node))
     if world % per_node and world > per_node:
         raise ValueError(f"world size {world} is not a whole number of {per_node}-device nodes")

@@ -30,8 +30,9 @@ def _add_arguments(parser: argparse.ArgumentParser) -> None:
         "--model",
         required=True,
         action="append",
-        metavar="DESC",
-        help="model description; repeat with other --seq descriptions to vary sequence length",
+        metavar="DESC|PRESET",
+        help="model description or preset; repeat with descriptions of other sequence lengths "
+        "(partita describe --seq) to vary it",
     )
     parser.add_argument("--cluster", metavar="NAME|FILE", help="cluster spec preset or JSON file")
     parser.add_argument("--hardware", metavar="H", help="measured hardware profile instead")
@@ -56,13 +57,14 @@ def _list_of(kind: Callable[[str], float]) -> Callable[[str], list[float]]:
 
 
 def _run(args: argparse.Namespace) -> int:
-    from partita.formats import HardwareProfile, ModelDescription, ModelProfile, Plan, load
+    from partita.formats import HardwareProfile, ModelProfile, Plan, load
+    from partita.simulator.model_source import load_model_description
     from partita.simulator.specsheet import load_cluster_spec
     from partita.simulator.whatif import Study
 
     study = Study(
         plan=load(args.plan, Plan),
-        models=[load(path, ModelDescription) for path in args.model],
+        models=[load_model_description(source) for source in args.model],
         cluster=load_cluster_spec(args.cluster) if args.cluster else None,
         hardware=load(args.hardware, HardwareProfile) if args.hardware else None,
         model_profile=load(args.model_profile, ModelProfile) if args.model_profile else None,

@@ -267,7 +267,7 @@ def describe(config: PretrainedConfig, seq_len: int, name: str) -> ModelDescript
             "bert_head",
             head_params,
             2 * s * h * h + 2 * s * h * v,
-            4 * s * h + s * v,
+            4 * s * h,  # transform and norm; the loss: loss_bytes_per_sample
             **common,
         ),
     ]

@@ -216,7 +216,7 @@ def describe(config: PretrainedConfig, seq_len: int, name: str) -> ModelDescript
             s,
             params=2 * h + (0 if tied else v * h),
             fwd=head_fwd,
-            act=2 * s * h + s * v,
+            act=2 * s * h,  # ln_f's input and output; the loss: loss_bytes_per_sample
         ),
     ]
     return ModelDescription(

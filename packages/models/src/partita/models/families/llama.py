@@ -519,6 +519,18 @@ def _block_params(config: PretrainedConfig) -> int:
     return params
 
 
+def _attended_keys(s: int, window: int | None) -> float:
+    """Keys per query in the description's attention FLOPs: ``s`` without a window (dense;
+    a causal kernel computes about half). With a window ``w < s`` a window-aware kernel
+    (flash-attn's ``window_size``) computes ``w*s - w*(w-1)/2`` query-key pairs where a
+    causal one computes ``s*(s+1)/2``: counted on the same dense scale. SDPA and eager run
+    a window as a mask over the whole causal product, so on them this under-counts; the
+    profiler measures what the kernel really does."""
+    if window is None or window >= s:
+        return float(s)
+    return s * (window * s - window * (window - 1) / 2) / (s * (s + 1) / 2)
+
+
 def describe(config: PretrainedConfig, seq_len: int, name: str) -> ModelDescription:
     # Rotary positions have no table, so seq_len may exceed max_position_embeddings (the
     # length the model was trained at); quality there is the user's concern, not the plan's.
@@ -533,14 +545,21 @@ def describe(config: PretrainedConfig, seq_len: int, name: str) -> ModelDescript
     q_width = a * _head_dim(config)
     kv_width = _kv_heads(config) * _head_dim(config)
     tied = config.tie_word_embeddings
-    # Matmul FLOPs (2 per multiply-add): q/o of width a*head_dim, k/v of kv_heads*head_dim,
-    # three SwiGLU matmuls; attention scores and mixing counted dense (causality not skipped).
-    block_fwd = 2 * s * h * (2 * q_width + 2 * kv_width) + 6 * s * h * f + 4 * s * s * q_width
+
+    # Matmul FLOPs (2 per multiply-add): q/o of width a*head_dim, k/v (GQA: narrower) of
+    # kv_heads*head_dim, three SwiGLU matmuls; attention scores and mixing over the keys
+    # each query sees (_attended_keys: dense, causality not skipped, a sliding window less).
+    def block_fwd(index: int) -> float:
+        keys = _attended_keys(s, sliding_window(config, index))
+        return 2 * s * h * (2 * q_width + 2 * kv_width) + 6 * s * h * f + 4 * s * keys * q_width
+
     # Saved for backward, in elements: both norms' inputs and outputs (4h), rotated q and the
-    # kv heads repeated to q's width plus the attention output (4 q_width), the SwiGLU
-    # gate, up, silu and product (4f), and SDPA's per-head log-sum-exp. An estimate; the
+    # kv heads repeated to q's width plus the attention output (4 q_width), Qwen3's q/k norm
+    # inputs, the SwiGLU gate, up, silu and product (4f), and SDPA's per-head log-sum-exp.
+    # A window changes none of them (the kernels keep O(s) per head). An estimate; the
     # profiler measures.
-    block_act = s * (4 * h + 4 * q_width + 4 * f) + a * s
+    qk_norm_inputs = (q_width + kv_width) * _qk_norm(config)
+    block_act = s * (4 * h + 4 * q_width + qk_norm_inputs + 4 * f) + a * s
     common = {"config": config, "s": s}
     layers = [
         _layer(
@@ -552,7 +571,7 @@ def describe(config: PretrainedConfig, seq_len: int, name: str) -> ModelDescript
                 "block",
                 "llama_block",
                 params=_block_params(config),
-                fwd=block_fwd,
+                fwd=block_fwd(i),
                 act=block_act,
                 **common,
             )
@@ -564,7 +583,7 @@ def describe(config: PretrainedConfig, seq_len: int, name: str) -> ModelDescript
             "llama_head",
             params=h + (0 if tied else v * h),
             fwd=2 * s * h * v,
-            act=2 * s * h + s * v,
+            act=2 * s * h,  # the norm's input and output; the loss: loss_bytes_per_sample
             **common,
         ),
     ]
@@ -629,6 +648,7 @@ def tp_layouts(config: PretrainedConfig) -> dict[str, TPLayout]:
             ),
             rowwise=("self_attn.o_proj", "mlp.down_proj"),
             sequence_parallel=("input_layernorm", "post_attention_layernorm"),
+            head_local=("self_attn.q_norm", "self_attn.k_norm") if _qk_norm(config) else (),
             replicated_note=(
                 "RMSNorm weights (Qwen3's per-head q/k norms included) replicated; tp must"
                 " divide num_key_value_heads so k/v split by whole heads"

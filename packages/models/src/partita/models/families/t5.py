@@ -497,7 +497,7 @@ def describe(config: PretrainedConfig, seq_len: int, name: str) -> ModelDescript
             ("block", *costs.decoder(first=i == 0), 2 * hidden_out + bias_out)
             for i in range(config.num_decoder_layers)
         ),
-        ("head", d + (0 if tied else v * d), 2 * s * d * v, 3 * s * d + s * v, s * v * FP32_BYTES),
+        ("head", d + (0 if tied else v * d), 2 * s * d * v, 3 * s * d, s * v * FP32_BYTES),
     ]
     layers = [
         _layer(layer_name, layer_type, config, s, *row)

@@ -228,7 +228,7 @@ def describe(config: PretrainedConfig, seq_len: int, name: str) -> ModelDescript
             s,
             params=2 * h + h * labels + labels,
             flops=(head_fwd, 2 * head_fwd),
-            act=2 * s * h + labels,
+            act=2 * s * h,  # the norm's input and output; the loss: loss_bytes_per_sample
         ),
     ]
     return ModelDescription(
