@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import shutil
 import subprocess
@@ -231,3 +232,136 @@ def test_plan_needs_profiles_or_a_cluster_not_both(tmp_path: Path) -> None:
         "partita plan: error: give either --cluster or --hardware with --model-profile, not both"
     ]
     assert not (tmp_path / "p.json").exists()
+
+
+# --- spec-sheet planning end to end (issue 21, part 4) ------------------------------------------
+
+
+def test_uniform_writes_one_strategy_for_every_layer_and_predicts_it(tmp_path: Path) -> None:
+    out = tmp_path / "uniform.json"
+    result = _run(
+        "plan", "--model", "llama3-70b", "--cluster", "h100-sxm", "--nodes", "8",
+        "--global-batch", "256", "--uniform", "tp=8,pp=8,sp=megatron,ckpt=full,mb=1",
+        "--out", str(out),
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    plan = load(out)
+    assert plan.world_size == 64 and plan.precision == "bf16"  # 8 nodes of 8, a GPU's bf16
+    assert plan.pipeline.degree == 8 and plan.pipeline.stage_num_layers == (10,) * 8
+    assert set(plan.layers) == {LayerStrategy(tp=8, sp="megatron", ckpt=True)}
+    assert plan.num_micro_batches == 256  # one sample each, the whole batch on dp 1
+    assert plan.provenance.created_by.startswith("partita plan --uniform")
+    assert "predicted from spec sheet h100-sxm (bf16):" in result.stdout
+    assert "bubble" in result.stdout
+
+
+@pytest.mark.parametrize(
+    ("strategy", "message"),
+    [
+        ("tp=8,pp=8,foo=1", "--uniform: unknown key 'foo' (known: tp, pp, mb, vocab_tp, sp, dp, "
+         "vocab_dp, schedule, ckpt)"),
+        ("tp=8,sp=ring", "--uniform: sp: expected one of none, megatron, ulysses, got 'ring'"),
+        ("tp=0", "--uniform: tp: expected a positive integer, got '0'"),
+        ("tp=3", "--uniform: tp 3 x pp 1 does not divide the 64 devices"),
+        ("tp=8,pp=8,mb=3", "--uniform: mb 3 does not divide the local batch 256 (global batch "
+         "256 over 1 data-parallel ranks)"),
+        ("tp=16,pp=4", "--uniform 'tp=16,pp=4': layers[0].tp: tensor-parallel degree 16 does not "
+         "divide num_kv_heads 8 of layer 'blocks.0'"),
+    ],
+)  # fmt: skip
+def test_a_bad_uniform_strategy_is_one_line(tmp_path: Path, strategy: str, message: str) -> None:
+    result = _run(
+        "plan", "--model", "llama3-70b", "--world-size", "64", "--global-batch", "256",
+        "--uniform", strategy, "--out", str(tmp_path / "p.json"),
+    )  # fmt: skip
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines() == [f"partita plan: error: {message}"]
+    assert not (tmp_path / "p.json").exists()
+
+
+def test_cluster_takes_inline_json_and_nodes(tmp_path: Path) -> None:
+    inline = '{"preset": "a100-sxm-80g", "num_nodes": 2}'
+    result = _run(
+        "plan", "--model", "gpt2", "--cluster", inline, "--global-batch", "64",
+        "--out", str(tmp_path / "p.json"),
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.splitlines()[0] == (
+        "searching gpt2 on 16 devices from spec sheet a100-sxm-80g (bf16)"
+    )
+    broken = _run(
+        "plan", "--model", "gpt2", "--cluster", inline[:-1], "--global-batch", "64",
+        "--out", str(tmp_path / "q.json"),
+    )  # fmt: skip
+    assert broken.returncode == 2
+    assert broken.stderr.startswith("partita plan: error: --cluster (inline JSON): not valid JSON")
+    nodes = _run(
+        "plan", "--model", "gpt2", "--cluster", "a100-sxm-80g", "--nodes", "4",
+        "--global-batch", "64", "--out", str(tmp_path / "r.json"),
+    )  # fmt: skip
+    assert nodes.returncode == 0, nodes.stderr
+    assert load(tmp_path / "r.json").world_size == 32
+
+
+def test_a_precision_that_differs_from_the_measured_profile_is_refused(tmp_path: Path) -> None:
+    measured = ["--hardware", str(EXAMPLES / "hardware_profile.json"),
+                "--model-profile", str(EXAMPLES / "model_profile.json"),
+                "--model", str(EXAMPLES / "model_description.json")]  # fmt: skip
+    searched = _run(
+        "plan", *measured, "--global-batch", "8", "--precision", "bf16",
+        "--out", str(tmp_path / "p.json"),
+    )  # fmt: skip
+    assert searched.returncode == 2
+    assert searched.stderr.strip().splitlines() == [
+        f"partita plan: error: --precision bf16 differs from the model profile "
+        f"{EXAMPLES / 'model_profile.json'}, measured in fp32: profile the model in bf16, or "
+        "plan in fp32"
+    ]
+    plan = load(EXAMPLES / "plan.json")
+    save(dataclasses.replace(plan, precision="bf16"), tmp_path / "bf16.json")
+    simulated = _run("simulate", "--plan", str(tmp_path / "bf16.json"), *measured)
+    assert simulated.returncode == 2
+    assert "precision bf16 differs from the model profile" in simulated.stderr
+    studied = _run(
+        "whatif", "--plan", str(EXAMPLES / "plan.json"), "--model", "gpt2",
+        "--cluster", "h100-sxm", "--dtype", "bf16",
+    )  # fmt: skip
+    assert studied.returncode == 2
+    assert studied.stderr.strip().splitlines() == [
+        "partita whatif: error: --dtype bf16 differs from the plan's precision fp32: give the "
+        "plan's, or a plan of that precision"
+    ]
+
+
+def test_whatif_shows_the_bubble_every_stage_and_the_warnings(tmp_path: Path) -> None:
+    plan = syn.plan(world=8, stages=(2, 2), micro_batches=4, global_batch=64)
+    save(plan, tmp_path / "plan.json")
+    save(syn.description(4), tmp_path / "model.json")
+    result = _run(
+        "whatif", "--plan", str(tmp_path / "plan.json"), "--model", str(tmp_path / "model.json"),
+        "--cluster", "h100-sxm", "--world-sizes", "8,16", "--json", str(tmp_path / "p.json"),
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    header = result.stdout.splitlines()[0]
+    assert "bubble" in header and "peak mem by stage" in header
+    points = json.loads((tmp_path / "p.json").read_text())
+    for point in points:
+        prediction = point["prediction"]
+        assert len(prediction["stage_peak_bytes"]) == 2
+        assert max(prediction["stage_peak_bytes"]) == prediction["peak_memory_bytes"]
+        assert 0 < prediction["bubble_fraction"] < 1
+        assert "(stage " in result.stdout
+
+
+def test_runners_up_are_distinct_plans_with_distinct_labels(tmp_path: Path) -> None:
+    from partita.simulator.search_report import describe_plan
+
+    result = _run(
+        "plan", "--model", "llama3-8b", "--cluster", "h100-sxm", "--global-batch", "32",
+        "--out", str(tmp_path / "p.json"),
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.split("runners-up:\n")[1].split("\n\n")[0].splitlines()[1:]
+    labels = [line.rsplit("  ", 3)[0].strip() for line in lines]
+    assert len(labels) == len(set(labels)) >= 2, lines
+    assert describe_plan(load(EXAMPLES / "plan.json")).startswith("pp2 ")

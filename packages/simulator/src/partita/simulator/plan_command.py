@@ -5,8 +5,12 @@ from __future__ import annotations
 import argparse
 import dataclasses
 from importlib.metadata import version
+from typing import TYPE_CHECKING
 
 from partita.formats.cli import EXIT_OK, Command
+
+if TYPE_CHECKING:
+    from partita.formats import ModelDescription
 
 
 def _add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -16,7 +20,12 @@ def _add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--model", required=True, metavar="DESC|PRESET", help="model description or preset"
     )
-    parser.add_argument("--world-size", required=True, type=int, metavar="N")
+    parser.add_argument(
+        "--world-size",
+        type=int,
+        metavar="N",
+        help="devices (default: all of the --cluster spec's, or of the hardware profile)",
+    )
     parser.add_argument(
         "--memory-gb",
         type=float,
@@ -41,6 +50,13 @@ def _add_arguments(parser: argparse.ArgumentParser) -> None:
         metavar="P",
         help="largest pipeline degree to consider (1: no pipeline)",
     )
+    parser.add_argument(
+        "--uniform",
+        metavar="STRATEGY",
+        help="write this one strategy for every layer instead of searching, e.g. "
+        '"tp=8,pp=8,sp=megatron,ckpt=full,mb=1" (keys: docs/simulator.md); with profiles or '
+        "--cluster, also predict it",
+    )
     parser.add_argument("--out", required=True, metavar="FILE", help="where to write the plan")
 
 
@@ -48,18 +64,21 @@ def _run(args: argparse.Namespace) -> int:
     from partita.formats import Provenance, content_hash, save
     from partita.formats.summaries import summarize
     from partita.simulator.model_source import load_model_description
-    from partita.simulator.profile_inputs import load_profiles
+    from partita.simulator.profile_inputs import cluster_devices, load_profiles
     from partita.simulator.search.engine import SearchProblem
     from partita.simulator.search.planner import plan_search
     from partita.simulator.search.space import SearchSpace
     from partita.simulator.search_report import search_summary
 
-    if args.world_size < 1:
-        raise ValueError(
-            f"--world-size: expected a positive number of devices, got {args.world_size}"
-        )
     model = load_model_description(args.model)
-    profiles = load_profiles(args, model, world_size=args.world_size, precision=args.precision)
+    world_size = args.world_size or cluster_devices(args)
+    if world_size is None:
+        raise ValueError("--world-size: give the number of devices (or --cluster/--hardware)")
+    if world_size < 1:
+        raise ValueError(f"--world-size: expected a positive number of devices, got {world_size}")
+    if args.uniform is not None:
+        return _write_uniform(args, model, world_size)
+    profiles = load_profiles(args, model, world_size=world_size, precision=args.precision)
     hardware, model_profile = profiles.hardware, profiles.model_profile
     memory_bytes = (
         args.memory_gb * 2**30 if args.memory_gb is not None else hardware.device.memory_bytes
@@ -68,7 +87,7 @@ def _run(args: argparse.Namespace) -> int:
         hardware=hardware,
         model_profile=model_profile,
         model=model,
-        world_size=args.world_size,
+        world_size=world_size,
         memory_bytes=memory_bytes,
         global_batch=args.global_batch,
         space=SearchSpace(
@@ -78,17 +97,14 @@ def _run(args: argparse.Namespace) -> int:
         ),
         precision=args.precision or model_profile.dtype,
     )
-    print(f"searching {model.name} on {args.world_size} devices from {profiles.origin}")
+    print(f"searching {model.name} on {world_size} devices from {profiles.origin}")
     result = plan_search(problem)
     provenance = Provenance(
         model=model.name,
         model_description_sha256=content_hash(model),
         hardware_profile_sha256=content_hash(hardware),
         model_profile_sha256=content_hash(model_profile),
-        tools={
-            "partita-simulator": version("partita-simulator"),
-            "partita-formats": version("partita-formats"),
-        },
+        tools=_tools(),
         created_by=f"partita plan --space {args.space}"
         + (f" --cluster {args.cluster}" if args.cluster else ""),
     )
@@ -98,6 +114,57 @@ def _run(args: argparse.Namespace) -> int:
     print()
     print(search_summary(result, budget_bytes=problem.memory_bytes))
     return EXIT_OK
+
+
+def _write_uniform(args: argparse.Namespace, model: ModelDescription, world_size: int) -> int:
+    """``--uniform``: the plan written as given, then predicted where profiles allow."""
+    from partita.formats import Provenance, content_hash, save
+    from partita.formats.summaries import summarize
+    from partita.simulator.profile_inputs import load_profiles
+    from partita.simulator.report import summary
+    from partita.simulator.simulation import simulate
+    from partita.simulator.uniform_plan import uniform_plan
+
+    measured = args.hardware is not None and args.model_profile is not None
+    profiles = None
+    if args.cluster is not None or measured:
+        profiles = load_profiles(args, model, world_size=world_size, precision=args.precision)
+    precision = args.precision or (profiles.model_profile.dtype if profiles else "fp32")
+    plan = uniform_plan(
+        args.uniform,
+        model,
+        world_size=world_size,
+        global_batch=args.global_batch,
+        precision=precision,
+    )
+    provenance = Provenance(
+        model=model.name,
+        model_description_sha256=content_hash(model),
+        hardware_profile_sha256=content_hash(profiles.hardware) if profiles else None,
+        model_profile_sha256=content_hash(profiles.model_profile) if profiles else None,
+        tools=_tools(),
+        created_by=f"partita plan --uniform {args.uniform}",
+    )
+    plan = dataclasses.replace(plan, provenance=provenance)
+    path = save(plan, args.out)
+    print(summarize(plan, source=str(path)))
+    if profiles is None:
+        print("(not predicted: give --cluster or --hardware with --model-profile)")
+        return EXIT_OK
+    result = simulate(
+        plan, hardware=profiles.hardware, model_profile=profiles.model_profile, model=model
+    )
+    print()
+    print(f"predicted from {profiles.origin}:")
+    print(summary(result, device_memory_bytes=profiles.hardware.device.memory_bytes))
+    return EXIT_OK
+
+
+def _tools() -> dict[str, str]:
+    return {
+        "partita-simulator": version("partita-simulator"),
+        "partita-formats": version("partita-formats"),
+    }
 
 
 COMMAND = Command(

@@ -18,7 +18,7 @@ from pathlib import Path
 from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 
-from partita.simulator.result import Event, SimulationResult, StageResult
+from partita.simulator.result import Event, SimulationResult, StageResult, bubble_fraction
 from partita.simulator.trace import STREAMS, event_kind
 
 __all__ = [
@@ -168,13 +168,6 @@ def memory_timeline_figure(result: SimulationResult) -> Figure:
 
 def plot_memory_timeline(result: SimulationResult, path: str | Path) -> Path:
     return _save(memory_timeline_figure(result), path)
-
-
-def bubble_fraction(result: SimulationResult) -> float:
-    """Mean over stages of the share of the iteration their compute stream stood idle."""
-    if not result.stages or result.iteration_time_s <= 0:
-        return 0.0
-    return sum(s.bubble_s for s in result.stages) / (len(result.stages) * result.iteration_time_s)
 
 
 def _draw_events(ax: Axes, events: Sequence[Event], rows: list[tuple[int, int]]) -> None:

@@ -70,3 +70,10 @@ class SimulationResult:
     @property
     def peak_memory_bytes(self) -> tuple[float, ...]:
         return tuple(stage.memory.total for stage in self.stages)
+
+
+def bubble_fraction(result: SimulationResult) -> float:
+    """Mean over stages of the share of the iteration their compute stream stood idle."""
+    if not result.stages or result.iteration_time_s <= 0:
+        return 0.0
+    return sum(s.bubble_s for s in result.stages) / (len(result.stages) * result.iteration_time_s)

@@ -3,6 +3,9 @@ baselines from the same search."""
 
 from __future__ import annotations
 
+from collections import Counter
+
+from partita.formats import LayerStrategy, Plan
 from partita.formats.text_table import human_bytes, human_seconds, table
 from partita.simulator.search.engine import Candidate
 from partita.simulator.search.planner import PlanningResult
@@ -55,14 +58,36 @@ def search_summary(result: PlanningResult, *, budget_bytes: float) -> str:
 
 
 def _row(candidate: Candidate) -> list[object]:
-    plan = candidate.plan
-    layers = {(layer.tp, layer.sp, layer.dp, layer.ckpt) for layer in plan.layers}
-    shape = f"pp{plan.pipeline.degree} {plan.pipeline.schedule} x{plan.num_micro_batches}, " + (
-        "uniform" if len(layers) == 1 else f"{len(layers)} layer strategies"
-    )
     return [
-        shape,
+        describe_plan(candidate.plan),
         human_seconds(candidate.iteration_time_s),
         f"{candidate.throughput:.2f}",
         human_bytes(max(candidate.peak_memory_bytes)),
     ]
+
+
+def describe_plan(plan: Plan) -> str:
+    """One line that tells plans apart: the pipeline shape, the stage cuts, the blocks'
+    strategies (most common first) and the vocabulary's, e.g. ``pp2 1f1b x16 [16+16]: 32 x
+    tp2 ulysses ddp; vocab tp4 ddp``."""
+    pipeline = plan.pipeline
+    shape = f"pp{pipeline.degree} {pipeline.schedule} x{plan.num_micro_batches}"
+    if pipeline.degree > 1:
+        shape += " [" + "+".join(str(n) for n in pipeline.stage_num_layers) + "]"
+    counts = Counter(_strategy(layer) for layer in plan.layers)
+    ranked = counts.most_common()
+    blocks = ", ".join(f"{n} x {s}" for s, n in ranked[:2])
+    if len(ranked) > 2:
+        blocks += f", {len(ranked) - 2} more"
+    vocab = f"vocab tp{plan.vocab.tp} {plan.vocab.dp}"
+    return f"{shape}: {blocks}; {vocab}"
+
+
+def _strategy(layer: LayerStrategy) -> str:
+    parts = [f"tp{layer.tp}"]
+    if layer.sp != "none":
+        parts.append(layer.sp)
+    parts.append(layer.dp)
+    if layer.ckpt:
+        parts.append("ckpt")
+    return " ".join(parts)

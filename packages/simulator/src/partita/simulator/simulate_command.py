@@ -32,7 +32,13 @@ def _run(args: argparse.Namespace) -> int:
     plan = load(args.plan, Plan)
     model = load_model_description(args.model)
     # A spec sheet is priced at the plan's own precision.
-    profiles = load_profiles(args, model, world_size=plan.world_size, precision=plan.precision)
+    profiles = load_profiles(
+        args,
+        model,
+        world_size=plan.world_size,
+        precision=plan.precision,
+        precision_source=f"{args.plan}: precision",
+    )
     hardware = profiles.hardware
     result = simulate(plan, hardware=hardware, model_profile=profiles.model_profile, model=model)
     print(summary(result, device_memory_bytes=hardware.device.memory_bytes))

@@ -252,18 +252,21 @@ _REQUIRED = tuple(
 
 
 def load_cluster_spec(source: str | Path) -> ClusterSpec:
-    """A preset by name (see ``PRESETS``), or a JSON spec file (keys in the module docstring).
+    """A preset by name (see ``PRESETS``), a JSON spec file (keys in the module docstring), or
+    the JSON object itself (``'{"preset": "h100-sxm", "num_nodes": 16}'``).
 
     Every problem raises one ``ValueError`` naming the file and the field: ``spec.json: field:
     what is wrong``.
     """
     if isinstance(source, str) and source in PRESETS:
         return PRESETS[source]
-    data = _read_json_object(Path(source))
+    inline = isinstance(source, str) and source.lstrip().startswith("{")
+    where = "--cluster (inline JSON)" if inline else str(source)
+    data = _parse_json_object(str(source), where) if inline else _read_json_object(Path(source))
     try:
         return _spec_from_mapping(data)
     except ValueError as error:
-        raise ValueError(f"{source}: {error}") from None
+        raise ValueError(f"{where}: {error}") from None
 
 
 def _read_json_object(path: Path) -> dict[str, Any]:
@@ -272,12 +275,16 @@ def _read_json_object(path: Path) -> dict[str, Any]:
     except (OSError, UnicodeDecodeError) as error:
         known = ", ".join(PRESETS)
         raise ValueError(f"{path}: not a preset ({known}) and cannot read: {error}") from None
+    return _parse_json_object(text, str(path))
+
+
+def _parse_json_object(text: str, where: str) -> dict[str, Any]:
     try:
         data = json.loads(text)
     except json.JSONDecodeError as error:
-        raise ValueError(f"{path}: not valid JSON: {error}") from None
+        raise ValueError(f"{where}: not valid JSON: {error}") from None
     if not isinstance(data, dict):
-        raise ValueError(f"{path}: expected a JSON object of spec fields")
+        raise ValueError(f"{where}: expected a JSON object of spec fields")
     return data
 
 

@@ -23,6 +23,7 @@ from partita.formats import (
 )
 from partita.formats.plan_checks import check_plan_structure
 from partita.simulator.cost import ProfileOverflowError
+from partita.simulator.result import bubble_fraction
 from partita.simulator.simulation import simulate
 from partita.simulator.specsheet import (
     ClusterSpec,
@@ -48,6 +49,9 @@ class Prediction:
     throughput_samples_per_s: float
     peak_memory_bytes: float  # the fullest device
     device_memory_bytes: float
+    stage_peak_bytes: tuple[float, ...] = ()  # one device of each pipeline stage
+    bubble_fraction: float = 0.0  # of the iteration, averaged over the stages
+    warnings: tuple[str, ...] = ()  # the simulation's
 
     @property
     def fits(self) -> bool:
@@ -96,7 +100,7 @@ class Study:
     cluster: ClusterSpec | None = None
     hardware: HardwareProfile | None = None
     model_profile: ModelProfile | None = None
-    dtype: str = "bf16"
+    dtype: str | None = None  # the plan's precision; another one is refused
 
     def run(self, axes: Mapping[str, Sequence[float]]) -> list[WhatIfPoint]:
         unknown = sorted(set(axes) - set(AXES))
@@ -106,6 +110,18 @@ class Study:
             raise ValueError("give either a cluster spec or a measured hardware profile")
         if self.hardware is not None and self.model_profile is None:
             raise ValueError("a measured hardware profile needs a measured model profile too")
+        # Times and memory of one precision printed for a plan of another would be wrong.
+        precision = self.plan.precision
+        if self.dtype is not None and self.dtype != precision:
+            raise ValueError(
+                f"--dtype {self.dtype} differs from the plan's precision {precision}: "
+                "give the plan's, or a plan of that precision"
+            )
+        if self.model_profile is not None and self.model_profile.dtype != precision:
+            raise ValueError(
+                f"the model profile was measured in {self.model_profile.dtype} but the plan "
+                f"computes in {precision}"
+            )
         names = [a for a in AXES if a in axes and a != "seq_len"]
         models = {m.seq_len: m for m in self.models}
         seqs = [int(s) for s in axes.get("seq_len", sorted(models))]
@@ -142,6 +158,9 @@ class Study:
             throughput_samples_per_s=result.throughput_samples_per_s,
             peak_memory_bytes=max(result.peak_memory_bytes),
             device_memory_bytes=hardware.device.memory_bytes,
+            stage_peak_bytes=result.peak_memory_bytes,
+            bubble_fraction=bubble_fraction(result),
+            warnings=result.warnings,
         )
         return WhatIfPoint(settings=settings, world_size=world, prediction=prediction)
 
@@ -153,7 +172,7 @@ class Study:
             return hardware_profile_from_spec(spec), model_profile_from_description(
                 model,
                 spec,
-                dtype=self.dtype,  # type: ignore[arg-type]
+                dtype=self.plan.precision,
             )
         assert self.hardware is not None and self.model_profile is not None
         return _measured_variant(self.hardware, settings, world), self.model_profile

@@ -37,7 +37,11 @@ def _add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--cluster", metavar="NAME|FILE", help="cluster spec preset or JSON file")
     parser.add_argument("--hardware", metavar="H", help="measured hardware profile instead")
     parser.add_argument("--model-profile", metavar="M", help="measured model profile instead")
-    parser.add_argument("--dtype", default="bf16", choices=("fp32", "bf16", "fp16"))
+    parser.add_argument(
+        "--dtype",
+        choices=("fp32", "bf16", "fp16"),
+        help="the plan's precision (the default); another one is refused",
+    )
     for axis, (flag, kind, text) in _AXIS_OPTIONS.items():
         parser.add_argument(flag, dest=axis, metavar="LIST", type=_list_of(kind), help=text)
     parser.add_argument("--plot", metavar="PNG", help="throughput against the first axis")
@@ -85,12 +89,22 @@ def _run(args: argparse.Namespace) -> int:
 def _table(points: Sequence[WhatIfPoint], axes: Sequence[str]) -> str:
     from partita.formats.text_table import human_bytes, human_seconds, table
 
-    headers = [*axes, "seq", "devices", "iteration", "samples/s", "per device", "peak mem", "fits"]
+    headers = [
+        *axes,
+        "seq",
+        "devices",
+        "iteration",
+        "samples/s",
+        "per device",
+        "bubble",
+        "peak mem by stage",
+        "fits",
+    ]
     rows = []
     for p in points:
         settings = [_fmt(p.settings[a]) for a in axes] + [_fmt(p.settings["seq_len"]), p.world_size]
         if p.prediction is None:
-            rows.append([*settings, "-", "-", "-", "-", f"no: {p.error}"])
+            rows.append([*settings, "-", "-", "-", "-", "-", f"no: {p.error}"])
             continue
         pred = p.prediction
         rows.append(
@@ -99,11 +113,46 @@ def _table(points: Sequence[WhatIfPoint], axes: Sequence[str]) -> str:
                 human_seconds(pred.iteration_time_s),
                 f"{pred.throughput_samples_per_s:.2f}",
                 f"{pred.throughput_samples_per_s / p.world_size:.3f}",
-                human_bytes(pred.peak_memory_bytes),
+                f"{pred.bubble_fraction:.1%}",
+                _stage_peaks(pred.stage_peak_bytes or (pred.peak_memory_bytes,)),
                 "yes" if pred.fits else f"no: over {human_bytes(pred.device_memory_bytes)}",
             ]
         )
-    return table(headers, rows)
+    lines = [table(headers, rows)]
+    # The simulator's warnings, each once, with the points it was given at.
+    seen: dict[str, list[int]] = {}
+    for index, p in enumerate(points, start=1):
+        for warning in p.prediction.warnings if p.prediction else ():
+            seen.setdefault(warning, []).append(index)
+    for warning, rows_at in seen.items():
+        where = "every row" if len(rows_at) == len(points) else f"rows {_ranges(rows_at)}"
+        lines.append(f"warning ({where}): {warning}")
+    return "\n".join(lines)
+
+
+def _stage_peaks(peaks: Sequence[float]) -> str:
+    """Every stage's peak, the fullest first named: "65.02 GiB (stage 0 of 2; 60.37)"."""
+    from partita.formats.text_table import human_bytes
+
+    fullest = max(range(len(peaks)), key=lambda i: peaks[i])
+    if len(peaks) == 1:
+        return human_bytes(peaks[0])
+    others = ", ".join(f"{p / 2**30:.2f}" for i, p in enumerate(peaks) if i != fullest)
+    if len(peaks) > 4:
+        low = min(peaks) / 2**30
+        others = f"others {low:.2f} to {sorted(peaks)[-2] / 2**30:.2f}"
+    return f"{human_bytes(peaks[fullest])} (stage {fullest} of {len(peaks)}; {others})"
+
+
+def _ranges(numbers: Sequence[int]) -> str:
+    """1,2,3,5 -> "1-3, 5"."""
+    spans: list[list[int]] = []
+    for n in numbers:
+        if spans and n == spans[-1][1] + 1:
+            spans[-1][1] = n
+        else:
+            spans.append([n, n])
+    return ", ".join(str(a) if a == b else f"{a}-{b}" for a, b in spans)
 
 
 def _fmt(value: float) -> str:

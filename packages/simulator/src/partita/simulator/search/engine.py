@@ -29,6 +29,7 @@ from partita.formats import (
     Predictions,
     VocabStrategy,
 )
+from partita.formats.common import DpMode
 from partita.formats.schedules import build_schedule, max_in_flight
 from partita.simulator.cost import CostModel, ProfileOverflowError
 from partita.simulator.search.knapsack import cheapest_assignment
@@ -160,8 +161,16 @@ def _distinct(items: list[T], plan_of: Callable[[T], Plan]) -> list[T]:
 
 
 def _key(plan: Plan) -> tuple[object, ...]:
-    """What distinguishes one searched plan from another (plans hold dicts: unhashable)."""
-    return (plan.pipeline, plan.num_micro_batches, plan.layers, plan.vocab, plan.mesh_axis_order)
+    """What distinguishes one searched plan from another (plans hold dicts: unhashable). A
+    data-parallel mode over one rank does nothing, so plans differing only there are one."""
+    per_stage = plan.world_size // plan.pipeline.degree
+
+    def mode(tp: int, dp: DpMode) -> DpMode:
+        return dp if per_stage // tp > 1 else "ddp"
+
+    layers = tuple(replace(layer, dp=mode(layer.tp, layer.dp)) for layer in plan.layers)
+    vocab = replace(plan.vocab, dp=mode(plan.vocab.tp, plan.vocab.dp))
+    return (plan.pipeline, plan.num_micro_batches, layers, vocab, plan.mesh_axis_order)
 
 
 def _simulated(problem: SearchProblem, candidate: Candidate) -> Candidate:

@@ -47,7 +47,8 @@ def plan_search(problem: SearchProblem, *, baselines: bool = True) -> PlanningRe
             and rival.iteration_time_s < best.iteration_time_s
             and _within_space(rival, problem.space)
         ):
-            best, runners_up = rival, [best, *runners_up][:3]
+            others = [c for c in [best, *runners_up] if c.plan != rival.plan]
+            best, runners_up = rival, others[:3]
     elapsed = outcome.elapsed_s + sum(o.elapsed_s for o in found.values())
     considered = outcome.considered + sum(o.considered for o in found.values())
     return PlanningResult(
