@@ -41,13 +41,16 @@ from partita.simulator.uniform_plan import uniform_plan
 HERE = Path(__file__).resolve().parent
 GIB = 2**30
 # TorchTitan's H100s (the source's own words): "96GB HBM2e with 2.4 TB/sec peak memory
-# bandwidth ... the default 500W power limit"; their peak FLOP/s is "between SXM and NVL" and
-# unknown, so the SXM sheet's is kept. Nothing here is fitted to the rows.
+# bandwidth ... the default 500W power limit", and their peak is "between SXM and NVL" (989.5
+# and 835 dense bf16 TFLOP/s on NVIDIA's data sheets): the midpoint, the one reading of
+# "between" that favours neither end. Nothing here is fitted to the rows.
+H100_PEAK = (989.5e12 + 835e12) / 2
 H100_96G_500W = PRESETS["h100-sxm"].with_changes(
     name="h100-sxm-96g-hbm2e-500w",
     device_name="NVIDIA H100 96GB HBM2e (Grand Teton, 500 W)",
     memory_bytes=96 * 10**9,
     memory_bandwidth_bytes_per_s=2.4e12,
+    peak_flops_per_s={"fp32": 67e12, "bf16": H100_PEAK, "fp16": H100_PEAK},
 )
 LLAMA_PRESETS = {
     "Llama 3 8B": "llama3-8b",
@@ -65,6 +68,9 @@ class Case:
     plan: Plan
     spec: ClusterSpec
     approximations: list[str]
+    # The run's attention kernel: fused (what PyTorch SDPA runs, TorchTitan's) or the scores
+    # materialised (Megatron-LM in 2021, before FlashAttention).
+    attention: str = "sdpa"
 
 
 def build_case(row: dict[str, Any]) -> Case:
@@ -118,7 +124,11 @@ def build_case(row: dict[str, Any]) -> Case:
     base = H100_96G_500W if hardware["gpu"].startswith("H100") else PRESETS["a100-sxm-80g"]
     per_node = hardware.get("gpus_per_node") or 8
     spec = base.with_changes(devices_per_node=per_node, num_nodes=max(1, gpus // per_node))
-    return Case(row, model, plan, spec, approximations)
+    attention = "sdpa"
+    if row["source"].startswith("megatron"):
+        attention = "eager"
+        approximations.append("attention scores materialised (2021: before FlashAttention)")
+    return Case(row, model, plan, spec, approximations, attention)
 
 
 def megatron_flops_per_iteration(model: ModelDescription, batch: int) -> float:
@@ -131,7 +141,12 @@ def megatron_flops_per_iteration(model: ModelDescription, batch: int) -> float:
 
 def evaluate(case: Case) -> dict[str, Any]:
     hardware = hardware_profile_from_spec(case.spec)
-    profile = model_profile_from_description(case.model, case.spec, dtype="bf16")
+    profile = model_profile_from_description(
+        case.model,
+        case.spec,
+        dtype="bf16",
+        attention=case.attention,  # type: ignore[arg-type]
+    )
     result = simulate(
         case.plan, hardware=hardware, model_profile=profile, model=case.model, record_events=False
     )

@@ -18,6 +18,9 @@ import sys
 from pathlib import Path
 
 import torch
+from torch import nn
+from torch.distributed.fsdp import FSDPModule
+from torch.distributed.tensor import DTensor
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
@@ -58,10 +61,37 @@ def run_case(case: dict, groups: ParallelGroups) -> dict:
 
 
 def _train_and_compare(case: dict, trainer: Trainer, settings: TrainSettings) -> dict:
+    gathered = _record_gathered_dtypes(trainer)
     outcome = train_and_compare(case, trainer, settings)
     if outcome:  # rank 0
         outcome["skipped_steps"] = 0 if trainer.scaler is None else trainer.scaler.skipped_steps
+        outcome["gathered_dtypes"] = sorted(gathered)
     return outcome
+
+
+def _record_gathered_dtypes(trainer: Trainer) -> set[str]:
+    """The dtypes of the weights FSDP layers compute with: the first FSDP-sharded linear of
+    every FSDP layer records its weight's dtype at each forward (FSDP has gathered it)."""
+    seen: set[str] = set()
+
+    def record(module: nn.Module, *_: object) -> None:
+        seen.add(str(module.weight.dtype).removeprefix("torch."))
+
+    for layer in trainer.parallel.model.layers.values():
+        if isinstance(layer, FSDPModule):
+            # FSDP's own parameters are its sharded DTensors until gathered; a tied table it
+            # ignores stays a whole fp32 tensor.
+            first = next(
+                (
+                    m
+                    for m in layer.modules()
+                    if isinstance(m, nn.Linear) and isinstance(m.weight, DTensor)
+                ),
+                None,
+            )
+            if first is not None:
+                first.register_forward_hook(record)
+    return seen
 
 
 if __name__ == "__main__":

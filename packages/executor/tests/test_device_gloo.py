@@ -120,6 +120,7 @@ def _cases() -> list[dict]:
 
 
 CASES = _cases()
+CASES_BY_NAME = {case["name"]: case for case in CASES}
 
 
 @pytest.fixture(scope="module")
@@ -151,6 +152,14 @@ def test_mixed_precision_follows_one_process_under_the_same_precision(
     # excess_error is in units of atol 1e-5; 0.5 x lr is 50 such units.
     # excess_error is in units of atol 1e-5: 2 lr a step is 200 such units a step.
     assert outcome["param_error"] <= 2 * STEPS * LR / 1e-5, f"{outcome['param_error']:.1f}"
+    # ZeRO-2/3 layers gather their weights in the compute precision, not as fp32 masters.
+    dp_modes = {
+        layer["dp"] for layer in json.loads(CASES_BY_NAME[f"{precision}/{name}"]["plan"])["layers"]
+    }
+    if dp_modes & {"zero2", "zero3"}:
+        assert outcome["gathered_dtypes"] == [{"bf16": "bfloat16", "fp16": "float16"}[precision]]
+    else:
+        assert outcome["gathered_dtypes"] == []
 
 
 def test_a_receive_made_without_the_ranks_device_fails_the_guarded_step(tmp_path: Path) -> None:

@@ -77,7 +77,7 @@ def test_hardware_and_model_profiles_of_version_1_load_as_version_2(data_dir: Pa
     assert all(t.checkpoint_forward_s is None for t in timings)
 
 
-def test_model_description_version_1_loads_with_no_loss_bytes(data_dir: Path) -> None:
+def test_model_description_version_1_loads_without_loss_or_attention(data_dir: Path) -> None:
     old = load(data_dir / "model_description_v1.json", ModelDescription)
     assert all(layer.loss_bytes_per_sample == 0.0 for layer in old.layers)
     current = load(EXAMPLES / "model_description.json", ModelDescription)
@@ -89,7 +89,15 @@ def test_model_description_version_1_loads_with_no_loss_bytes(data_dir: Path) ->
         activation_bytes_per_sample=head.activation_bytes_per_sample + head.loss_bytes_per_sample,
         loss_bytes_per_sample=0.0,
     )
-    assert old == dataclasses.replace(current, layers=(*current.layers[:-1], moved))
+    # Version 2 also split the attention's FLOPs out (0 when not recorded, as in version 1).
+    unsplit = tuple(
+        dataclasses.replace(
+            layer, attention_flops_per_sample=0.0, attention_kernel_flops_per_sample=0.0
+        )
+        for layer in current.layers[:-1]
+    )
+    assert any(layer.attention_flops_per_sample for layer in current.layers)
+    assert old == dataclasses.replace(current, layers=(*unsplit, moved))
 
 
 def test_checkpoint_manifest_version_1_loads_with_no_files_recorded(data_dir: Path) -> None:

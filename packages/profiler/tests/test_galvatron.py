@@ -1,7 +1,9 @@
 """``partita profile import-galvatron``: conversions checked by hand on files in Galvatron's format.
 
-The fixtures (galvatron_fixtures/) describe 1 node of 4 GPUs and a small GPT ("gpt-tiny",
-sequence 128) in Galvatron's layout: hardware_configs/*.json and configs/*.json.
+galvatron_fixtures/gpt-tiny/ describes 1 node of 4 GPUs and a small GPT ("gpt-tiny", sequence
+128) in Galvatron's layout (hardware_configs/*.json and configs/*.json), written by hand;
+galvatron_fixtures/shipped/ holds files Galvatron's repositories ship, verbatim (its README.md
+says where each comes from).
 """
 
 from __future__ import annotations
@@ -19,7 +21,8 @@ from partita.formats import HardwareProfile, ModelProfile, load
 from partita.profiler import galvatron_command
 from partita.profiler.galvatron import ImportOptions, import_directory
 
-FIXTURES = Path(__file__).resolve().parent / "galvatron_fixtures"
+FIXTURES = Path(__file__).resolve().parent / "galvatron_fixtures/gpt-tiny"
+SHIPPED = Path(__file__).resolve().parent / "galvatron_fixtures/shipped"
 MIB = 2**20
 
 
@@ -216,6 +219,217 @@ def test_without_pipeline_entries_each_end_gets_half_of_pp_off(copied: Path) -> 
     assert report.errors == [] and report.model is not None
     assert _memory(report.model, "gpt_head", 1, "none").param_bytes == MIB  # 8 MiB / 2 / 4
     assert any("half of pp_off" in note for note in report.notes)
+
+
+# --- files Galvatron ships (galvatron_fixtures/shipped/README.md) -------------------------------
+
+LLAMA = SHIPPED / "llama2-7b"
+
+
+def _shipped(tmp_path: Path, capsys) -> tuple[HardwareProfile, ModelProfile, str]:
+    assert _run(LLAMA, tmp_path) == 0, capsys.readouterr().err
+    output = capsys.readouterr().out
+    hardware = load(tmp_path / "hardware_profile.json", HardwareProfile)
+    model = load(tmp_path / "model_profile.json", ModelProfile)
+    return hardware, model, output
+
+
+def test_shipped_llama2_7b_profiles_import_with_their_bf16_precision(
+    tmp_path: Path, capsys
+) -> None:
+    hardware, model, output = _shipped(tmp_path, capsys)
+    assert (model.model, model.dtype, model.origin) == ("llama2-7b", "bf16", "galvatron")
+    assert [lt.layer_type for lt in model.layer_types] == [
+        "llama_block",
+        "llama_embedding",
+        "llama_head",
+    ]
+    assert (hardware.num_nodes, hardware.devices_per_node) == (1, 8)
+    # The precision, and the raw runs left out, are said in the output.
+    assert "llama2-7b (bf16)" in output
+    assert "dtype bf16: Galvatron's precision, from the file name" in output
+    assert "computation_profiling_bf16_llama2-7b_all.json" in output
+    assert "skipped 16 raw per-strategy runs (1_1_8_sp, 1_2_4_sp, 1_2_4_vtp_sp, ...)" in output
+
+
+def test_shipped_llama2_7b_block_numbers_are_galvatron_s(tmp_path: Path, capsys) -> None:
+    _, model, _ = _shipped(tmp_path, capsys)
+    # computation: "layertype_0_bsz1_seq2048": 4.396252679824831 ms per sample
+    one = _timing(model, "llama_block", 1, "none", 1)
+    assert one.seq_len == 2048
+    assert one.forward_s == pytest.approx(4.396252679824831e-3)
+    assert one.backward_s == pytest.approx(2 * 4.396252679824831e-3)
+    # "layertype_0_bsz8_seq2048": 3.9369729995727534 ms per sample, x 8 samples / tp 8
+    assert _timing(model, "llama_block", 8, "megatron", 8).forward_s == pytest.approx(
+        3.9369729995727534e-3
+    )
+    # memory: "layertype_0_sp" at "2048": parameter_size 778.2236328125 MiB, activation
+    # {"1": 514.5634765625, "8": 68.3204345703125, "checkpoint": 32.0} MiB per sample
+    whole = _memory(model, "llama_block", 1, "none")
+    assert whole.param_bytes == round(778.2236328125 * MIB) == 816026624
+    assert (whole.grad_bytes, whole.optimizer_bytes) == (816026624, 2 * 816026624)
+    assert whole.activation_bytes_per_sample == 514.5634765625 * MIB
+    assert whole.checkpoint_activation_bytes_per_sample == 32.0 * MIB
+    megatron = _memory(model, "llama_block", 8, "megatron")
+    assert megatron.param_bytes == round(778.2236328125 * MIB / 8)
+    assert megatron.activation_bytes_per_sample == 68.3204345703125 * MIB
+    assert megatron.checkpoint_activation_bytes_per_sample == 4.0 * MIB  # split by sp
+    assert _memory(model, "llama_block", 8, "ulysses").param_bytes == 816026624
+    # Only sequence-parallel sections are shipped: no sp "none" beyond tp 1.
+    block = model.layer_type("llama_block")
+    assert block is not None
+    assert {(m.tp, m.sp) for m in block.memory if m.sp == "none"} == {(1, "none")}
+
+
+def test_shipped_llama2_7b_embedding_and_head_numbers(tmp_path: Path, capsys) -> None:
+    _, model, _ = _shipped(tmp_path, capsys)
+    # "other_memory_pp_on_last_sp" at "2048": model_states {"1": 2021.0673828125},
+    # activation {"1": 717.560302734375, "8": 85.55889892578125}
+    head = _memory(model, "llama_head", 1, "none")
+    assert head.param_bytes == round(2021.0673828125 / 4 * MIB)
+    assert head.activation_bytes_per_sample == 717.560302734375 * MIB
+    assert _memory(model, "llama_head", 8, "none").activation_bytes_per_sample == (
+        85.55889892578125 * MIB
+    )
+    # "other_memory_pp_on_first_sp": model_states {"4": 775.68310546875}
+    embedding = _memory(model, "llama_embedding", 4, "none")
+    assert embedding.param_bytes == round(775.68310546875 / 4 * MIB)
+    # "layertype_other_bsz1_seq2048": 6.286115455627439 ms, all of it to the head
+    assert _timing(model, "llama_head", 1, "none", 1).forward_s == pytest.approx(
+        6.286115455627439e-3
+    )
+    assert _timing(model, "llama_embedding", 1, "none", 1).forward_s == 0.0
+
+
+def test_shipped_hardware_numbers(tmp_path: Path, capsys) -> None:
+    hardware, _, _ = _shipped(tmp_path, capsys)
+    # "allreduce_size_8_consec_1": 140.35589599609375 GB/s of bus bandwidth over 8 ranks
+    eight = _entry(hardware, "all_reduce", 8)
+    assert eight.bandwidth_bytes_per_s == pytest.approx(140.35589599609375e9 * 8 / 14)
+    assert _entry(hardware, "all_reduce", 4, "strided").bandwidth_bytes_per_s == pytest.approx(
+        140.14663696289062e9 * 4 / 6
+    )
+    # "pp_size_2/4/8": 159.058, 104.771, 78.7145: the slowest paces a pipeline
+    assert _entry(hardware, "p2p", 2).bandwidth_bytes_per_s == pytest.approx(78.7145e9)
+    assert hardware.overlap.compute == 1.0908971982840632
+
+
+def test_shipped_vit_profile_without_sequence_parallelism(tmp_path: Path, capsys) -> None:
+    """An older Galvatron layout: plain sections, _vtp runs, fewer tp for pipeline stages."""
+    assert _run(SHIPPED / "vit-hidden1280", tmp_path, "--family", "vit") == 2
+    assert "allreduce_bandwidth*.json" in _one_error(capsys)  # no hardware files shipped
+    model = load(tmp_path / "model_profile.json", ModelProfile)
+    assert (model.model, model.dtype) == ("hidden1280_head16", "bf16")
+    # "layertype_0_bsz8_seq197": 0.2053900023301443 ms per sample, x 8 samples
+    timing = _timing(model, "vit_block", 1, "none", 8)
+    assert (timing.seq_len, timing.forward_s) == (197, pytest.approx(8 * 0.2053900023301443e-3))
+    # "layertype_0" at "197": parameter_size 75.09375, activation {"4": 3.75677490234375},
+    # checkpoint 0.438232421875 (not split by tp without sequence parallelism)
+    four = _memory(model, "vit_block", 4, "none")
+    assert four.param_bytes == round(75.09375 * MIB / 4)
+    assert four.activation_bytes_per_sample == 3.75677490234375 * MIB
+    assert four.checkpoint_activation_bytes_per_sample == 0.438232421875 * MIB
+    head = model.layer_type("vit_head")
+    assert head is not None and sorted({m.tp for m in head.memory}) == [1, 2]
+
+
+def test_a_malformed_raw_run_is_refused_naming_it(copied: Path, tmp_path: Path, capsys) -> None:
+    path = next(copied.rglob("memory_profiling*.json"))
+    data = json.loads(path.read_text())
+    data["1_1_4_sp"] = {"layernum[1]_bsz8_seq128_rank0_ms": "lots"}
+    path.write_text(json.dumps(data))
+    assert _run(copied, tmp_path) == 2
+    line = _one_error(capsys)
+    assert f"{path.name}: 1_1_4_sp.layernum[1]_bsz8_seq128_rank0_ms: expected a number" in line
+    data["1_1_4_sp"] = [1.0]
+    path.write_text(json.dumps(data))
+    assert _run(copied, tmp_path) == 2
+    assert "1_1_4_sp: expected a non-empty JSON object" in _one_error(capsys)
+
+
+def test_raw_runs_of_every_kind_are_skipped_with_one_note(copied: Path) -> None:
+    path = next(copied.rglob("memory_profiling*.json"))
+    data = json.loads(path.read_text())
+    run = {"layernum[1]_bsz8_seq128_rank0_ms": 9.5, "layernum[1]_bsz8_seq128_rank3_act_peak": 0}
+    for key in ("1_1_4", "1_2_2_vtp", "1_1_4_c", "2_2_1_vtp_sp", "1_1_4_c_sp"):
+        data[key] = run
+    path.write_text(json.dumps(data))
+    report = import_directory(copied, ImportOptions())
+    assert report.errors == [] and report.model == _imported()[1]
+    (note,) = [n for n in report.notes if "raw per-strategy" in n]
+    assert "skipped 5 raw per-strategy runs (1_1_4, 1_2_2_vtp, 1_1_4_c, ...)" in note
+
+
+def test_sections_not_keyed_by_sequence_length_take_the_computation_s(copied: Path) -> None:
+    """Older Galvatron files (e.g. AFDWang/Hetu-Galvatron, models/llama_hf/configs/
+    memory_profiling_bf16_hidden4096_head32_seqlen2048.json) hold one entry per section, and
+    one number, not one per tp, in other_memory_*."""
+    path = next(copied.rglob("memory_profiling*.json"))
+    data = json.loads(path.read_text())
+    for key in list(data):
+        data[key] = data[key]["128"]
+    for key in ("other_memory_pp_on_first", "other_memory_pp_on_last"):
+        data[key] = {part: values["1"] for part, values in data[key].items()}
+    path.write_text(json.dumps(data))
+    report = import_directory(copied, ImportOptions())
+    assert report.errors == [] and report.model is not None
+    assert _memory(report.model, "gpt_block", 2, "megatron").seq_len == 128
+    head = report.model.layer_type("gpt_head")
+    assert head is not None and [(m.tp, m.seq_len) for m in head.memory] == [(1, 128)]
+    assert _memory(report.model, "gpt_head", 1, "none").param_bytes == round(4.5 / 4 * MIB)
+
+
+def test_unprofiled_checkpoint_gives_the_whole_activation_with_a_note(copied: Path) -> None:
+    path = next(copied.rglob("memory_profiling*.json"))
+    data = json.loads(path.read_text())
+    data["layertype_0"]["128"]["tp_activation_per_bsz_dict"]["checkpoint"] = -1
+    path.write_text(json.dumps(data))
+    report = import_directory(copied, ImportOptions())
+    assert report.errors == [] and report.model is not None
+    plain = _memory(report.model, "gpt_block", 2, "none")
+    assert plain.checkpoint_activation_bytes_per_sample == 1.25 * MIB
+    assert any("layertype_0.128: checkpoint not profiled" in note for note in report.notes)
+
+
+def test_precision_from_the_file_names(copied: Path, tmp_path: Path, capsys) -> None:
+    for path in copied.rglob("*_profiling_bf16_*.json"):
+        path.rename(path.with_name(path.name.replace("_bf16_", "_fp16_")))
+    assert _run(copied, tmp_path) == 0
+    assert load(tmp_path / "model_profile.json", ModelProfile).dtype == "fp16"
+    assert "dtype fp16: Galvatron's precision" in capsys.readouterr().out
+
+
+def test_precisions_that_disagree_are_refused_unless_chosen(
+    copied: Path, tmp_path: Path, capsys
+) -> None:
+    memory = next(copied.rglob("memory_profiling*.json"))
+    memory.rename(memory.with_name("memory_profiling_fp32_gpt-tiny.json"))
+    assert _run(copied, tmp_path) == 2
+    line = _one_error(capsys)
+    assert "memory_profiling_fp32_gpt-tiny.json: -: precision 'fp32' in the name" in line
+    assert "'bf16' in computation_profiling_bf16_gpt-tiny.json" in line
+    assert _run(copied, tmp_path, "--dtype", "bf16") == 0
+    assert "dtype bf16 (--dtype)" in capsys.readouterr().out
+
+
+def test_file_names_without_precision_assume_bf16_and_say_so(copied: Path) -> None:
+    for path in copied.rglob("*_profiling_bf16_*.json"):
+        path.rename(path.with_name(path.name.replace("_bf16_", "_")))
+    report = import_directory(copied, ImportOptions())
+    assert report.model is not None and report.model.dtype == "bf16"
+    assert any("dtype bf16 assumed" in note for note in report.notes)
+
+
+def test_profile_unit_in_the_name(copied: Path, tmp_path: Path, capsys) -> None:
+    for path in copied.rglob("*_profiling_*.json"):
+        path.rename(path.with_name(path.name.replace(".json", "_all.json")))
+    assert _run(copied, tmp_path) == 0
+    assert load(tmp_path / "model_profile.json", ModelProfile).model == "gpt-tiny"
+    path = next(copied.rglob("computation_profiling*.json"))
+    path.rename(path.with_name(path.name.replace("_all", "_attention")))
+    capsys.readouterr()
+    assert _run(copied, tmp_path) == 2
+    assert "a per-attention profile" in _one_error(capsys)
 
 
 # --- the command ------------------------------------------------------------------------------

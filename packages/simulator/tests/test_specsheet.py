@@ -24,9 +24,11 @@ from partita.formats import (
     save,
 )
 from partita.formats.common import MeshAxis
+from partita.simulator.compute_model import ComputeModel
 from partita.simulator.placement import group_placement
 from partita.simulator.specsheet import (
     COLLECTIVE_OPS,
+    DEFAULT_EFFICIENCIES,
     DEFAULT_OVERLAP_COMMUNICATION,
     DEFAULT_OVERLAP_COMPUTE,
     LAYER_OVERHEAD_S,
@@ -359,7 +361,8 @@ def test_model_profile_passes_the_format_round_trip(
     assert profile.origin == "analytic"
     assert (profile.model, profile.dtype) == ("gpt-tiny", "bf16")
     assert profile.device == PRESETS["h100-sxm"].device_name
-    assert profile.efficiencies == {"matmul": 0.45}
+    # The H100's calibration (its sources: specsheet.PRESETS).
+    assert profile.efficiencies == {"gemm": 0.75, "attention": 0.35, "memory": 0.85}
     assert [lt.layer_type for lt in profile.layer_types] == [
         "gpt_embedding",
         "gpt_block",
@@ -370,20 +373,34 @@ def test_model_profile_passes_the_format_round_trip(
         assert all(m.origin == "analytic" for m in layer_type.memory)
 
 
-def test_forward_time_is_flops_over_efficient_peak(description: ModelDescription) -> None:
-    spec = two_by_four()
-    profile = model_profile_from_description(description, spec, efficiencies={"matmul": 0.5})
+def test_forward_time_follows_the_compute_model(description: ModelDescription) -> None:
+    """The profile's times are ``compute_model``'s for each configuration; efficiencies come
+    from the argument, then the spec, then the defaults."""
+    spec = two_by_four().with_changes(efficiencies={"gemm": 0.6})
+    profile = model_profile_from_description(description, spec, efficiencies={"memory": 0.5})
+    assert profile.efficiencies == {**DEFAULT_EFFICIENCIES, "gemm": 0.6, "memory": 0.5}
     block = profile.layer_type("gpt_block")
     assert block is not None
-    flops = 3407872.0  # gpt_block forward FLOPs per sample in the example
-    rate = 100e12 * 0.5
-    timing = {(t.tp, t.sp, t.micro_batch): t for t in block.timings}
-    assert timing[1, "none", 4].forward_s == pytest.approx(flops * 4 / rate + LAYER_OVERHEAD_S)
-    assert timing[1, "none", 4].backward_s == pytest.approx(2 * flops * 4 / rate + LAYER_OVERHEAD_S)
-    assert timing[2, "ulysses", 8].forward_s == pytest.approx(
-        flops * 8 / 2 / rate + LAYER_OVERHEAD_S
+    layer = description.blocks[0]
+    memory = {(m.tp, m.sp): m for m in block.memory}
+    model = ComputeModel(
+        peak_flops_per_s=100e12,
+        memory_bandwidth_bytes_per_s=spec.memory_bandwidth_bytes_per_s,
+        element_bytes=2,
+        gemm=0.6,
+        attention=DEFAULT_EFFICIENCIES["attention"],
+        memory=0.5,
+        overhead_s=LAYER_OVERHEAD_S,
     )
-    assert profile.efficiencies == {"matmul": 0.5}
+    for t in block.timings:
+        expected = model.layer_seconds(
+            layer,
+            tp=t.tp,
+            sp=t.sp,
+            batch=t.micro_batch,
+            activation_bytes=memory[t.tp, t.sp].activation_bytes_per_sample,
+        )
+        assert (t.forward_s, t.backward_s) == pytest.approx(expected)
 
 
 def test_block_configurations_follow_the_plan_checks(description: ModelDescription) -> None:
@@ -458,10 +475,14 @@ def test_bad_model_profile_arguments(description: ModelDescription) -> None:
     spec = two_by_four()
     with pytest.raises(ValueError, match="dtype: spec 'test 2x4' gives peak FLOP/s for"):
         model_profile_from_description(description, spec, dtype="fp16")
-    with pytest.raises(ValueError, match="efficiencies: unknown key 'attention'"):
-        model_profile_from_description(description, spec, efficiencies={"attention": 0.3})
-    with pytest.raises(ValueError, match=r"efficiencies.matmul: .* <= 1"):
-        model_profile_from_description(description, spec, efficiencies={"matmul": 1.5})
+    with pytest.raises(
+        ValueError, match=r"^efficiencies.matmul: unknown \(expected gemm, attention, memory\)$"
+    ):
+        model_profile_from_description(description, spec, efficiencies={"matmul": 0.3})
+    with pytest.raises(ValueError, match=r"^efficiencies.gemm: a share of at most 1, got 1.5$"):
+        model_profile_from_description(description, spec, efficiencies={"gemm": 1.5})
+    with pytest.raises(ValueError, match=r"^efficiencies.memory: "):
+        spec.with_changes(efficiencies={"memory": 0})
     with pytest.raises(ValueError, match="tp_degrees: must be >= 1"):
         model_profile_from_description(description, spec, tp_degrees=(0, 1))
 
@@ -482,3 +503,24 @@ def test_specsheet_imports_without_loading_torch() -> None:
         "assert 'torch' not in sys.modules, 'torch was imported'"
     )
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_a_spec_sets_its_own_efficiencies_over_its_presets() -> None:
+    spec = load_cluster_spec('{"preset": "h100-sxm", "efficiencies": {"gemm": 0.7}}')
+    assert spec.efficiencies == {"gemm": 0.7, "attention": 0.35, "memory": 0.85}
+    with pytest.raises(
+        ValueError, match=r"^--cluster \(inline JSON\): efficiencies.flash: unknown"
+    ):
+        load_cluster_spec('{"preset": "h100-sxm", "efficiencies": {"flash": 0.7}}')
+    slower = model_profile_from_description(
+        load(EXAMPLE_DESCRIPTION, ModelDescription),
+        load_cluster_spec('{"preset": "h100-sxm", "efficiencies": {"gemm": 0.375}}'),
+    )
+    faster = model_profile_from_description(
+        load(EXAMPLE_DESCRIPTION, ModelDescription), PRESETS["h100-sxm"]
+    )
+    block = slower.layer_type("gpt_block"), faster.layer_type("gpt_block")
+    assert block[0] is not None and block[1] is not None
+    assert all(
+        s.forward_s > f.forward_s for s, f in zip(block[0].timings, block[1].timings, strict=True)
+    )

@@ -16,7 +16,7 @@ from __future__ import annotations
 import torch
 import torch.distributed as dist
 from torch import nn
-from torch.distributed.fsdp import fully_shard
+from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
 from torch.distributed.optim import ZeroRedundancyOptimizer
 from torch.distributed.tensor import DTensor
 
@@ -59,17 +59,38 @@ class LocalShardAdamW(torch.optim.AdamW):
         super().zero_grad(set_to_none=set_to_none)
 
 
-def shard_layer(layer: nn.Module, *, mode: str, groups: LayerGroups, ignored: set) -> bool:
+def shard_layer(
+    layer: nn.Module,
+    *,
+    mode: str,
+    groups: LayerGroups,
+    ignored: set,
+    compute_dtype: torch.dtype | None = None,
+) -> bool:
     """FSDP2 on one layer for ZeRO-2/3, reducing gradients as a sum; whether it was sharded.
-    ``ignored`` parameters (tied across layers) stay whole and are summed by hand."""
+    ``ignored`` parameters (tied across layers) stay whole and are summed by hand.
+
+    Under bf16 or fp16 (``compute_dtype``) FSDP gathers the parameters in that dtype, as the
+    autocast compute would cast them anyway: half the bytes of the fp32 master shards on the
+    wire and in the gathered copy. Gradients are reduced in fp32 into the fp32 shards. A layer
+    holding a tied table gathers in fp32 (see below)."""
     if mode not in ("zero2", "zero3") or groups.dp_size == 1:
         return False
     own = {p for p in layer.parameters() if p in ignored}
+    # A layer that also computes with a whole fp32 table (tied, left to us) keeps fp32
+    # gathers: its ops would otherwise mix dtypes that autocast does not reconcile on every
+    # device (a CPU layer norm refuses an fp32 input with fp16 weights).
+    policy = (
+        MixedPrecisionPolicy(param_dtype=compute_dtype, reduce_dtype=torch.float32)
+        if compute_dtype is not None and not own
+        else MixedPrecisionPolicy()
+    )
     fully_shard(
         layer,
         mesh=groups.dp_mesh,
         reshard_after_forward=mode == "zero3",
         ignored_params=own or None,
+        mp_policy=policy,
     )
     layer.set_gradient_divide_factor(1.0)  # type: ignore[operator]
     # Plain SUM collectives (gloo has no PREMUL_SUM; a factor of 1 needs no scaling anyway).

@@ -108,7 +108,10 @@ def parallelize_stage(
     record = _apply_tensor_parallel(model, stage_model, setups)
     specs = {} if weights is not None else init_specs(model.config)
     materializer = Materializer(specs, seed, device, canonical_names(model), weights)
-    sharded = _materialize_and_shard(stage_model, setups, model, record, names, materializer)
+    compute_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(plan.precision)
+    sharded = _materialize_and_shard(
+        stage_model, setups, model, record, names, materializer, compute_dtype
+    )
     tables = _tied_tables(model, stage_model)
     named = dict(stage_model.named_parameters())
     partial = [(named[n], g) for n, g in stage_model.partial_names.items() if n in named]
@@ -203,6 +206,7 @@ def _materialize_and_shard(
     record: ShardRecord,
     names: dict[int, str],
     materializer: Materializer,
+    compute_dtype: torch.dtype | None,
 ) -> set[int]:
     """Materialise the stage layer by layer and shard ZeRO-2/3 layers with FSDP2; the ids of
     the parameters FSDP syncs. A ZeRO-2/3 layer is sharded while still on ``meta`` and only
@@ -223,7 +227,13 @@ def _materialize_and_shard(
         }
         ignored = {p for path, p in layer.named_parameters() if f"{prefix}.{path}" in tied_names}
         setup = setups[i]
-        shard_layer(layer, mode=setup.dp, groups=setup.groups, ignored=ignored)
+        shard_layer(
+            layer,
+            mode=setup.dp,
+            groups=setup.groups,
+            ignored=ignored,
+            compute_dtype=compute_dtype,
+        )
         buffers = {name: b for name, b in layer.named_buffers()}
         layer.to_empty(device=materializer.device)  # this rank's pieces only, unfilled
         for name, buffer in buffers.items():

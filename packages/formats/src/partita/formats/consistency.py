@@ -36,6 +36,18 @@ def check_model_description(model: ModelDescription) -> None:
     if "head" in kinds and kinds[-1] != "head":
         raise FormatError("the head must be the last layer", path="layers")
     for index, layer in enumerate(model.layers):
+        if layer.attention_flops_per_sample > layer.forward_flops_per_sample * (1 + 1e-9):
+            raise FormatError(
+                f"attention_flops_per_sample {layer.attention_flops_per_sample:.6g} exceeds the "
+                f"layer's forward_flops_per_sample {layer.forward_flops_per_sample:.6g}",
+                path=f"layers[{index}].attention_flops_per_sample",
+            )
+        if layer.attention_kernel_flops_per_sample > layer.attention_flops_per_sample:
+            raise FormatError(
+                "attention_kernel_flops_per_sample exceeds attention_flops_per_sample (a kernel "
+                "computes at most every pair)",
+                path=f"layers[{index}].attention_kernel_flops_per_sample",
+            )
         if layer.num_kv_heads and layer.num_heads % layer.num_kv_heads:
             raise FormatError(
                 f"num_kv_heads {layer.num_kv_heads} does not divide num_heads {layer.num_heads}",

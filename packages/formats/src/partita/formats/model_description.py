@@ -41,6 +41,12 @@ class LayerDescription:
     # tensor parallelism); 0 for layers without a loss. Not in activation_bytes_per_sample,
     # which scales with the compute precision. Added in version 2 (0 in version 1 files).
     loss_bytes_per_sample: float = field(default=0.0, metadata=at_least(0))
+    # Of forward_flops_per_sample, the attention core's (scores and mixing, dense: every
+    # query-key pair), and what a kernel that skips masked blocks computes (causal: about
+    # half). The simulator prices the rest as matrix multiplications. 0 when the layer has
+    # no attention or the writer did not split it out. Added in version 2.
+    attention_flops_per_sample: float = field(default=0.0, metadata=at_least(0))
+    attention_kernel_flops_per_sample: float = field(default=0.0, metadata=at_least(0))
 
 
 @dataclass(frozen=True)

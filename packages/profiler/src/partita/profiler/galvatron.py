@@ -10,6 +10,16 @@ Torch-free: only the standard library and ``partita.formats``. Units, as Galvatr
   Galvatron's model states are four times the parameters (parameters, gradients, two Adam
   moments).
 
+Galvatron's memory file also keeps the raw measurements it reduced into ``layertype_*`` and
+``other_memory_*``: one section per profiled strategy (``1_1_8_sp``, ``1_2_4_vtp_sp``,
+``1_1_8_c_sp``: pp_tp_dp, ``_c`` checkpointing, ``_vtp`` vocabulary tp, ``_sp`` sequence
+parallelism). Its own search engine never reads them again, and neither does Partita: they are
+checked for shape and skipped with a note.
+
+The precision is Galvatron's ``--mixed_precision``, which it writes into both file names
+(``computation_profiling_{precision}_{model}[_{unit}].json``); it becomes the model profile's
+``dtype``.
+
 Every problem raises :class:`GalvatronError`, whose text is one line naming the file and key.
 A value too large for a Partita file once converted (see docs/formats.md §1.2) is such a
 problem: each converted entry is checked by ``partita.formats`` where its key is known.
@@ -69,6 +79,8 @@ _SP_KEY = re.compile(r"(allreduce|all2all)_size_(\d+)_(\d+)MB_time")
 _COMPUTE_KEY = re.compile(r"layertype_(\w+?)_bsz(\d+)_seq(\d+)")
 _LAYER_MEMORY_KEY = re.compile(r"layertype_(\w+?)(_sp)?")
 _OTHER_MEMORY_KEY = re.compile(r"other_memory_pp_(off|on_first|on_last)(_sp)?")
+# Galvatron's raw memory runs: pp_tp_dp, then _c (checkpoint), _vtp (vocabulary tp), _sp.
+_RAW_STRATEGY_KEY = re.compile(r"(\d+)_(\d+)_(\d+)(_c)?(_vtp)?(_sp)?")
 _SHAPE_IN_NAME = re.compile(r"(\d+)nodes_(\d+)gpus_per_node")
 _IGNORED_KEYS = ("layernum[", "model_config")  # Galvatron's raw totals and model settings
 
@@ -435,7 +447,13 @@ def import_hardware(files: Mapping[str, Path], options: ImportOptions) -> Hardwa
 
 # --- model ----------------------------------------------------------------------------------
 
-_NAME_IN_FILE = re.compile(r"computation_profiling_([a-z0-9]+)_(.+)\.json")
+# Galvatron names its model files {kind}_profiling_{--mixed_precision}_{model}[_{unit}].json
+# (precision fp32, fp16 or bf16); recent versions add the profiled unit: "all" (whole layers),
+# "attention" or "mlp".
+_NAME_IN_FILE = re.compile(
+    r"(?:computation|memory)_profiling_(?:(fp32|fp16|bf16)_)?(.+?)(?:_(all|attention|mlp))?\.json"
+)
+DEFAULT_DTYPE = "bf16"
 
 
 @dataclass(frozen=True)
@@ -484,16 +502,53 @@ def layer_type_names(options: ImportOptions, model: str) -> tuple[LayerTypeNames
     return LayerTypeNames(blocks=blocks, embedding=embedding, head=head), note
 
 
-def model_identity(files: Mapping[str, Path], options: ImportOptions) -> tuple[str, str]:
-    """(model, dtype): the options, else ``computation_profiling_{precision}_{model}.json``."""
-    found = _NAME_IN_FILE.fullmatch(files["computation"].name)
-    model = options.model or (found.group(2) if found else "galvatron-model")
-    dtype = options.dtype or (found.group(1) if found else "bf16")
+@dataclass(frozen=True)
+class Identity:
+    model: str
+    dtype: str
+    dtype_note: str  # where the precision came from, for the command's output
+
+
+def model_identity(files: Mapping[str, Path], options: ImportOptions) -> Identity:
+    """The options, else ``{computation|memory}_profiling_{precision}_{model}[_{unit}].json``.
+
+    The precision in the two names must agree: a plan searched from profiles of different
+    precisions would be neither. A per-sublayer profile (unit attention or mlp) times half a
+    layer, which Partita cannot use as a layer type.
+    """
+    named = {kind: _NAME_IN_FILE.fullmatch(files[kind].name) for kind in REQUIRED_MODEL}
+    for kind, found in named.items():
+        if found and found.group(3) in ("attention", "mlp"):
+            raise GalvatronError(
+                str(files[kind]),
+                "-",
+                f"a per-{found.group(3)} profile (Galvatron's --profile_unit {found.group(3)}); "
+                "Partita needs whole layers (unit all)",
+            )
+    precisions = {kind: found.group(1) for kind, found in named.items() if found and found.group(1)}
+    if len(set(precisions.values())) > 1 and not options.dtype:
+        raise GalvatronError(
+            str(files["memory"]),
+            "-",
+            f"precision {precisions['memory']!r} in the name, but {precisions['computation']!r} "
+            f"in {files['computation'].name} (give --dtype to choose)",
+        )
+    computation = named["computation"]
+    model = options.model or (computation.group(2) if computation else "galvatron-model")
+    if options.dtype:
+        dtype, note = options.dtype, f"dtype {options.dtype} (--dtype)"
+    elif precisions:
+        kind = "computation" if "computation" in precisions else "memory"
+        dtype = precisions[kind]
+        note = f"dtype {dtype}: Galvatron's precision, from the file name {files[kind].name}"
+    else:
+        dtype = DEFAULT_DTYPE
+        note = f"dtype {dtype} assumed: no precision in the file names (give --dtype)"
     if dtype not in PRECISIONS:
         raise GalvatronError(
             str(files["computation"]), "-", f"precision {dtype!r} is not one of {PRECISIONS}"
         )
-    return model, dtype
+    return Identity(model=model, dtype=dtype, dtype_note=note)
 
 
 def computation_times(
@@ -530,13 +585,19 @@ def _seq(path: Path, key: str, text: str) -> int:
 
 
 def _per_tp(path: Path, key: str, value: object) -> dict[int, float]:
+    """``{tp: MiB}``; a lone number (Galvatron's older files, no vocabulary tp) is tp 1.
+
+    Zero is a value Galvatron writes: it clamps what it derives at 0.
+    """
+    if not isinstance(value, dict):
+        return {1: _number(path, key, value, positive=False)}
     result = {}
     for tp, mib in _object(path, key, value).items():
         if tp == "checkpoint":
             continue
         if not tp.isdigit() or int(tp) < 1:
             raise GalvatronError(str(path), f"{key}.{tp}", "expected a tensor-parallel degree")
-        result[int(tp)] = _number(path, f"{key}.{tp}", mib)
+        result[int(tp)] = _number(path, f"{key}.{tp}", mib, positive=False)
     return result
 
 
@@ -544,7 +605,7 @@ def _per_tp(path: Path, key: str, value: object) -> dict[int, float]:
 class BlockMemory:
     parameter_mib: float
     activation_mib: Mapping[int, float]  # per sample, by tp
-    checkpoint_mib: float  # per sample, the layer's input
+    checkpoint_mib: float | None  # per sample, the layer's input; None: not profiled
 
 
 @dataclass(frozen=True)
@@ -559,18 +620,30 @@ class MemoryFile:
     other: dict[tuple[str, bool], dict[int, OtherMemory]] = field(default_factory=dict)
 
 
-def memory_profile(path: Path, data: Mapping[str, Any]) -> MemoryFile:
-    """``layertype_{T}[_sp]`` and ``other_memory_pp_{off|on_first|on_last}[_sp]`` by seq."""
+def memory_profile(
+    path: Path, data: Mapping[str, Any], *, seqs: set[int]
+) -> tuple[MemoryFile, list[str]]:
+    """``layertype_{T}[_sp]`` and ``other_memory_pp_{off|on_first|on_last}[_sp]`` by seq, and
+    notes on what was skipped. ``seqs``: the computation profile's, for sections that older
+    Galvatron files do not key by sequence length."""
     parsed = MemoryFile()
+    raw: list[str] = []
+    notes: list[str] = []
     for key, value in _items(path, data):
+        if _RAW_STRATEGY_KEY.fullmatch(key):
+            _raw_measurements(path, key, value)
+            raw.append(key)
+            continue
         other = _OTHER_MEMORY_KEY.fullmatch(key)
         block = None if other else _LAYER_MEMORY_KEY.fullmatch(key)
         if other is None and block is None:
-            expected = "layertype_{T}[_sp] or other_memory_pp_{off|on_first|on_last}[_sp]"
+            expected = (
+                "layertype_{T}[_sp], other_memory_pp_{off|on_first|on_last}[_sp] or "
+                "{pp}_{tp}_{dp}[_c][_vtp][_sp]"
+            )
             raise GalvatronError(str(path), key, f"unexpected key (expected {expected})")
-        for seq_text, entry in _object(path, key, value).items():
-            seq, where = _seq(path, key, seq_text), f"{key}.{seq_text}"
-            entry = _object(path, where, entry)
+        marker = "model_states" if other else "parameter_size"
+        for seq, where, entry in _by_seq(path, key, value, marker, seqs):
             if other is not None:
                 table = parsed.other.setdefault((other.group(1), bool(other.group(2))), {})
                 table[seq] = _other_memory(path, where, entry)
@@ -582,6 +655,11 @@ def memory_profile(path: Path, data: Mapping[str, Any]) -> MemoryFile:
                 split = bool(block.group(2))
                 table_b = parsed.blocks.setdefault((block.group(1), split), {})
                 table_b[seq] = _block_memory(path, where, entry)
+                if table_b[seq].checkpoint_mib is None:
+                    notes.append(
+                        f"{path.name}: {where}: checkpoint not profiled (-1): a recomputed "
+                        "layer is given its whole activation"
+                    )
                 with _converting(path, where):
                     for converted in block_memory(table_b[seq], sp=split, seq=seq):
                         _valid(converted)
@@ -589,7 +667,40 @@ def memory_profile(path: Path, data: Mapping[str, Any]) -> MemoryFile:
         raise GalvatronError(str(path), "layertype_{T}", "missing")
     if not parsed.other:
         raise GalvatronError(str(path), "other_memory_pp_{off|on_first|on_last}", "missing")
-    return parsed
+    if raw:
+        shown = ", ".join(raw[:3]) + (", ..." if len(raw) > 3 else "")
+        notes.append(
+            f"{path.name}: skipped {len(raw)} raw per-strategy runs ({shown}): Galvatron's "
+            "totals for its small profiling models, which it already reduced into layertype_* "
+            "and other_memory_* (read instead)"
+        )
+    return parsed, notes
+
+
+def _raw_measurements(path: Path, key: str, value: object) -> None:
+    """A raw run is skipped, but only when it has the shape Galvatron writes: MiB by name."""
+    for name, mib in _object(path, key, value).items():
+        _number(path, f"{key}.{name}", mib, positive=False)
+
+
+def _by_seq(
+    path: Path, key: str, value: object, marker: str, seqs: set[int]
+) -> Iterator[tuple[int, str, Mapping[str, Any]]]:
+    """(seq, where, entry) of a section; older files hold one entry, not keyed by seq."""
+    section = _object(path, key, value)
+    if marker not in section:
+        for seq_text, entry in section.items():
+            where = f"{key}.{seq_text}"
+            yield _seq(path, key, seq_text), where, _object(path, where, entry)
+        return
+    if len(seqs) != 1:
+        measured = ", ".join(map(str, sorted(seqs)))
+        raise GalvatronError(
+            str(path),
+            key,
+            f"not keyed by sequence length, and the computation profile has several ({measured})",
+        )
+    yield next(iter(seqs)), key, section
 
 
 def _field(path: Path, where: str, entry: Mapping[str, Any], name: str) -> Any:
@@ -612,7 +723,10 @@ def _block_memory(path: Path, where: str, entry: Mapping[str, Any]) -> BlockMemo
             positive=False,
         ),
         activation_mib=_per_tp(path, activations_key, activations),
-        checkpoint_mib=_number(path, f"{activations_key}.checkpoint", checkpoint, positive=False),
+        # Galvatron starts the checkpointed size at -1 and keeps it without a checkpoint run.
+        checkpoint_mib=None
+        if checkpoint == -1
+        else _number(path, f"{activations_key}.checkpoint", checkpoint, positive=False),
     )
 
 
@@ -640,7 +754,10 @@ def block_memory(memory: BlockMemory, *, sp: bool, seq: int) -> list[LayerMemory
         for mode in modes:
             shards = 1 if mode == "ulysses" else tp
             params = _bytes(memory.parameter_mib / shards)
-            checkpoint = memory.checkpoint_mib / (tp if sp else 1)
+            if memory.checkpoint_mib is None:
+                checkpoint = activation
+            else:
+                checkpoint = memory.checkpoint_mib / (tp if sp else 1)
             entries.append(
                 LayerMemory(
                     tp=tp,
@@ -757,11 +874,15 @@ def import_model(
             raise GalvatronError(FILE_PATTERNS[kind], "-", "no such file in the directory")
     if not 0 <= options.embedding_share <= 1:
         raise ValueError("--embedding-share must be between 0 and 1")
-    model, dtype = model_identity(files, options)
+    identity = model_identity(files, options)
+    model, dtype = identity.model, identity.dtype
     names, note = layer_type_names(options, model)
-    notes = [note] if note else []
+    notes = [identity.dtype_note]
+    notes += [note] if note else []
     times = computation_times(files["computation"], read_object(files["computation"]))
-    memory = memory_profile(files["memory"], read_object(files["memory"]))
+    seqs = {seq for by_shape in times.values() for _, seq in by_shape}
+    memory, memory_notes = memory_profile(files["memory"], read_object(files["memory"]), seqs=seqs)
+    notes += memory_notes
     profiles: list[LayerTypeProfile] = []
     for galvatron_type in sorted(t for t in times if t != "other"):
         if not any(key[0] == galvatron_type for key in memory.blocks):

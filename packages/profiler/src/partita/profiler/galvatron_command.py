@@ -3,8 +3,10 @@
 Reads Galvatron's hardware files (``allreduce_bandwidth_*``, ``p2p_bandwidth_*``,
 ``overlap_coefficient*``, optionally ``sp_time_*``) and model files (``computation_profiling_*``,
 ``memory_profiling_*``) found anywhere under DIR, and writes ``hardware_profile.json`` and
-``model_profile.json``. A part that cannot be converted gets one error line (file and key) and
-exit status 2; the other part is still written. Units and choices: docs/profiler.md.
+``model_profile.json``. The model profile's dtype is Galvatron's precision, from the file names
+(``computation_profiling_bf16_...``); a ``note:`` line says so, and names what was skipped. A part
+that cannot be converted gets one error line (file and key) and exit status 2; the other part is
+still written. Units and choices: docs/profiler.md.
 """
 
 from __future__ import annotations
@@ -32,7 +34,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--name", help="hardware profile name (default galvatron-NxG)")
     parser.add_argument("--model", help="model name (default: from the computation file name)")
-    parser.add_argument("--dtype", choices=PRECISIONS, help="default: from the file name")
+    parser.add_argument(
+        "--dtype",
+        choices=PRECISIONS,
+        help="the profiles' precision (default: Galvatron's, from the file names)",
+    )
     parser.add_argument(
         "--family", choices=FAMILIES, help="names layer types as partita.models does"
     )

@@ -30,6 +30,9 @@ Optional keys:
 - ``backend``: ``"nccl"`` (default, needs ``cuda``) or ``"gloo"``
 - ``overlap_compute``, ``overlap_communication``: numbers >= 1 (defaults 1.1 and 1.2), the
   hardware profile's ``OverlapSlowdown``
+- ``efficiencies``: object of shares in (0, 1] that override the calibration of the device
+  kind (``compute_model``): ``gemm`` (the best GEMMs' share of the peak), ``attention`` (the
+  attention kernel's), ``memory`` (streaming work's share of the memory bandwidth)
 
 With ``preset``, only the keys to change are needed: ``{"preset": "h100-sxm", "num_nodes": 16}``.
 """
@@ -58,17 +61,24 @@ from partita.formats import (
     ModelProfile,
     OverlapSlowdown,
 )
-from partita.formats.common import BYTES_PER_ELEMENT, Precision, SpMode
+from partita.formats.common import (
+    ATTENTION_KERNELS,
+    BYTES_PER_ELEMENT,
+    AttentionKernel,
+    Precision,
+    SpMode,
+)
 from partita.formats.hardware_profile import CollectiveOp, Placement, Scope
+from partita.simulator.compute_model import EFFICIENCY_KEYS, ComputeModel
 
 # Estimates, not spec-sheet values: nothing public states how much slower a matmul runs while
 # NCCL kernels share the SMs and memory; these are in the range profilers see on GPUs.
 DEFAULT_OVERLAP_COMPUTE = 1.1
 DEFAULT_OVERLAP_COMMUNICATION = 1.2
 
-# Fraction of the dense peak that a transformer layer's matmuls reach: large bf16 GEMMs reach
-# 60-75 %, but attention, norms and small shapes pull a whole layer down to ~40-50 %.
-DEFAULT_EFFICIENCIES: Mapping[str, float] = {"matmul": 0.45}
+# The compute model's shares (``compute_model``) for a spec without a calibration of its own:
+# a generic GPU, the A100's rates less a margin. Presets carry their device's calibration.
+DEFAULT_EFFICIENCIES: Mapping[str, float] = {"gemm": 0.7, "attention": 0.5, "memory": 0.8}
 
 # Per layer and per pass (forward, backward): a layer launches tens of kernels, so even a layer
 # with almost no FLOPs takes some time. An estimate of launch and synchronisation cost.
@@ -109,11 +119,13 @@ class ClusterSpec:
     backend: Literal["gloo", "nccl"] = "nccl"
     overlap_compute: float = DEFAULT_OVERLAP_COMPUTE
     overlap_communication: float = DEFAULT_OVERLAP_COMMUNICATION
+    efficiencies: Mapping[str, float] = dataclasses.field(default_factory=dict)
 
     def __post_init__(self) -> None:
         _check_spec(self)
-        # A copy, so that changing the caller's dict (or a preset's) cannot change this spec.
+        # Copies, so that changing the caller's dict (or a preset's) cannot change this spec.
         object.__setattr__(self, "peak_flops_per_s", dict(self.peak_flops_per_s))
+        object.__setattr__(self, "efficiencies", dict(self.efficiencies))
 
     @property
     def world_size(self) -> int:
@@ -160,6 +172,7 @@ def _check_spec(spec: ClusterSpec) -> None:
             strict=True,
         )
     _check_peak_flops(spec.peak_flops_per_s)
+    _check_efficiencies(spec.efficiencies)
     if spec.backend == "nccl" and spec.device_kind != "cuda":
         raise ValueError("backend: backend 'nccl' needs device_kind 'cuda'")
 
@@ -174,6 +187,17 @@ def _check_number(
         raise ValueError(f"{name}: expected {expected}, got {value!r}")
     if not math.isfinite(value) or value < minimum or (strict and value == minimum):
         raise ValueError(f"{name}: must be {'>' if strict else '>='} {minimum}, got {value!r}")
+
+
+def _check_efficiencies(given: object, where: str = "efficiencies") -> None:
+    if not isinstance(given, Mapping):
+        raise ValueError(f"{where}: expected an object of shares, got {given!r}")
+    for key, share in given.items():
+        if key not in EFFICIENCY_KEYS:
+            raise ValueError(f"{where}.{key}: unknown (expected {', '.join(EFFICIENCY_KEYS)})")
+        _check_number(f"{where}.{key}", share, minimum=0, strict=True)
+        if share > 1:
+            raise ValueError(f"{where}.{key}: a share of at most 1, got {share!r}")
 
 
 def _check_peak_flops(peak: object) -> None:
@@ -205,6 +229,12 @@ PRESETS: Mapping[str, ClusterSpec] = {
         intra_node_latency_s=2e-6,
         inter_node_bandwidth_bytes_per_s=50e9,
         inter_node_latency_s=5e-6,
+        # FlashAttention-3 (Shah et al. 2024, arXiv 2407.08608): FlashAttention-2, the kernel
+        # behind PyTorch SDPA's flash backend, reaches "only 35% utilization on the H100".
+        # cuBLAS bf16 GEMMs on an H100 SXM: 720-772 TFLOP/s reported in pytorch/pytorch#100850
+        # (73-78% of the dense peak): 75%. Streaming work at 85% of the HBM bandwidth: an
+        # estimate.
+        efficiencies={"gemm": 0.75, "attention": 0.35, "memory": 0.85},
     ),
     # NVIDIA A100 Tensor Core GPU datasheet, "A100 80GB SXM" column: FP32 19.5 TFLOPS; BF16/FP16
     # tensor core 312 TFLOPS dense (624 with sparsity); 80 GB HBM2e at 2,039 GB/s; NVLink 600
@@ -221,6 +251,11 @@ PRESETS: Mapping[str, ClusterSpec] = {
         intra_node_latency_s=2e-6,
         inter_node_bandwidth_bytes_per_s=25e9,
         inter_node_latency_s=5e-6,
+        # FlashAttention-2 (Dao 2023, arXiv 2307.08691): "50-73% of the theoretical maximum
+        # FLOPs/s on A100", "approaching the efficiency of GEMM operations": GEMMs at 80%,
+        # the attention kernel at 60% (forward and backward together). Streaming work at 85%
+        # of the HBM bandwidth: an estimate.
+        efficiencies={"gemm": 0.8, "attention": 0.6, "memory": 0.85},
     ),
     # Loosely this development host: 2 cores, one gloo rank per core. Not a spec sheet: FLOP/s
     # and gloo link numbers are in the range of docs/examples/hardware_profile.json (42 GFLOP/s
@@ -239,6 +274,8 @@ PRESETS: Mapping[str, ClusterSpec] = {
         intra_node_latency_s=20e-6,
         inter_node_bandwidth_bytes_per_s=1.25e9,  # 10 Gb/s Ethernet
         inter_node_latency_s=50e-6,
+        # Not measured for any CPU: one thread per rank reaches about half its peak.
+        efficiencies={"gemm": 0.45, "attention": 0.45, "memory": 0.5},
     ),
 }
 
@@ -303,7 +340,10 @@ def _spec_from_mapping(data: Mapping[str, Any]) -> ClusterSpec:
         return ClusterSpec(**fields)
     if not isinstance(base_name, str) or base_name not in PRESETS:
         raise ValueError(f"preset: unknown preset {base_name!r} (known: {', '.join(PRESETS)})")
-    return PRESETS[base_name].with_changes(**fields)
+    base = PRESETS[base_name]
+    if isinstance(fields.get("efficiencies"), Mapping):  # a share given keeps the others
+        fields["efficiencies"] = {**base.efficiencies, **fields["efficiencies"]}
+    return base.with_changes(**fields)
 
 
 # --- hardware profile --------------------------------------------------------------------------
@@ -441,18 +481,35 @@ def model_profile_from_description(
     tp_degrees: Sequence[int] = (1, 2, 4, 8),
     micro_batches: Sequence[int] = (1, 2, 4, 8, 16),
     layer_overhead_s: float = LAYER_OVERHEAD_S,
+    attention: AttentionKernel = "sdpa",
 ) -> ModelProfile:
-    """An analytic model profile: FLOPs over ``peak[dtype] * efficiency`` and estimated memory.
+    """An analytic model profile: each layer's time by the kind of work in it
+    (``compute_model``: GEMMs by shape, the attention kernel, memory-bound work) at the
+    spec's rates and efficiencies, and estimated memory.
 
-    Timings hold computation only (plus ``layer_overhead_s`` per pass): tensor-parallel and
-    Ulysses communication is not included. Blocks get every (tp, sp) the plan checks allow
-    (tp 1 only with sp "none"); embedding and head layer types get vocab-parallel degrees that
-    divide the vocabulary (or the labels), with sp "none".
+    ``efficiencies`` overrides the spec's (which override ``DEFAULT_EFFICIENCIES``). Timings
+    hold computation only (plus ``layer_overhead_s`` per pass): tensor-parallel and Ulysses
+    communication is not included. Blocks get every (tp, sp) the plan checks allow (tp 1
+    only with sp "none"); embedding and head layer types get vocab-parallel degrees that
+    divide the vocabulary (or the labels), with sp "none". ``attention`` is the kernel priced:
+    fused (``sdpa``, ``flash``: what the executor selects on a GPU) or materialised
+    (``eager``).
     """
-    chosen = _efficiencies(efficiencies)
-    throughput = _peak(spec, dtype) * chosen["matmul"]
+    if attention not in ATTENTION_KERNELS:
+        raise ValueError(f"attention: expected one of {', '.join(ATTENTION_KERNELS)}")
+    chosen = _efficiencies({**spec.efficiencies, **(efficiencies or {})})
     tps, batches = _degrees("tp_degrees", tp_degrees), _degrees("micro_batches", micro_batches)
     _check_number("layer_overhead_s", layer_overhead_s, minimum=0)
+    model = ComputeModel(
+        peak_flops_per_s=_peak(spec, dtype),
+        memory_bandwidth_bytes_per_s=spec.memory_bandwidth_bytes_per_s,
+        element_bytes=BYTES_PER_ELEMENT[dtype],
+        gemm=chosen["gemm"],
+        attention=chosen["attention"],
+        memory=chosen["memory"],
+        overhead_s=layer_overhead_s,
+        kernel=attention,
+    )
     scale = BYTES_PER_ELEMENT[dtype] / description.activation_bytes_per_element
     layer_types = []
     for layer_type, shapes in _layer_shapes(description).items():
@@ -460,10 +517,17 @@ def model_profile_from_description(
         memory: list[LayerMemory] = []
         for layer in shapes:
             for tp, sp in _configurations(layer, description, tps):
+                entry = _memory(layer, tp, sp, dtype=dtype, activation_scale=scale)
+                memory.append(entry)
                 for batch in batches:
-                    cost = batch / tp / throughput
-                    timings.append(_timing(layer, tp, sp, batch, cost, layer_overhead_s))
-                memory.append(_memory(layer, tp, sp, dtype=dtype, activation_scale=scale))
+                    forward, backward = model.layer_seconds(
+                        layer,
+                        tp=tp,
+                        sp=sp,
+                        batch=batch,
+                        activation_bytes=entry.activation_bytes_per_sample,
+                    )
+                    timings.append(_timing(layer, tp, sp, batch, forward, backward))
         layer_types.append(
             LayerTypeProfile(layer_type=layer_type, timings=tuple(timings), memory=tuple(memory))
         )
@@ -475,22 +539,14 @@ def model_profile_from_description(
         layer_types=tuple(layer_types),
         efficiencies=chosen,
         tools=_tools(),
+        attention=attention,
     )
 
 
 def _efficiencies(given: Mapping[str, float] | None) -> dict[str, float]:
+    # Only keys the compute model uses: an ignored key would be stored as if it had an effect.
+    _check_efficiencies(given or {})
     chosen = {**DEFAULT_EFFICIENCIES, **(given or {})}
-    for key, value in chosen.items():
-        # Only keys this module uses: an ignored key would be stored as if it had an effect.
-        if key not in DEFAULT_EFFICIENCIES:
-            raise ValueError(
-                f"efficiencies: unknown key {key!r} (known: {list(DEFAULT_EFFICIENCIES)})"
-            )
-        _check_number(f"efficiencies.{key}", value, minimum=0, strict=True)
-        if value > 1:
-            raise ValueError(
-                f"efficiencies.{key}: a fraction of the peak must be <= 1, got {value}"
-            )
     return {key: float(value) for key, value in chosen.items()}
 
 
@@ -550,16 +606,15 @@ def _divides_all(tp: int, dims: tuple[int, ...]) -> bool:
 
 
 def _timing(
-    layer: LayerDescription, tp: int, sp: SpMode, batch: int, cost: float, overhead: float
+    layer: LayerDescription, tp: int, sp: SpMode, batch: int, forward: float, backward: float
 ) -> LayerTiming:
-    """``cost``: seconds per FLOP-per-sample of one device at this micro-batch and tp."""
     return LayerTiming(
         tp=tp,
         sp=sp,
         micro_batch=batch,
         seq_len=layer.seq_len,
-        forward_s=layer.forward_flops_per_sample * cost + overhead,
-        backward_s=layer.backward_flops_per_sample * cost + overhead,
+        forward_s=forward,
+        backward_s=backward,
         origin="analytic",
     )
 

@@ -43,6 +43,7 @@ OPTIMIZER_STEP_BYTES_PER_PARAM_BYTE = 4.0
 # of the loss, and a barrier (one small all-reduce's time each, over all ranks).
 STEP_END_ALL_REDUCES = 3
 SMALL_MESSAGE_BYTES = 8
+MASTER_BYTES = 4  # the executor keeps fp32 parameters under every precision
 ZERO_FACTORS = {  # share of (parameters, gradients, optimizer states) each device keeps
     "ddp": (False, False, False),
     "zero1": (False, False, True),
@@ -81,6 +82,11 @@ class LayerWork:
     # allocated once and kept between steps; others are made by each step's backward
     # (``partita.simulator.memory``).
     grads_held: bool = False
+    # FSDP all-gathers a device that runs ahead prefetches (CUDA: the host issues the next
+    # unit's gather while the device computes this one), on their own stream: not in
+    # forward_s/backward_s until the stage adds what they leave exposed (``_prefetched``).
+    forward_gather_s: float = 0.0
+    backward_gather_s: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -259,7 +265,7 @@ class WorkloadBuilder:
             works.append(self.layer_work(layer, strategy, previous))
             previous = strategy
         strategies = [strategy for _, strategy in layers]
-        works = self._bucketed(works, strategies)
+        works = self._bucketed(self._prefetched(works), strategies)
         last_layer, last_strategy = layers[-1]
         first_layer, first_strategy = layers[0]
         degree = self.plan.pipeline.degree
@@ -278,6 +284,41 @@ class WorkloadBuilder:
             + self._ddp_reducer_latency(strategies)
             + self._step_end(),
         )
+
+    def _gathered_transient(self, memory: LayerMemory, gathered: float, dp: int) -> float:
+        """What a ZeRO-3 layer's gathered parameters add during its backward: in fp32 the
+        other ranks' shards beside this one's, in bf16/fp16 a whole copy in that dtype."""
+        if gathered < memory.param_bytes:
+            return gathered
+        return memory.param_bytes * (1 - 1 / dp)
+
+    def _prefetches(self) -> bool:
+        """Whether FSDP's all-gathers run ahead of the compute: on CUDA the host queues the
+        next unit's gather on FSDP's all-gather stream while the device still computes, so
+        it overlaps; a CPU rank waits for each gather (gloo) before computing."""
+        return self.cost.hardware.device.kind == "cuda"
+
+    def _prefetched(self, works: list[LayerWork]) -> list[LayerWork]:
+        """Each layer's forward with what of its prefetched gather the previous layer's
+        forward did not hide (the first layer's, whole), and the same in backward order;
+        the compute a gather overlaps runs slower by the overlap factor."""
+        if not any(w.forward_gather_s or w.backward_gather_s for w in works):
+            return works
+        slowdown = self.cost.hardware.overlap.compute - 1.0
+
+        def exposed(gather: float, hiding: float) -> float:
+            return max(0.0, gather - hiding) + min(gather, hiding) * slowdown
+
+        out = list(works)
+        for i, work in enumerate(works):
+            before = works[i - 1].forward_s if i > 0 else 0.0
+            after = works[i + 1].backward_s if i + 1 < len(works) else 0.0
+            out[i] = replace(
+                work,
+                forward_s=work.forward_s + exposed(work.forward_gather_s, before),
+                backward_s=work.backward_s + exposed(work.backward_gather_s, after),
+            )
+        return out
 
     def _bucketed(self, works: list[LayerWork], strategies: list[Strategy]) -> list[LayerWork]:
         """DDP and ZeRO-1 all-reduce gradients in buckets (of layers sharing a data-parallel
@@ -372,7 +413,10 @@ class WorkloadBuilder:
         into_forward, into_backward = self._redistribution(layer, strategy, previous)
         memory = self.cost.layer_memory(layer, tp=strategy.tp, sp=strategy.sp)
         dp_group = self._placement("dp", strategy.tp)
-        gather = self._meeting("all_gather", memory.param_bytes, dp_group)
+        # FSDP gathers in the compute precision (``data_parallel.shard_layer``): a bf16 copy
+        # of the fp32 master shards.
+        gathered_bytes = memory.param_bytes * min(1.0, self.element_bytes / MASTER_BYTES)
+        gather = self._meeting("all_gather", gathered_bytes, dp_group)
         forward = times.forward_s + tp_comm + into_forward
         backward = times.backward_s + tp_comm + into_backward
         if strategy.ckpt and times.checkpoint_forward_s is not None:  # measured so
@@ -382,11 +426,18 @@ class WorkloadBuilder:
         elif strategy.ckpt:  # the backward recomputes the forward
             backward += times.forward_s + tp_comm
         dp = dp_group.size
+        forward_gather = backward_gather = 0.0
         if strategy.dp in ("zero2", "zero3") and dp > 1:  # FSDP units
-            unit_gather = gather + self._fsdp("fsdp_gather", memory)
-            forward += unit_gather  # gathered before the unit's forward
+            copies = self._fsdp("fsdp_gather", memory)
+            if self._prefetches():  # on its own stream, ahead of the unit: see _prefetched
+                forward_gather, forward = gather, forward + copies
+            else:
+                forward += gather + copies  # gathered before the unit's forward
             if strategy.dp == "zero3":  # resharded after forward: gathered again for backward
-                backward += unit_gather
+                if self._prefetches():
+                    backward_gather, backward = gather, backward + copies
+                else:
+                    backward += gather + copies
             # FSDP's copies around the reduce-scatter run on the compute thread; the
             # collective itself overlaps (``grad_sync``).
             backward += self._fsdp("fsdp_reduce_scatter", memory)
@@ -407,12 +458,18 @@ class WorkloadBuilder:
             activation_bytes=kept if strategy.ckpt else full_activations,
             transient_bytes=(full_activations if strategy.ckpt else 0.0)
             + memory.backward_peak_bytes_per_sample * batch
-            + (memory.param_bytes * (1 - 1 / dp) if strategy.dp == "zero3" else 0.0),
+            + (
+                self._gathered_transient(memory, gathered_bytes, dp)
+                if strategy.dp == "zero3"
+                else 0.0
+            ),
             param_bytes=memory.param_bytes / (dp if shard_params else 1),
             grad_bytes=memory.grad_bytes / (dp if shard_grads else 1),
             optimizer_bytes=memory.optimizer_bytes / (dp if shard_optimizer else 1),
             optimizer_s=self._layer_optimizer_step(memory, strategy.dp, dp),
             grads_held=self._under_ddp(strategy, dp),
+            forward_gather_s=forward_gather,
+            backward_gather_s=backward_gather,
         )
         return self._finite(work, memory)
 

@@ -12,6 +12,7 @@ from transformers import BertConfig, BertForMaskedLM, PretrainedConfig, PreTrain
 
 from partita.formats import LayerDescription, ModelDescription
 from partita.models.attention import Attends
+from partita.models.families._attention_cost import full_attention, with_attention
 from partita.models.families.base import Family, StateDict
 from partita.models.heads import merge_heads, split_heads
 from partita.models.layered import Activations, LayeredModel, TiedParameters
@@ -271,6 +272,8 @@ def describe(config: PretrainedConfig, seq_len: int, name: str) -> ModelDescript
             **common,
         ),
     ]
+    attention = full_attention(s, s, h)
+    layers = [with_attention(x, attention) if x.kind == "block" else x for x in layers]
     return ModelDescription(
         name=name,
         family="bert",

@@ -8,6 +8,7 @@ from transformers import GPT2Config, GPT2LMHeadModel, PretrainedConfig, PreTrain
 
 from partita.formats import LayerDescription, ModelDescription
 from partita.models.attention import Attends
+from partita.models.families._attention_cost import causal_attention, with_attention
 from partita.models.families._text import causal_lm_batch
 from partita.models.families.base import Family, StateDict
 from partita.models.heads import merge_heads, split_heads
@@ -219,6 +220,8 @@ def describe(config: PretrainedConfig, seq_len: int, name: str) -> ModelDescript
             act=2 * s * h,  # ln_f's input and output; the loss: loss_bytes_per_sample
         ),
     ]
+    attention = causal_attention(s, h)
+    layers = [with_attention(x, attention) if x.kind == "block" else x for x in layers]
     return ModelDescription(
         name=name,
         family="gpt",

@@ -25,6 +25,7 @@ from transformers.modeling_rope_utils import ROPE_INIT_FUNCTIONS
 
 from partita.formats import LayerDescription, ModelDescription
 from partita.models.attention import Attends
+from partita.models.families._attention_cost import causal_pairs, with_attention
 from partita.models.families._text import causal_lm_batch
 from partita.models.families.base import Family, StateDict
 from partita.models.heads import merge_heads, repeat_kv, split_heads
@@ -526,9 +527,7 @@ def _attended_keys(s: int, window: int | None) -> float:
     causal one computes ``s*(s+1)/2``: counted on the same dense scale. SDPA and eager run
     a window as a mask over the whole causal product, so on them this under-counts; the
     profiler measures what the kernel really does."""
-    if window is None or window >= s:
-        return float(s)
-    return s * (window * s - window * (window - 1) / 2) / (s * (s + 1) / 2)
+    return s * causal_pairs(s, window) / causal_pairs(s)
 
 
 def describe(config: PretrainedConfig, seq_len: int, name: str) -> ModelDescription:
@@ -587,6 +586,12 @@ def describe(config: PretrainedConfig, seq_len: int, name: str) -> ModelDescript
             **common,
         ),
     ]
+    for i in range(config.num_hidden_layers):
+        window = sliding_window(config, i)
+        dense = 4 * s * _attended_keys(s, window) * q_width
+        layers[1 + i] = with_attention(
+            layers[1 + i], (dense, 4 * causal_pairs(s, window) * q_width)
+        )
     return ModelDescription(
         name=name,
         family="llama",

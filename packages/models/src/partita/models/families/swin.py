@@ -16,6 +16,7 @@ from transformers import PretrainedConfig, PreTrainedModel, SwinConfig, SwinForI
 
 from partita.formats import LayerDescription, ModelDescription
 from partita.models.attention import Attends
+from partita.models.families._attention_cost import full_attention, with_attention
 from partita.models.families._vision import (
     FP32_BYTES,
     KeyTriple,
@@ -606,7 +607,7 @@ def _describe_block(
     # Norm inputs/outputs and FFN activations per token; q/k/v/attention output and SDPA's
     # per-head log-sum-exp per padded token.
     act = tokens * (4 * d + 2 * f) + padded * (4 * d + heads)
-    return _entry(
+    block = _entry(
         identity,
         "block",
         (d, heads, f, tokens),
@@ -615,6 +616,9 @@ def _describe_block(
         act=act,
         out=tokens * d,
     )
+    # Windows of ``area`` tokens attend within themselves, unmasked (the shift's mask hides
+    # pairs inside a window but kernels compute them).
+    return with_attention(block, full_attention(padded, area, d))
 
 
 def _describe_merging(identity: tuple[str, str], stage: Stage) -> LayerDescription:

@@ -29,6 +29,7 @@ from transformers import PretrainedConfig, PreTrainedModel, T5Config, T5ForCondi
 
 from partita.formats import LayerDescription, ModelDescription
 from partita.models.attention import Attends
+from partita.models.families._attention_cost import full_attention, with_attention
 from partita.models.families.base import Family, StateDict
 from partita.models.heads import merge_heads, split_heads
 from partita.models.layered import Activations, LayeredModel, TiedParameters
@@ -502,6 +503,15 @@ def describe(config: PretrainedConfig, seq_len: int, name: str) -> ModelDescript
     layers = [
         _layer(layer_name, layer_type, config, s, *row)
         for layer_name, layer_type, row in zip(names, types, rows, strict=True)
+    ]
+    # Every attention carries the relative position bias, which keeps kernels from skipping
+    # the decoder's masked pairs: they compute every pair. A decoder block attends twice.
+    one = full_attention(s, s, _inner_size(config))
+    layers = [
+        with_attention(x, tuple(2 * f for f in one) if "decoder" in x.layer_type else one)  # type: ignore[arg-type]
+        if x.layer_type.startswith(("t5_encoder", "t5_decoder_first", "t5_decoder_block"))
+        else x
+        for x in layers
     ]
     return ModelDescription(
         name=name,

@@ -8,6 +8,7 @@ from transformers import PretrainedConfig, PreTrainedModel, ViTConfig, ViTForIma
 
 from partita.formats import LayerDescription, ModelDescription
 from partita.models.attention import Attends
+from partita.models.families._attention_cost import full_attention, with_attention
 from partita.models.families._vision import (
     FP32_BYTES,
     KeyTriple,
@@ -231,6 +232,8 @@ def describe(config: PretrainedConfig, seq_len: int, name: str) -> ModelDescript
             act=2 * s * h,  # the norm's input and output; the loss: loss_bytes_per_sample
         ),
     ]
+    attention = full_attention(s, s, h)
+    layers = [with_attention(x, attention) if x.kind == "block" else x for x in layers]
     return ModelDescription(
         name=name,
         family="vit",
