@@ -58,7 +58,24 @@ LLAMA_PRESETS = {
     "Llama 3 70B": "llama3-70b",
     "Llama 2 13B": "llama2-13b",
     "Llama 2 70B": "llama2-70b",
+    "Llama 3.1 70B": "llama3-70b",
+    "Llama 3.1 405B": "llama3-405b",
 }
+DP_MODES = {"fsdp": "zero3", "zero3": "zero3", "ddp": "ddp"}
+
+
+def _not_expressible(row: dict[str, Any]) -> str | None:
+    """Why a row's run cannot be written as a Partita plan or priced, or None."""
+    parallel, software = row["parallel"], row["software"]
+    if (parallel.get("cp") or 1) > 1:
+        return "context parallelism is not a Partita plan option"
+    if software.get("torch_compile") or software.get("float8"):
+        return "torch.compile and Float8 are not priced"
+    if parallel.get("model_parallel_size") and parallel.get("tp") is None:
+        return "the source states the model-parallel size, not its tp x pp split"
+    if (parallel.get("dp_mode") or "ddp") not in DP_MODES:
+        return f"data-parallel mode {parallel['dp_mode']!r} has no Partita equivalent"
+    return None
 
 
 @dataclasses.dataclass
@@ -75,6 +92,9 @@ class Case:
 
 def build_case(row: dict[str, Any]) -> Case:
     """The description, plan and cluster of ``row``; ValueError when it cannot be built."""
+    why = _not_expressible(row)
+    if why is not None:
+        raise ValueError(why)
     approximations: list[str] = []
     model_row, parallel, hardware = row["model"], row["parallel"], row["hardware"]
     seq = model_row.get("seq_len")
@@ -106,7 +126,7 @@ def build_case(row: dict[str, Any]) -> Case:
     if ckpt == "selective":
         approximations.append("selective checkpointing priced as none (not expressible yet)")
         ckpt = "none"
-    dp_mode = {"fsdp": "zero3", "ddp": "ddp"}[parallel.get("dp_mode") or "ddp"]
+    dp_mode = DP_MODES[parallel.get("dp_mode") or "ddp"]
     global_batch = parallel.get("global_batch_size") or (parallel["local_batch_size"] * dp)
     micro = parallel.get("micro_batch_size")
     if micro is None:

@@ -160,8 +160,11 @@ def test_layers_sharing_a_data_parallel_group_sync_in_one_bucket() -> None:
     [
         ("ddp", 8000, 8000, 16000, 0),
         ("zero1", 8000, 8000, 8000, 0),
-        ("zero2", 8000, 4000, 8000, 0),
-        ("zero3", 4000, 4000, 8000, 2000),
+        # FSDP's backward holds a layer's whole gradients and the fp32 reduce-scatter input
+        # (2 x 4000); ZeRO-3 also its gathered copy (4000). ZeRO-2 keeps the gathered copy
+        # beside its shard over the step (2 layers x (4000 + 2000)).
+        ("zero2", 12000, 4000, 8000, 8000),
+        ("zero3", 4000, 4000, 8000, 12000),
     ],
 )
 def test_zero_stages_shard_what_they_should(

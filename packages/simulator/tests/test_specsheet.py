@@ -524,3 +524,28 @@ def test_a_spec_sets_its_own_efficiencies_over_its_presets() -> None:
     assert all(
         s.forward_s > f.forward_s for s, f in zip(block[0].timings, block[1].timings, strict=True)
     )
+
+
+def test_blocks_of_one_type_that_attend_over_different_reaches_are_priced_as_the_costliest(
+    description: ModelDescription,
+) -> None:
+    """Qwen2 slides a window in some blocks of one layer type: the profile, keyed by type,
+    keeps the costlier (unwindowed) attention, so no block is priced short."""
+    blocks = [i for i, layer in enumerate(description.layers) if layer.kind == "block"]
+    layers = list(description.layers)
+    full = layers[blocks[0]]
+    windowed = dataclasses.replace(
+        layers[blocks[1]],
+        forward_flops_per_sample=full.forward_flops_per_sample * 0.9,
+        backward_flops_per_sample=full.backward_flops_per_sample * 0.9,
+    )
+    layers[blocks[1]] = windowed
+    mixed = dataclasses.replace(description, layers=tuple(layers))
+    profile = model_profile_from_description(mixed, two_by_four())
+    same = model_profile_from_description(description, two_by_four())
+    assert profile.layer_type("gpt_block") == same.layer_type("gpt_block")
+    layers[blocks[1]] = dataclasses.replace(windowed, params=1)
+    with pytest.raises(ValueError, match="share layer_type 'gpt_block' and seq_len 32 but differ"):
+        model_profile_from_description(
+            dataclasses.replace(description, layers=tuple(layers)), two_by_four()
+        )

@@ -9,7 +9,8 @@ What a device holds over a step:
 * each micro-batch's activations from its forward until its backward, where they go layer by
   layer, last layer first;
 * a layer's transient (its backward's temporaries, a checkpointed layer's recomputed
-  activations, ZeRO-3's gathered parameters) during that layer's backward.
+  activations, ZeRO-3's gathered parameters, an FSDP layer's whole gradients and their
+  reduce-scatter input) during that layer's backward.
 
 So the peak is reached inside a backward, at some layer: the first backward of the step (the
 other layers' gradients not made yet, the most micro-batches in flight under GPipe) or a

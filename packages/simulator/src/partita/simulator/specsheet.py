@@ -565,17 +565,32 @@ def _degrees(name: str, values: Sequence[int]) -> tuple[int, ...]:
     return tuple(sorted(set(values)))
 
 
+# What layers of one type may differ in: their attention's reach (Qwen2 slides a window in
+# some blocks of one type only). The profile keeps the costliest, so no layer is priced short.
+_COSTS = (
+    "forward_flops_per_sample",
+    "backward_flops_per_sample",
+    "attention_flops_per_sample",
+    "attention_kernel_flops_per_sample",
+)
+
+
 def _layer_shapes(description: ModelDescription) -> dict[str, list[LayerDescription]]:
     """One layer per (layer_type, seq_len), in order; e.g. Swin reuses a type at several."""
     shapes: dict[str, dict[int, LayerDescription]] = {}
     for layer in description.layers:
-        first = shapes.setdefault(layer.layer_type, {}).setdefault(layer.seq_len, layer)
+        by_seq = shapes.setdefault(layer.layer_type, {})
+        first = by_seq.setdefault(layer.seq_len, layer)
         # The profile keys entries by (layer_type, seq_len): two different shapes would collide.
-        if dataclasses.replace(layer, name=first.name) != first:
+        costs = {name: getattr(first, name) for name in _COSTS}
+        if dataclasses.replace(layer, name=first.name, **costs) != first:
             raise ValueError(
                 f"layers {first.name!r} and {layer.name!r} share layer_type "
                 f"{layer.layer_type!r} and seq_len {layer.seq_len} but differ otherwise"
             )
+        by_seq[layer.seq_len] = dataclasses.replace(
+            first, **{name: max(getattr(first, name), getattr(layer, name)) for name in _COSTS}
+        )
     return {layer_type: list(by_seq.values()) for layer_type, by_seq in shapes.items()}
 
 

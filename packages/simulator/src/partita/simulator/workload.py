@@ -285,12 +285,33 @@ class WorkloadBuilder:
             + self._step_end(),
         )
 
-    def _gathered_transient(self, memory: LayerMemory, gathered: float, dp: int) -> float:
-        """What a ZeRO-3 layer's gathered parameters add during its backward: in fp32 the
-        other ranks' shards beside this one's, in bf16/fp16 a whole copy in that dtype."""
-        if gathered < memory.param_bytes:
-            return gathered
-        return memory.param_bytes * (1 - 1 / dp)
+    def _fsdp_transient(
+        self, strategy: Strategy, memory: LayerMemory, gathered: float, dp: int
+    ) -> float:
+        """What an FSDP layer adds during its backward: its unsharded gradients (in the
+        dtype it gathers in) and the fp32 reduce-scatter input they are copied into, both
+        whole; for ZeRO-3 also the parameters gathered again, a whole copy beside the shard
+        (FSDP2 gathers into tensors of their own). ZeRO-2's stay gathered from the forward
+        and count with the parameters (``_held_parameters``)."""
+        if strategy.dp not in ("zero2", "zero3") or dp == 1:
+            return 0.0
+        gradients = gathered + memory.param_bytes
+        return gradients + (gathered if strategy.dp == "zero3" else 0.0)
+
+    def _held_parameters(
+        self,
+        strategy: Strategy,
+        memory: LayerMemory,
+        gathered: float,
+        dp: int,
+        sharded: bool,
+    ) -> float:
+        """Parameter bytes a device holds over the step: whole, or its fp32 shard; ZeRO-2's
+        FSDP also keeps the whole parameters it gathered (in the compute precision) from the
+        forward to the backward, beside the shard."""
+        if strategy.dp == "zero2" and dp > 1:
+            return memory.param_bytes / dp + gathered
+        return memory.param_bytes / (dp if sharded else 1)
 
     def _prefetches(self) -> bool:
         """Whether FSDP's all-gathers run ahead of the compute: on CUDA the host queues the
@@ -458,12 +479,8 @@ class WorkloadBuilder:
             activation_bytes=kept if strategy.ckpt else full_activations,
             transient_bytes=(full_activations if strategy.ckpt else 0.0)
             + memory.backward_peak_bytes_per_sample * batch
-            + (
-                self._gathered_transient(memory, gathered_bytes, dp)
-                if strategy.dp == "zero3"
-                else 0.0
-            ),
-            param_bytes=memory.param_bytes / (dp if shard_params else 1),
+            + self._fsdp_transient(strategy, memory, gathered_bytes, dp),
+            param_bytes=self._held_parameters(strategy, memory, gathered_bytes, dp, shard_params),
             grad_bytes=memory.grad_bytes / (dp if shard_grads else 1),
             optimizer_bytes=memory.optimizer_bytes / (dp if shard_optimizer else 1),
             optimizer_s=self._layer_optimizer_step(memory, strategy.dp, dp),
