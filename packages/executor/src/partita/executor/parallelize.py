@@ -53,6 +53,9 @@ from partita.models.families import family_of
 from partita.models.init import Box, Materializer, WeightsSource, init_specs, one_process_names
 from partita.models.layered import LayeredModel
 
+# The dtype each mixed precision computes in: autocast's, and what FSDP gathers in.
+AUTOCAST_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
+
 
 @dataclass
 class ParallelStage:
@@ -108,7 +111,7 @@ def parallelize_stage(
     record = _apply_tensor_parallel(model, stage_model, setups)
     specs = {} if weights is not None else init_specs(model.config)
     materializer = Materializer(specs, seed, device, canonical_names(model), weights)
-    compute_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(plan.precision)
+    compute_dtype = AUTOCAST_DTYPES.get(plan.precision)
     sharded = _materialize_and_shard(
         stage_model, setups, model, record, names, materializer, compute_dtype
     )
@@ -183,15 +186,14 @@ def _apply_tensor_parallel(
             continue
         layer = stage_model.layers[str(i)]
         if setup.sp == "none":
-            head_local = layouts[model.layer_types[i]].head_local
-            named = [
-                (f"{path}.{n}", p)
-                for path in head_local
-                for n, p in layer.get_submodule(path).named_parameters()
+            paths = [
+                f"{module}.{name}"
+                for module in layouts[model.layer_types[i]].head_local
+                for name, _ in layer.get_submodule(module).named_parameters()
             ]
         else:
-            named = list(layer.named_parameters())
-        for path, _ in named:
+            paths = [name for name, _ in layer.named_parameters()]
+        for path in paths:
             name = f"layers.{i}.{path}"
             if name not in stage_model.shard_dims:
                 partial[name] = setup.groups.tp

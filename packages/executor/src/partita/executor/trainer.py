@@ -41,7 +41,7 @@ from partita.executor.groups import ParallelGroups
 from partita.executor.layout import Layout, check_nested
 from partita.executor.loss_scaling import LossScaler, needs_loss_scaling
 from partita.executor.memory import PeakMemory
-from partita.executor.parallelize import ParallelStage, parallelize_stage
+from partita.executor.parallelize import AUTOCAST_DTYPES, ParallelStage, parallelize_stage
 from partita.executor.pipeline import Transfers, needing_grad, recv_activations, recv_gradients
 from partita.executor.setups import tied_stage_sets
 from partita.executor.sharded_state import TrainState, canonical_names, torch_optimizers
@@ -60,7 +60,6 @@ from partita.models.losses import IGNORE_INDEX
 from partita.models.text_data import TextBatches, tokenize_file
 from partita.models.weights import PretrainedWeights
 
-AUTOCAST_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
 MEMORY_WINDOWS = 3  # steps whose peak memory is measured (the lowest is reported)
 
 

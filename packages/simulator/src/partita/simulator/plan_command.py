@@ -11,6 +11,7 @@ from partita.formats.cli import EXIT_OK, Command
 
 if TYPE_CHECKING:
     from partita.formats import ModelDescription
+    from partita.simulator.profile_inputs import Profiles
 
 
 def _add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -61,24 +62,34 @@ def _add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def _run(args: argparse.Namespace) -> int:
-    from partita.formats import Provenance, content_hash, save
+    from partita.formats import HardwareProfile, Provenance, content_hash, load, save
     from partita.formats.summaries import summarize
     from partita.simulator.model_source import load_model_description
-    from partita.simulator.profile_inputs import cluster_devices, load_profiles
+    from partita.simulator.profile_inputs import load_profiles
     from partita.simulator.search.engine import SearchProblem
     from partita.simulator.search.planner import plan_search
     from partita.simulator.search.space import SearchSpace
     from partita.simulator.search_report import search_summary
 
     model = load_model_description(args.model)
-    world_size = args.world_size or cluster_devices(args)
+    if args.world_size is not None and args.world_size < 1:
+        raise ValueError(
+            f"--world-size: expected a positive number of devices, got {args.world_size}"
+        )
+    measured = args.hardware is not None and args.model_profile is not None
+    profiles = None
+    if args.uniform is None or args.cluster is not None or measured:
+        # A search needs them; a uniform plan only to be predicted.
+        profiles = load_profiles(args, model, world_size=args.world_size, precision=args.precision)
+    # Without --world-size: every device of the cluster spec or the hardware profile.
+    world_size = args.world_size or (profiles.hardware.world_size if profiles else None)
+    if world_size is None and args.hardware is not None:
+        world_size = load(args.hardware, HardwareProfile).world_size
     if world_size is None:
         raise ValueError("--world-size: give the number of devices (or --cluster/--hardware)")
-    if world_size < 1:
-        raise ValueError(f"--world-size: expected a positive number of devices, got {world_size}")
     if args.uniform is not None:
-        return _write_uniform(args, model, world_size)
-    profiles = load_profiles(args, model, world_size=world_size, precision=args.precision)
+        return _write_uniform(args, model, world_size, profiles)
+    assert profiles is not None
     hardware, model_profile = profiles.hardware, profiles.model_profile
     memory_bytes = (
         args.memory_gb * 2**30 if args.memory_gb is not None else hardware.device.memory_bytes
@@ -116,19 +127,19 @@ def _run(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def _write_uniform(args: argparse.Namespace, model: ModelDescription, world_size: int) -> int:
+def _write_uniform(
+    args: argparse.Namespace,
+    model: ModelDescription,
+    world_size: int,
+    profiles: Profiles | None,
+) -> int:
     """``--uniform``: the plan written as given, then predicted where profiles allow."""
     from partita.formats import Provenance, content_hash, save
     from partita.formats.summaries import summarize
-    from partita.simulator.profile_inputs import load_profiles
     from partita.simulator.report import summary
     from partita.simulator.simulation import simulate
     from partita.simulator.uniform_plan import uniform_plan
 
-    measured = args.hardware is not None and args.model_profile is not None
-    profiles = None
-    if args.cluster is not None or measured:
-        profiles = load_profiles(args, model, world_size=world_size, precision=args.precision)
     precision = args.precision or (profiles.model_profile.dtype if profiles else "fp32")
     plan = uniform_plan(
         args.uniform,

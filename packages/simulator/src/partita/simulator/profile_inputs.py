@@ -39,27 +39,17 @@ class Profiles:
     origin: str  # "measured" or "spec sheet NAME (dtype)", for the user
 
 
-def cluster_devices(args: argparse.Namespace) -> int | None:
-    """The devices ``--cluster`` (with ``--nodes``) or ``--hardware`` describe, or None
-    when neither is given: the default world size of ``partita plan``."""
-    if args.cluster is not None:
-        spec = _spec(args)
-        return spec.devices_per_node * spec.num_nodes
-    if args.hardware is not None:
-        return load(args.hardware, HardwareProfile).world_size
-    return None
-
-
 def load_profiles(
     args: argparse.Namespace,
     model: ModelDescription,
     *,
-    world_size: int,
+    world_size: int | None,
     precision: Precision | None,
     precision_source: str = "--precision",
 ) -> Profiles:
-    """Measured profiles, or ones derived from ``--cluster`` for ``world_size`` devices at
-    ``precision`` (bf16 on GPUs and fp32 on CPUs when None). A measured model profile of
+    """Measured profiles, or ones derived from ``--cluster`` for ``world_size`` devices (None:
+    all of the spec's, with ``--nodes``) at ``precision`` (bf16 on GPUs and fp32 on CPUs when
+    None). A measured model profile of
     another precision than ``precision`` is refused: its times and memory would be the
     wrong ones (``precision_source`` names where the precision came from)."""
     measured = args.hardware is not None or args.model_profile is not None
@@ -88,6 +78,7 @@ def load_profiles(
     from partita.simulator.whatif import cluster_variant
 
     base = _spec(args)
+    world_size = world_size or base.devices_per_node * base.num_nodes
     if world_size > base.devices_per_node * base.num_nodes and args.nodes is not None:
         raise ValueError(
             f"--nodes {args.nodes}: {world_size} devices need more than "

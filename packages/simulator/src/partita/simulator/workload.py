@@ -299,18 +299,14 @@ class WorkloadBuilder:
         return gradients + (gathered if strategy.dp == "zero3" else 0.0)
 
     def _held_parameters(
-        self,
-        strategy: Strategy,
-        memory: LayerMemory,
-        gathered: float,
-        dp: int,
-        sharded: bool,
+        self, strategy: Strategy, memory: LayerMemory, gathered: float, dp: int
     ) -> float:
         """Parameter bytes a device holds over the step: whole, or its fp32 shard; ZeRO-2's
         FSDP also keeps the whole parameters it gathered (in the compute precision) from the
         forward to the backward, beside the shard."""
         if strategy.dp == "zero2" and dp > 1:
             return memory.param_bytes / dp + gathered
+        sharded = ZERO_FACTORS[strategy.dp][0]
         return memory.param_bytes / (dp if sharded else 1)
 
     def _prefetches(self) -> bool:
@@ -449,16 +445,13 @@ class WorkloadBuilder:
         dp = dp_group.size
         forward_gather = backward_gather = 0.0
         if strategy.dp in ("zero2", "zero3") and dp > 1:  # FSDP units
-            copies = self._fsdp("fsdp_gather", memory)
-            if self._prefetches():  # on its own stream, ahead of the unit: see _prefetched
-                forward_gather, forward = gather, forward + copies
-            else:
-                forward += gather + copies  # gathered before the unit's forward
+            # Gathered before the unit's forward: blocking, or prefetched on its own stream
+            # where the device runs ahead (``_prefetched`` adds what stays exposed).
+            prefetched = gather if self._prefetches() else 0.0
+            unit = gather - prefetched + self._fsdp("fsdp_gather", memory)
+            forward, forward_gather = forward + unit, prefetched
             if strategy.dp == "zero3":  # resharded after forward: gathered again for backward
-                if self._prefetches():
-                    backward_gather, backward = gather, backward + copies
-                else:
-                    backward += gather + copies
+                backward, backward_gather = backward + unit, prefetched
             # FSDP's copies around the reduce-scatter run on the compute thread; the
             # collective itself overlaps (``grad_sync``).
             backward += self._fsdp("fsdp_reduce_scatter", memory)
@@ -467,7 +460,7 @@ class WorkloadBuilder:
                 "ddp_reducer", tensors=memory.param_tensors, nbytes=memory.param_bytes
             )
             backward += reducer or 0.0
-        shard_params, shard_grads, shard_optimizer = ZERO_FACTORS[strategy.dp]
+        _, shard_grads, shard_optimizer = ZERO_FACTORS[strategy.dp]
         full_activations = memory.activation_bytes_per_sample * batch
         kept = memory.checkpoint_activation_bytes_per_sample * batch if strategy.ckpt else 0.0
         work = LayerWork(
@@ -480,7 +473,7 @@ class WorkloadBuilder:
             transient_bytes=(full_activations if strategy.ckpt else 0.0)
             + memory.backward_peak_bytes_per_sample * batch
             + self._fsdp_transient(strategy, memory, gathered_bytes, dp),
-            param_bytes=self._held_parameters(strategy, memory, gathered_bytes, dp, shard_params),
+            param_bytes=self._held_parameters(strategy, memory, gathered_bytes, dp),
             grad_bytes=memory.grad_bytes / (dp if shard_grads else 1),
             optimizer_bytes=memory.optimizer_bytes / (dp if shard_optimizer else 1),
             optimizer_s=self._layer_optimizer_step(memory, strategy.dp, dp),
