@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from partita.formats import ModelDescription, Plan
-from partita.models.api import describe_model
+from partita.formats.architectures import describe_config, presets
 from partita.simulator.simulation import simulate
 from partita.simulator.specsheet import (
     PRESETS,
@@ -113,12 +113,12 @@ def build_case(row: dict[str, Any]) -> Case:
             "n_positions": seq,
             "vocab_size": model_row["vocab"],
         }
-        model = describe_model(config, seq_len=seq, name=row["id"])
+        model = describe_config(config, seq_len=seq, name=row["id"])
     else:
         preset = LLAMA_PRESETS.get(model_row["name"].split(" (")[0])
         if preset is None:
             raise ValueError(f"no preset for {model_row['name']!r}")
-        model = describe_model(preset, seq_len=seq, name=row["id"])
+        model = describe_config(presets()[preset], seq_len=seq, name=row["id"])
     gpus = hardware["num_gpus"]
     tp, pp = parallel.get("tp") or 1, parallel.get("pp") or 1
     dp = gpus // (tp * pp)

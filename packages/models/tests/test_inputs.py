@@ -135,19 +135,6 @@ def test_describe_command_writes_a_valid_description(tmp_path: Path) -> None:
     assert "blocks.3" in result.stdout
 
 
-def test_describe_command_bad_preset_exits_2_with_one_line() -> None:
-    result = subprocess.run(
-        [_partita(), "describe", "nonsense"],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
-    assert result.returncode == 2
-    assert len(result.stderr.strip().splitlines()) == 1
-    assert "unknown model 'nonsense'" in result.stderr
-
-
 def test_config_rejected_by_transformers_is_one_value_error() -> None:
     with pytest.raises(ValueError, match="the config dict: invalid llama config"):
         load_config({"model_type": "llama", "hidden_size": 66, "num_attention_heads": 4})

@@ -167,7 +167,7 @@ def test_whatif_command_table_json_and_plot(tmp_path: Path) -> None:
 # --- planning a preset from a spec sheet, with no file (issue 25) -------------------------------
 
 
-def test_presets_ship_as_descriptions_without_torch() -> None:
+def test_presets_are_described_without_torch() -> None:
     from partita.simulator.model_source import load_model_description, preset_names
 
     names = preset_names()

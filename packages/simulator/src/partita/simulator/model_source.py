@@ -1,39 +1,31 @@
-"""A model description from a file, or from a real-size preset shipped with the simulator.
+"""A model description from a file, or from a preset described on the spot.
 
 ``partita plan``, ``simulate`` and ``whatif`` plan a preset (``--model llama3-70b``) with no
-file and without torch: the descriptions ``partita describe PRESET`` writes are shipped in
-``presets/``, at each model's default sequence length. A test in ``integration_tests`` keeps
-them equal to what the models package describes today; for another length, write one with
-``partita describe PRESET --seq N --out FILE`` (which needs the models package).
+file and without torch: ``partita.formats.architectures`` describes it from its config, as
+``partita describe PRESET`` does, at the model's default sequence length. For another length
+or a model of your own, write a description with ``partita describe ... --seq N --out FILE``.
 """
 
 from __future__ import annotations
 
-from importlib import resources
 from pathlib import Path
 
-from partita.formats import ModelDescription, load, loads
+from partita.formats import ModelDescription, load
+from partita.formats.architectures import describe_config, presets
 
 
 def preset_names() -> list[str]:
-    """The presets shipped as descriptions, sorted."""
-    folder = resources.files("partita.simulator") / "presets"
-    return sorted(
-        entry.name.removesuffix(".json")
-        for entry in folder.iterdir()
-        if entry.name.endswith(".json")
-    )
+    return sorted(presets())
 
 
 def load_model_description(source: str) -> ModelDescription:
-    """``source`` as a description file when one exists there, else as a shipped preset."""
+    """``source`` as a description file when one exists there, else as a preset."""
     if Path(source).exists() or source.endswith(".json") or "/" in source:
         return load(source, ModelDescription)
-    names = preset_names()
-    if source not in names:
+    known = presets()
+    if source not in known:
         raise ValueError(
             f"--model {source}: neither a description file nor a preset "
-            f"(presets: {', '.join(names)}; other models: partita describe HF_DIR --out FILE)"
+            f"(presets: {', '.join(sorted(known))}; other models: partita describe --out FILE)"
         )
-    text = (resources.files("partita.simulator") / "presets" / f"{source}.json").read_text()
-    return loads(text, ModelDescription, source=f"preset {source}")
+    return describe_config(known[source], name=source, source=f"preset {source}")

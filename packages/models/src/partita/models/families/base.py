@@ -10,6 +10,7 @@ import torch
 from transformers import PretrainedConfig, PreTrainedModel
 
 from partita.formats import ModelDescription
+from partita.formats.architectures import Architecture, describe_with, view_of
 from partita.models.layered import Activations, LayeredModel
 from partita.models.tp_layout import TPLayout
 
@@ -40,3 +41,19 @@ class Family:
     to_hf_state_dict: Callable[[StateDict, PretrainedConfig], StateDict]
     default_seq_len: Callable[[PretrainedConfig], int]
     presets: dict[str, dict[str, Any]]  # name -> transformers config dict (with model_type)
+
+
+def describe_through(
+    arch: Architecture,
+) -> Callable[[PretrainedConfig, int, str], ModelDescription]:
+    """A family's ``describe``: the torch-free architecture's, on transformers' config (with
+    every default filled in), so that ``partita describe`` without torch gives the same."""
+
+    def describe(config: PretrainedConfig, seq_len: int, name: str) -> ModelDescription:
+        return describe_with(arch, config.to_dict(), seq_len=seq_len, name=name, constructed=True)
+
+    return describe
+
+
+def default_seq_len_through(arch: Architecture) -> Callable[[PretrainedConfig], int]:
+    return lambda config: arch.default_seq_len(view_of(arch, config.to_dict(), constructed=True))

@@ -3,54 +3,27 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 from transformers import BertConfig, BertForMaskedLM, PretrainedConfig, PreTrainedModel
 
-from partita.formats import LayerDescription, ModelDescription
+from partita.formats.architectures.bert import ARCHITECTURE, PRESETS
 from partita.models.attention import Attends
-from partita.models.families._attention_cost import full_attention, with_attention
-from partita.models.families.base import Family, StateDict
+from partita.models.families.base import (
+    Family,
+    StateDict,
+    default_seq_len_through,
+    describe_through,
+)
 from partita.models.heads import merge_heads, split_heads
 from partita.models.layered import Activations, LayeredModel, TiedParameters
 from partita.models.losses import IGNORE_INDEX, token_classification_loss
 from partita.models.tp_layout import TPLayout
 from partita.models.validation import require_divisible, require_family_config, require_positive
 
-FP32_BYTES = 4
 MASKED_FRACTION = 0.15  # BERT's pre-training share of predicted positions
-
-_BERT = {"model_type": "bert", "vocab_size": 30522, "max_position_embeddings": 512}
-PRESETS: dict[str, dict[str, Any]] = {
-    "bert-tiny": {
-        "model_type": "bert",
-        "vocab_size": 512,
-        "hidden_size": 64,
-        "num_hidden_layers": 2,
-        "num_attention_heads": 4,
-        "intermediate_size": 128,
-        "max_position_embeddings": 128,
-        "hidden_dropout_prob": 0.0,
-        "attention_probs_dropout_prob": 0.0,
-    },
-    "bert-base": {
-        **_BERT,
-        "hidden_size": 768,
-        "num_hidden_layers": 12,
-        "num_attention_heads": 12,
-        "intermediate_size": 3072,
-    },
-    "bert-large": {
-        **_BERT,
-        "hidden_size": 1024,
-        "num_hidden_layers": 24,
-        "num_attention_heads": 16,
-        "intermediate_size": 4096,
-    },
-}
 
 # transformers' ACT2FN names -> the same function, so the module needs no transformers import.
 ACTIVATIONS: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
@@ -226,102 +199,6 @@ def build(config: PretrainedConfig) -> LayeredModel:
     )
 
 
-def describe(config: PretrainedConfig, seq_len: int, name: str) -> ModelDescription:
-    check_config(config)
-    if seq_len > config.max_position_embeddings:
-        raise ValueError(
-            f"bert: seq_len {seq_len} exceeds max_position_embeddings "
-            f"{config.max_position_embeddings}"
-        )
-    h, a, f, v, s = (
-        config.hidden_size,
-        config.num_attention_heads,
-        config.intermediate_size,
-        config.vocab_size,
-        seq_len,
-    )
-    tied = config.tie_word_embeddings
-    tables = v + config.max_position_embeddings + config.type_vocab_size
-    block_params = 4 * h * h + 2 * h * f + f + 9 * h  # q/k/v/o + FFN + their biases + 2 norms
-    # Matmul FLOPs (2 per multiply-add); attention scores and mixing counted dense.
-    block_fwd = 2 * s * (4 * h * h + 2 * h * f) + 4 * s * s * h
-    # Saved for backward, in elements: q/k/v, attention output, both residual sums and norm
-    # outputs, FFN input/activation, and SDPA's per-head log-sum-exp. An estimate; the
-    # profiler measures.
-    block_act = s * (8 * h + 2 * f) + a * s
-    # Head: transform dense/activation/norm inputs and the decoder input (4h), logits (v).
-    # Untied, transformers also keeps cls.predictions.bias, which its forward never uses; we
-    # count only the parameters that compute (so v fewer than transformers' total).
-    head_params = h * h + 3 * h + v + (0 if tied else v * h)
-    common = {"config": config, "s": s}
-    layers = [
-        _layer("embedding", "embedding", "bert_embedding", tables * h + 2 * h, 0, s * h, **common),
-        *(
-            _layer(
-                f"blocks.{i}", "block", "bert_block", block_params, block_fwd, block_act, **common
-            )
-            for i in range(config.num_hidden_layers)
-        ),
-        _layer(
-            "head",
-            "head",
-            "bert_head",
-            head_params,
-            2 * s * h * h + 2 * s * h * v,
-            4 * s * h,  # transform and norm; the loss: loss_bytes_per_sample
-            **common,
-        ),
-    ]
-    attention = full_attention(s, s, h)
-    layers = [with_attention(x, attention) if x.kind == "block" else x for x in layers]
-    return ModelDescription(
-        name=name,
-        family="bert",
-        hidden_size=h,
-        num_heads=a,
-        num_kv_heads=a,
-        ffn_size=f,
-        vocab_size=v,
-        num_labels=0,
-        seq_len=s,
-        activation_bytes_per_element=FP32_BYTES,
-        layers=tuple(layers),
-        source={"model_type": "bert", "tied_embeddings": str(tied).lower()},
-    )
-
-
-def _layer(
-    name: str,
-    kind: str,
-    layer_type: str,
-    params: int,
-    fwd: float,
-    act: float,
-    *,
-    config: BertConfig,
-    s: int,
-) -> LayerDescription:
-    is_block = kind == "block"
-    # Output: the hidden states (the [1, seq] padding bias beside them is negligible); the
-    # head outputs logits.
-    width = config.vocab_size if kind == "head" else config.hidden_size
-    return LayerDescription(
-        name=name,
-        kind=kind,  # type: ignore[arg-type]
-        layer_type=layer_type,
-        hidden_size=config.hidden_size,
-        num_heads=config.num_attention_heads if is_block else 0,
-        num_kv_heads=config.num_attention_heads if is_block else 0,
-        ffn_size=config.intermediate_size if is_block else 0,
-        seq_len=s,
-        params=params,
-        forward_flops_per_sample=float(fwd),
-        backward_flops_per_sample=float(2 * fwd),
-        activation_bytes_per_sample=float(act * FP32_BYTES),
-        output_bytes_per_sample=float(width * s * FP32_BYTES),
-    )
-
-
 def tp_layouts(config: PretrainedConfig) -> dict[str, TPLayout]:
     return {
         "bert_embedding": TPLayout(
@@ -444,13 +321,13 @@ FAMILY = Family(
     unit="tokens",
     check_config=check_config,
     build=build,
-    describe=describe,
+    describe=describe_through(ARCHITECTURE),
     tp_layouts=tp_layouts,
     synthetic_batch=synthetic_batch,
     reference_model=reference_model,
     reference_outputs=reference_outputs,
     from_hf_state_dict=from_hf_state_dict,
     to_hf_state_dict=to_hf_state_dict,
-    default_seq_len=lambda config: min(config.max_position_embeddings, 512),
+    default_seq_len=default_seq_len_through(ARCHITECTURE),
     presets=PRESETS,
 )

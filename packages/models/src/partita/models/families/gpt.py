@@ -6,61 +6,20 @@ import torch
 from torch import nn
 from transformers import GPT2Config, GPT2LMHeadModel, PretrainedConfig, PreTrainedModel
 
-from partita.formats import LayerDescription, ModelDescription
+from partita.formats.architectures.gpt import ARCHITECTURE, PRESETS, ffn_size
 from partita.models.attention import Attends
-from partita.models.families._attention_cost import causal_attention, with_attention
 from partita.models.families._text import causal_lm_batch
-from partita.models.families.base import Family, StateDict
+from partita.models.families.base import (
+    Family,
+    StateDict,
+    default_seq_len_through,
+    describe_through,
+)
 from partita.models.heads import merge_heads, split_heads
 from partita.models.layered import Activations, LayeredModel, TiedParameters
 from partita.models.losses import causal_lm_loss
 from partita.models.tp_layout import TPLayout
 from partita.models.validation import require_divisible, require_family_config
-
-FP32_BYTES = 4
-
-_NO_DROPOUT = {"resid_pdrop": 0.0, "embd_pdrop": 0.0, "attn_pdrop": 0.0}
-PRESETS: dict[str, dict[str, object]] = {
-    "gpt-tiny": {
-        "model_type": "gpt2",
-        "n_layer": 4,
-        "n_embd": 64,
-        "n_head": 4,
-        "n_positions": 128,
-        "vocab_size": 512,
-        "bos_token_id": 0,
-        "eos_token_id": 0,
-        **_NO_DROPOUT,
-    },
-    "gpt2": {
-        "model_type": "gpt2",
-        "n_layer": 12,
-        "n_embd": 768,
-        "n_head": 12,
-        "n_positions": 1024,
-        "vocab_size": 50257,
-    },
-    "gpt2-medium": {
-        "model_type": "gpt2",
-        "n_layer": 24,
-        "n_embd": 1024,
-        "n_head": 16,
-        "n_positions": 1024,
-        "vocab_size": 50257,
-    },
-    "gpt2-xl": {
-        "model_type": "gpt2",
-        "n_layer": 48,
-        "n_embd": 1600,
-        "n_head": 25,
-        "n_positions": 1024,
-        "vocab_size": 50257,
-    },
-}
-
-
-def _ffn_size(config: GPT2Config) -> int:
-    return config.n_inner or 4 * config.n_embd
 
 
 class GPTEmbedding(nn.Module):
@@ -101,8 +60,8 @@ class CausalSelfAttention(Attends):
 class GPTMLP(nn.Module):
     def __init__(self, config: GPT2Config) -> None:
         super().__init__()
-        self.fc_in = nn.Linear(config.n_embd, _ffn_size(config))
-        self.fc_out = nn.Linear(_ffn_size(config), config.n_embd)
+        self.fc_in = nn.Linear(config.n_embd, ffn_size(config))
+        self.fc_out = nn.Linear(ffn_size(config), config.n_embd)
         self.drop = nn.Dropout(config.resid_pdrop)
         if config.activation_function not in ("gelu_new", "gelu_pytorch_tanh", "gelu"):
             raise ValueError(
@@ -169,103 +128,6 @@ def build(config: PretrainedConfig) -> LayeredModel:
         loss_fn=causal_lm_loss,
         tied=tied,
         config=config,
-    )
-
-
-def describe(config: PretrainedConfig, seq_len: int, name: str) -> ModelDescription:
-    check_config(config)
-    if seq_len > config.n_positions:
-        raise ValueError(f"gpt: seq_len {seq_len} exceeds n_positions {config.n_positions}")
-    h, a, f, v, s = config.n_embd, config.n_head, _ffn_size(config), config.vocab_size, seq_len
-    tied = config.tie_word_embeddings
-    block_params = 4 * h * h + 2 * h * f + f + 9 * h
-    # Matmul FLOPs (2 per multiply-add); attention scores and mixing counted dense.
-    block_fwd = 2 * s * (4 * h * h + 2 * h * f) + 4 * s * s * h
-    head_fwd = 2 * s * h * v
-    # Saved for backward, in elements: norm inputs/outputs, q/k/v/attention output, FFN
-    # activations, and SDPA's per-head log-sum-exp. An estimate; the profiler measures.
-    block_act = s * (8 * h + 2 * f) + a * s
-    layers = [
-        _layer(
-            "embedding",
-            "embedding",
-            "gpt_embedding",
-            config,
-            s,
-            params=(v + config.n_positions) * h,
-            fwd=0,
-            act=s * h,
-        ),
-        *(
-            _layer(
-                f"blocks.{i}",
-                "block",
-                "gpt_block",
-                config,
-                s,
-                params=block_params,
-                fwd=block_fwd,
-                act=block_act,
-            )
-            for i in range(config.n_layer)
-        ),
-        _layer(
-            "head",
-            "head",
-            "gpt_head",
-            config,
-            s,
-            params=2 * h + (0 if tied else v * h),
-            fwd=head_fwd,
-            act=2 * s * h,  # ln_f's input and output; the loss: loss_bytes_per_sample
-        ),
-    ]
-    attention = causal_attention(s, h)
-    layers = [with_attention(x, attention) if x.kind == "block" else x for x in layers]
-    return ModelDescription(
-        name=name,
-        family="gpt",
-        hidden_size=h,
-        num_heads=a,
-        num_kv_heads=a,
-        ffn_size=f,
-        vocab_size=v,
-        num_labels=0,
-        seq_len=s,
-        activation_bytes_per_element=FP32_BYTES,
-        layers=tuple(layers),
-        source={"model_type": "gpt2", "tied_embeddings": str(tied).lower()},
-    )
-
-
-def _layer(
-    name: str,
-    kind: str,
-    layer_type: str,
-    config: GPT2Config,
-    s: int,
-    *,
-    params: int,
-    fwd: float,
-    act: float,
-) -> LayerDescription:
-    is_block = kind == "block"
-    return LayerDescription(
-        name=name,
-        kind=kind,
-        layer_type=layer_type,
-        hidden_size=config.n_embd,  # type: ignore[arg-type]
-        num_heads=config.n_head if is_block else 0,
-        num_kv_heads=config.n_head if is_block else 0,
-        ffn_size=_ffn_size(config) if is_block else 0,
-        seq_len=s,
-        params=params,
-        forward_flops_per_sample=float(fwd),
-        backward_flops_per_sample=float(2 * fwd),
-        activation_bytes_per_sample=float(act * FP32_BYTES),
-        output_bytes_per_sample=float(
-            (config.vocab_size if kind == "head" else config.n_embd) * s * FP32_BYTES
-        ),
     )
 
 
@@ -362,13 +224,13 @@ FAMILY = Family(
     unit="tokens",
     check_config=check_config,
     build=build,
-    describe=describe,
+    describe=describe_through(ARCHITECTURE),
     tp_layouts=tp_layouts,
     synthetic_batch=causal_lm_batch,
     reference_model=reference_model,
     reference_outputs=reference_outputs,
     from_hf_state_dict=from_hf_state_dict,
     to_hf_state_dict=to_hf_state_dict,
-    default_seq_len=lambda config: min(config.n_positions, 1024),
+    default_seq_len=default_seq_len_through(ARCHITECTURE),
     presets=PRESETS,
 )

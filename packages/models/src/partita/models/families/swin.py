@@ -7,18 +7,23 @@ its feature-map resolution from the config (the images must have the config's si
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import torch
 import torch.nn.functional as F
 from torch import nn
 from transformers import PretrainedConfig, PreTrainedModel, SwinConfig, SwinForImageClassification
 
-from partita.formats import LayerDescription, ModelDescription
+from partita.formats.architectures.swin import (
+    ARCHITECTURE,
+    PRESETS,
+    Stage,
+    layer_plan,
+    num_positions,
+    round_up,
+    stage_tokens,
+    stages,
+)
 from partita.models.attention import Attends
-from partita.models.families._attention_cost import full_attention, with_attention
 from partita.models.families._vision import (
-    FP32_BYTES,
     KeyTriple,
     activation,
     check_classification,
@@ -29,105 +34,20 @@ from partita.models.families._vision import (
     pair,
     pick,
 )
-from partita.models.families.base import Family, StateDict
+from partita.models.families.base import (
+    Family,
+    StateDict,
+    default_seq_len_through,
+    describe_through,
+)
 from partita.models.heads import merge_heads, split_heads
 from partita.models.layered import Activations, LayeredModel
 from partita.models.losses import classification_loss
 from partita.models.tp_layout import TPLayout
 from partita.models.validation import require_divisible, require_family_config, require_positive
 
-_NO_DROPOUT = {"hidden_dropout_prob": 0.0, "attention_probs_dropout_prob": 0.0}
-PRESETS: dict[str, dict[str, object]] = {
-    # Three stages: shifted windows in the first two, a window clamped to the 4x4 map (no
-    # shift) in the last.
-    "swin-tiny": {
-        "model_type": "swin",
-        "image_size": 32,
-        "patch_size": 2,
-        "embed_dim": 32,
-        "depths": [2, 2, 2],
-        "num_heads": [2, 4, 8],
-        "window_size": 4,
-        "num_labels": 10,
-        "drop_path_rate": 0.0,
-        **_NO_DROPOUT,
-    },
-    "swin-base": {
-        "model_type": "swin",
-        "image_size": 224,
-        "patch_size": 4,
-        "embed_dim": 128,
-        "depths": [2, 2, 18, 2],
-        "num_heads": [4, 8, 16, 32],
-        "window_size": 7,
-        "num_labels": 1000,
-    },
-}
-
 # transformers' patch-embedding and patch-merging norms keep LayerNorm's default epsilon.
 _DEFAULT_LN_EPS = 1e-5
-
-
-@dataclass(frozen=True)
-class Stage:
-    """One stage's geometry as transformers computes it at run time."""
-
-    index: int
-    depth: int
-    dim: int  # channels
-    heads: int
-    ffn: int
-    height: int  # feature map entering the stage
-    width: int
-    window: int  # clamped to the map's smaller side when that is not larger
-    shift: int  # of the odd blocks; 0 when the window was clamped
-
-    @property
-    def tokens(self) -> int:
-        return self.height * self.width
-
-    @property
-    def padded_tokens(self) -> int:
-        """Tokens after padding the map to a multiple of the window (attention runs on these)."""
-        return _round_up(self.height, self.window) * _round_up(self.width, self.window)
-
-    @property
-    def merged_tokens(self) -> int:
-        """Tokens after patch merging (an odd side is padded by one first)."""
-        return ((self.height + 1) // 2) * ((self.width + 1) // 2)
-
-
-def _round_up(size: int, multiple: int) -> int:
-    return -(-size // multiple) * multiple
-
-
-def _grid(config: SwinConfig) -> tuple[int, int]:
-    # transformers pads the image to a multiple of the patch, so partial patches count.
-    (height, width), (patch_h, patch_w) = pair(config.image_size), pair(config.patch_size)
-    return -(-height // patch_h), -(-width // patch_w)
-
-
-def stages(config: SwinConfig) -> list[Stage]:
-    height, width = _grid(config)
-    result = []
-    for index, (depth, heads) in enumerate(zip(config.depths, config.num_heads, strict=True)):
-        dim = int(config.embed_dim * 2**index)
-        clamped = min(height, width) <= config.window_size
-        result.append(
-            Stage(
-                index=index,
-                depth=depth,
-                dim=dim,
-                heads=heads,
-                ffn=int(config.mlp_ratio * dim),
-                height=height,
-                width=width,
-                window=min(height, width) if clamped else config.window_size,
-                shift=0 if clamped else config.window_size // 2,
-            )
-        )
-        height, width = (height + 1) // 2, (width + 1) // 2
-    return result
 
 
 def _drop_path_rates(config: SwinConfig) -> list[float]:
@@ -145,7 +65,7 @@ class SwinEmbedding(nn.Module):
         )
         self.norm = nn.LayerNorm(config.embed_dim, eps=_DEFAULT_LN_EPS)
         self.position_embeddings = (
-            nn.Parameter(torch.zeros(1, _num_positions(config), config.embed_dim))
+            nn.Parameter(torch.zeros(1, num_positions(config), config.embed_dim))
             if config.use_absolute_embeddings
             else None
         )
@@ -165,11 +85,6 @@ class SwinEmbedding(nn.Module):
         if self.position_embeddings is not None:
             hidden_bsh = hidden_bsh + self.position_embeddings
         return {"hidden": self.dropout(hidden_bsh)}
-
-
-def _num_positions(config: SwinConfig) -> int:
-    (height, width), (patch_h, patch_w) = pair(config.image_size), pair(config.patch_size)
-    return (height // patch_h) * (width // patch_w)
 
 
 def _relative_position_index(window: int) -> torch.Tensor:
@@ -287,7 +202,7 @@ class ShiftedWindows(Attends):
         """The inverse of ``_to_windows``, to ``[batch, tokens, channels]``."""
         stage, shift, window = self.stage, self.shift, self.stage.window
         channels = windows_wnc.shape[-1]
-        height, width = _round_up(stage.height, window), _round_up(stage.width, window)
+        height, width = round_up(stage.height, window), round_up(stage.width, window)
         windows = windows_wnc.view(-1, window, window, channels)
         out_bhwc = window_reverse(windows, window, height, width)
         if shift:
@@ -298,7 +213,7 @@ class ShiftedWindows(Attends):
 
     def _mask(self, like: torch.Tensor) -> torch.Tensor:
         window = self.stage.window
-        height, width = _round_up(self.stage.height, window), _round_up(self.stage.width, window)
+        height, width = round_up(self.stage.height, window), round_up(self.stage.width, window)
         return shift_mask(height, width, window, self.shift, like)
 
 
@@ -477,7 +392,7 @@ def check_config(config: PretrainedConfig) -> None:
                 f"swin: stage {stage.index} feature map {stage.height}x{stage.width} is smaller "
                 f"than window_size {config.window_size}; use a larger image or smaller window"
             )
-    if config.use_absolute_embeddings and _num_positions(config) != stage_tokens(config):
+    if config.use_absolute_embeddings and num_positions(config) != stage_tokens(config):
         raise ValueError(
             "swin: use_absolute_embeddings needs image_size to be a multiple of patch_size"
         )
@@ -485,31 +400,10 @@ def check_config(config: PretrainedConfig) -> None:
     activation(config, "swin")
 
 
-def stage_tokens(config: SwinConfig) -> int:
-    """Patch tokens entering the first stage: the description's seq_len."""
-    height, width = _grid(config)
-    return height * width
-
-
-def _layer_plan(config: SwinConfig) -> list[tuple[str, str, Stage | None, int]]:
-    """(name, layer_type, stage, block index in the stage or -1 for patch merging)."""
-    plan: list[tuple[str, str, Stage | None, int]] = [("embedding", "swin_embedding", None, 0)]
-    all_stages = stages(config)
-    for stage in all_stages:
-        for j in range(stage.depth):
-            plan.append(
-                (f"stages.{stage.index}.blocks.{j}", f"swin_block_stage{stage.index}", stage, j)
-            )
-        if stage.index < len(all_stages) - 1:
-            plan.append((f"stages.{stage.index}.merging", "swin_patch_merging", stage, -1))
-    plan.append(("head", "swin_head", None, 0))
-    return plan
-
-
 def build(config: PretrainedConfig) -> LayeredModel:
     check_config(config)
     rates = iter(_drop_path_rates(config))
-    plan = _layer_plan(config)
+    plan = layer_plan(config)
     layers: list[nn.Module] = []
     for _, layer_type, stage, block in plan:
         if layer_type == "swin_embedding":
@@ -528,154 +422,6 @@ def build(config: PretrainedConfig) -> LayeredModel:
         layers=layers,
         loss_fn=classification_loss,
         config=config,
-    )
-
-
-def describe(config: PretrainedConfig, seq_len: int, name: str) -> ModelDescription:
-    check_config(config)
-    check_seq_len(seq_len, stage_tokens(config), "swin")
-    layers = []
-    for layer_name, layer_type, stage, block in _layer_plan(config):
-        identity = (layer_name, layer_type)
-        if layer_type == "swin_embedding":
-            layers.append(_describe_embedding(identity, config))
-        elif layer_type == "swin_head":
-            layers.append(_describe_head(identity, config))
-        elif block < 0:
-            layers.append(_describe_merging(identity, stage))  # type: ignore[arg-type]
-        else:
-            layers.append(_describe_block(identity, config, stage))  # type: ignore[arg-type]
-    first = stages(config)[0]
-    return ModelDescription(
-        name=name,
-        family="swin",
-        # The model-wide sizes are the first stage's; each layer carries its own stage's.
-        hidden_size=first.dim,
-        num_heads=first.heads,
-        num_kv_heads=first.heads,
-        ffn_size=first.ffn,
-        vocab_size=0,
-        num_labels=config.num_labels,
-        seq_len=seq_len,
-        activation_bytes_per_element=FP32_BYTES,
-        layers=tuple(layers),
-        source={
-            "model_type": "swin",
-            "image_size": "x".join(map(str, pair(config.image_size))),
-            "patch_size": "x".join(map(str, pair(config.patch_size))),
-            "window_size": str(config.window_size),
-            "final_hidden_size": str(config.hidden_size),
-        },
-    )
-
-
-# FLOPs count matmuls and convolutions (2 per multiply-add), attention scores and mixing dense
-# per window. Backward is twice forward except for the patch convolution, whose input (the
-# pixels) needs no gradient: only its weight gradient is computed. Activation estimates are
-# elements saved for backward; the profiler measures.
-
-
-def _describe_embedding(identity: tuple[str, str], config: SwinConfig) -> LayerDescription:
-    patch_h, patch_w = pair(config.patch_size)
-    image_h, image_w = pair(config.image_size)
-    kernel = config.num_channels * patch_h * patch_w  # inputs of one patch's projection
-    e, tokens = config.embed_dim, stage_tokens(config)
-    positions = _num_positions(config) * e if config.use_absolute_embeddings else 0
-    fwd = 2 * tokens * kernel * e
-    return _entry(
-        identity,
-        "embedding",
-        (e, 0, 0, tokens),
-        params=kernel * e + e + 2 * e + positions,
-        flops=(fwd, fwd),
-        # Pixels (for the weight gradient), the norm's input and output.
-        act=config.num_channels * image_h * image_w + 2 * tokens * e,
-        out=tokens * e,
-    )
-
-
-def _describe_block(
-    identity: tuple[str, str], config: SwinConfig, stage: Stage
-) -> LayerDescription:
-    d, f, heads = stage.dim, stage.ffn, stage.heads
-    tokens, padded, area = stage.tokens, stage.padded_tokens, stage.window**2
-    qkv_bias = 3 * d if config.qkv_bias else 0
-    table = (2 * config.window_size - 1) ** 2 * heads
-    params = 4 * d * d + qkv_bias + d + table + 4 * d + 2 * d * f + f + d
-    # Projections and MLP run on the real tokens, attention on the padded windows.
-    fwd = 2 * tokens * 4 * d * d + 4 * padded * area * d + 4 * tokens * d * f
-    # Norm inputs/outputs and FFN activations per token; q/k/v/attention output and SDPA's
-    # per-head log-sum-exp per padded token.
-    act = tokens * (4 * d + 2 * f) + padded * (4 * d + heads)
-    block = _entry(
-        identity,
-        "block",
-        (d, heads, f, tokens),
-        params=params,
-        flops=(fwd, 2 * fwd),
-        act=act,
-        out=tokens * d,
-    )
-    # Windows of ``area`` tokens attend within themselves, unmasked (the shift's mask hides
-    # pairs inside a window but kernels compute them).
-    return with_attention(block, full_attention(padded, area, d))
-
-
-def _describe_merging(identity: tuple[str, str], stage: Stage) -> LayerDescription:
-    d, merged = stage.dim, stage.merged_tokens
-    fwd = 2 * merged * 4 * d * 2 * d
-    return _entry(
-        identity,
-        "block",
-        (d, 0, 0, stage.tokens),  # sizes of what the layer receives
-        params=2 * 4 * d + 4 * d * 2 * d,
-        flops=(fwd, 2 * fwd),
-        act=2 * merged * 4 * d,  # the norm's input and output
-        out=merged * 2 * d,
-    )
-
-
-def _describe_head(identity: tuple[str, str], config: SwinConfig) -> LayerDescription:
-    last = stages(config)[-1]
-    c, labels = config.hidden_size, config.num_labels
-    fwd = 2 * c * labels
-    return _entry(
-        identity,
-        "head",
-        (c, 0, 0, last.tokens),
-        params=2 * c + c * labels + labels,
-        flops=(fwd, 2 * fwd),
-        act=2 * last.tokens * c + c,  # the norm's input and output, the pooled features
-        out=labels,
-    )
-
-
-def _entry(
-    identity: tuple[str, str],
-    kind: str,
-    sizes: tuple[int, int, int, int],
-    *,
-    params: int,
-    flops: tuple[float, float],
-    act: float,
-    out: float,
-) -> LayerDescription:
-    """``sizes`` is (hidden, heads, ffn, seq_len); ``act`` and ``out`` in elements."""
-    (name, layer_type), (hidden, heads, ffn, seq) = identity, sizes
-    return LayerDescription(
-        name=name,
-        kind=kind,  # type: ignore[arg-type]
-        layer_type=layer_type,
-        hidden_size=hidden,
-        num_heads=heads,
-        num_kv_heads=heads,
-        ffn_size=ffn,
-        seq_len=seq,
-        params=params,
-        forward_flops_per_sample=float(flops[0]),
-        backward_flops_per_sample=float(flops[1]),
-        activation_bytes_per_sample=float(act * FP32_BYTES),
-        output_bytes_per_sample=float(out * FP32_BYTES),
     )
 
 
@@ -772,7 +518,7 @@ def _keys(config: SwinConfig) -> list[KeyTriple]:
     if config.use_absolute_embeddings:
         pairs.append(("position_embeddings", "swin.embeddings.position_embeddings"))
     triples = [(f"layers.0.{ours}", hf, hf) for ours, hf in pairs]
-    for index, (_, layer_type, stage, block) in enumerate(_layer_plan(config)):
+    for index, (_, layer_type, stage, block) in enumerate(layer_plan(config)):
         ours, hf = f"layers.{index}.", f"swin.encoder.layers.{stage.index if stage else 0}."
         if layer_type == "swin_head":
             for ours_name, hf_name in (
@@ -807,13 +553,13 @@ FAMILY = Family(
     unit="samples",
     check_config=check_config,
     build=build,
-    describe=describe,
+    describe=describe_through(ARCHITECTURE),
     tp_layouts=tp_layouts,
     synthetic_batch=synthetic_batch,
     reference_model=reference_model,
     reference_outputs=reference_outputs,
     from_hf_state_dict=from_hf_state_dict,
     to_hf_state_dict=to_hf_state_dict,
-    default_seq_len=stage_tokens,
+    default_seq_len=default_seq_len_through(ARCHITECTURE),
     presets=PRESETS,
 )

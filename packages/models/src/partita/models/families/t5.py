@@ -27,66 +27,19 @@ import torch.nn.functional as F
 from torch import nn
 from transformers import PretrainedConfig, PreTrainedModel, T5Config, T5ForConditionalGeneration
 
-from partita.formats import LayerDescription, ModelDescription
+from partita.formats.architectures.t5 import ARCHITECTURE, PRESETS, inner_size, layer_plan
 from partita.models.attention import Attends
-from partita.models.families._attention_cost import full_attention, with_attention
-from partita.models.families.base import Family, StateDict
+from partita.models.families.base import (
+    Family,
+    StateDict,
+    default_seq_len_through,
+    describe_through,
+)
 from partita.models.heads import merge_heads, split_heads
 from partita.models.layered import Activations, LayeredModel, TiedParameters
 from partita.models.losses import IGNORE_INDEX, token_classification_loss
 from partita.models.tp_layout import TPLayout
 from partita.models.validation import require_family_config, require_positive
-
-FP32_BYTES = 4
-ID_BYTES = 8  # int64 token ids carried to the bridge layer
-# The [1, seq] positions layers pass on are per batch, not per sample: left out of the sizes.
-
-_ORIGINAL_T5 = {
-    "model_type": "t5",
-    "vocab_size": 32128,
-    "d_kv": 64,
-    "feed_forward_proj": "relu",
-    "relative_attention_num_buckets": 32,
-    "relative_attention_max_distance": 128,
-    "n_positions": 512,  # as in the published config.json; our default sequence length
-    "pad_token_id": 0,
-    "eos_token_id": 1,
-    "decoder_start_token_id": 0,
-}
-PRESETS: dict[str, dict[str, object]] = {
-    "t5-tiny": {
-        **_ORIGINAL_T5,
-        "vocab_size": 512,
-        "d_model": 64,
-        "d_kv": 16,
-        "num_heads": 4,
-        "d_ff": 128,
-        "num_layers": 2,
-        "num_decoder_layers": 2,
-        # Few buckets and a short max distance, so a 32-token batch reaches every bucket kind
-        # (exact, logarithmic and clamped).
-        "relative_attention_num_buckets": 16,
-        "relative_attention_max_distance": 16,
-        "n_positions": 32,
-        "dropout_rate": 0.0,
-    },
-    "t5-base": {
-        **_ORIGINAL_T5,
-        "d_model": 768,
-        "num_heads": 12,
-        "d_ff": 3072,
-        "num_layers": 12,
-        "num_decoder_layers": 12,
-    },
-    "t5-large": {
-        **_ORIGINAL_T5,
-        "d_model": 1024,
-        "num_heads": 16,
-        "d_ff": 4096,
-        "num_layers": 24,
-        "num_decoder_layers": 24,
-    },
-}
 
 
 def _gelu_new(x: torch.Tensor) -> torch.Tensor:
@@ -99,10 +52,6 @@ def _gelu_new(x: torch.Tensor) -> torch.Tensor:
 
 # dense_act_fn (what transformers derives from feed_forward_proj) -> the same function.
 _ACTIVATIONS = {"relu": F.relu, "gelu": F.gelu, "gelu_new": _gelu_new, "silu": F.silu}
-
-
-def _inner_size(config: T5Config) -> int:
-    return config.num_heads * config.d_kv
 
 
 def _scales_logits(config: T5Config) -> bool:
@@ -196,7 +145,7 @@ class T5Attention(Attends):
 
     def __init__(self, config: T5Config, *, relative_bias: bool, bidirectional: bool) -> None:
         super().__init__()
-        hidden, inner = config.d_model, _inner_size(config)
+        hidden, inner = config.d_model, inner_size(config)
         self.head_dim = config.d_kv
         self.q = nn.Linear(hidden, inner, bias=False)
         self.k = nn.Linear(hidden, inner, bias=False)
@@ -429,28 +378,6 @@ def check_config(config: PretrainedConfig) -> None:
     _decoder_start_token_id(config)
 
 
-def _layer_plan(config: T5Config) -> tuple[list[str], list[str]]:
-    """Layer names and types, in execution order."""
-    n_enc, n_dec = config.num_layers, config.num_decoder_layers
-    names = [
-        "embedding",
-        *(f"encoder.{i}" for i in range(n_enc)),
-        "decoder_embedding",
-        *(f"decoder.{i}" for i in range(n_dec)),
-        "head",
-    ]
-    types = [
-        "t5_embedding",
-        "t5_encoder_first_block",
-        *(["t5_encoder_block"] * (n_enc - 1)),
-        "t5_decoder_embedding",
-        "t5_decoder_first_block",
-        *(["t5_decoder_block"] * (n_dec - 1)),
-        "t5_head",
-    ]
-    return names, types
-
-
 def build(config: PretrainedConfig) -> LayeredModel:
     check_config(config)
     n_enc, n_dec = config.num_layers, config.num_decoder_layers
@@ -464,7 +391,7 @@ def build(config: PretrainedConfig) -> LayeredModel:
     if config.tie_word_embeddings:
         head.lm_head.weight = embedding.embed_tokens.weight
         shared.append(f"layers.{head_at}.lm_head.weight")
-    names, types = _layer_plan(config)
+    names, types = layer_plan(config)
     return LayeredModel(
         family="t5",
         layer_names=names,
@@ -473,130 +400,6 @@ def build(config: PretrainedConfig) -> LayeredModel:
         loss_fn=token_classification_loss,
         tied=[TiedParameters(tuple(shared))],
         config=config,
-    )
-
-
-def describe(config: PretrainedConfig, seq_len: int, name: str) -> ModelDescription:
-    check_config(config)
-    d, h, v, s = config.d_model, config.num_heads, config.vocab_size, seq_len
-    tied = config.tie_word_embeddings
-    costs = _BlockCosts(config, s)
-    names, types = _layer_plan(config)
-    hidden_out = s * d * FP32_BYTES
-    bias_out = h * s * s * FP32_BYTES  # the [1, h, s, s] position bias, counted per sample
-    rows: list[tuple[str, int, float, float, float]] = [
-        # kind, params, forward FLOPs, saved elements, output bytes
-        ("embedding", v * d, 0, s * d, hidden_out + s * ID_BYTES),
-        *(
-            ("block", *costs.encoder(first=i == 0), hidden_out + bias_out + s * ID_BYTES)
-            for i in range(config.num_layers)
-        ),
-        # The bridge saves the norm's input and output (the encoder output every
-        # cross-attention reads; counted once here).
-        ("block", d, 0, 2 * s * d, 2 * hidden_out),
-        *(
-            ("block", *costs.decoder(first=i == 0), 2 * hidden_out + bias_out)
-            for i in range(config.num_decoder_layers)
-        ),
-        ("head", d + (0 if tied else v * d), 2 * s * d * v, 3 * s * d, s * v * FP32_BYTES),
-    ]
-    layers = [
-        _layer(layer_name, layer_type, config, s, *row)
-        for layer_name, layer_type, row in zip(names, types, rows, strict=True)
-    ]
-    # Every attention carries the relative position bias, which keeps kernels from skipping
-    # the decoder's masked pairs: they compute every pair. A decoder block attends twice.
-    one = full_attention(s, s, _inner_size(config))
-    layers = [
-        with_attention(x, tuple(2 * f for f in one) if "decoder" in x.layer_type else one)  # type: ignore[arg-type]
-        if x.layer_type.startswith(("t5_encoder", "t5_decoder_first", "t5_decoder_block"))
-        else x
-        for x in layers
-    ]
-    return ModelDescription(
-        name=name,
-        family="t5",
-        hidden_size=d,
-        num_heads=h,
-        num_kv_heads=h,
-        ffn_size=config.d_ff,
-        vocab_size=v,
-        num_labels=0,
-        seq_len=s,
-        activation_bytes_per_element=FP32_BYTES,
-        layers=tuple(layers),
-        source={
-            "model_type": "t5",
-            "tied_embeddings": str(tied).lower(),
-            "feed_forward_proj": config.feed_forward_proj,
-            "d_kv": str(config.d_kv),
-            "encoder_layers": str(config.num_layers),
-            "decoder_layers": str(config.num_decoder_layers),
-        },
-    )
-
-
-class _BlockCosts:
-    """Parameters, forward FLOPs and saved elements of encoder and decoder blocks.
-
-    Encoder and decoder run the same ``seq_len``. FLOPs count matmuls (2 per multiply-add),
-    attention scores and mixing dense; the decoder's cross-attention costs as much as its
-    self-attention at equal lengths. Saved elements for backward, an estimate the profiler
-    replaces: per sublayer its input and norm output (2 s d); per attention q, k, v and output
-    (4 s inner) and SDPA's log-sum-exp (h s); the FFN's 2 (gated: 4) [s, d_ff] tensors; per
-    self-attention the [h, s, s] bias SDPA saves (the first block's is also what it passes on).
-    The bias is the same for every sample, so this overstates it at micro-batches above 1.
-    """
-
-    def __init__(self, config: T5Config, s: int) -> None:
-        d, h, f, inner = config.d_model, config.num_heads, config.d_ff, _inner_size(config)
-        ffn_mats = 3 if config.is_gated_act else 2
-        self.bias_params = config.relative_attention_num_buckets * h
-        self.attn_params = 4 * d * inner + d  # q, k, v, o and the sublayer's norm
-        self.ffn_params = ffn_mats * d * f + d
-        self.attn_fwd = 2 * s * 4 * d * inner + 4 * s * s * inner
-        self.ffn_fwd = 2 * s * ffn_mats * d * f
-        self.attn_act = 2 * s * d + 4 * s * inner + h * s
-        self.ffn_act = 2 * s * d + (4 if config.is_gated_act else 2) * s * f
-        self.self_bias_act = h * s * s
-
-    def encoder(self, *, first: bool) -> tuple[int, float, float]:
-        params = self.attn_params + self.ffn_params + (self.bias_params if first else 0)
-        act = self.attn_act + self.self_bias_act + self.ffn_act
-        return params, self.attn_fwd + self.ffn_fwd, act
-
-    def decoder(self, *, first: bool) -> tuple[int, float, float]:
-        params = 2 * self.attn_params + self.ffn_params + (self.bias_params if first else 0)
-        act = 2 * self.attn_act + self.self_bias_act + self.ffn_act
-        return params, 2 * self.attn_fwd + self.ffn_fwd, act
-
-
-def _layer(
-    name: str,
-    layer_type: str,
-    config: T5Config,
-    s: int,
-    kind: str,
-    params: int,
-    fwd: float,
-    act: float,
-    out_bytes: float,
-) -> LayerDescription:
-    attends = layer_type.endswith("block")
-    return LayerDescription(
-        name=name,
-        kind=kind,  # type: ignore[arg-type]
-        layer_type=layer_type,
-        hidden_size=config.d_model,
-        num_heads=config.num_heads if attends else 0,
-        num_kv_heads=config.num_heads if attends else 0,
-        ffn_size=config.d_ff if attends else 0,
-        seq_len=s,
-        params=params,
-        forward_flops_per_sample=float(fwd),
-        backward_flops_per_sample=float(2 * fwd),
-        activation_bytes_per_sample=float(act * FP32_BYTES),
-        output_bytes_per_sample=float(out_bytes),
     )
 
 
@@ -758,14 +561,13 @@ FAMILY = Family(
     unit="tokens",
     check_config=check_config,
     build=build,
-    describe=describe,
+    describe=describe_through(ARCHITECTURE),
     tp_layouts=tp_layouts,
     synthetic_batch=synthetic_batch,
     reference_model=reference_model,
     reference_outputs=reference_outputs,
     from_hf_state_dict=from_hf_state_dict,
     to_hf_state_dict=to_hf_state_dict,
-    # Relative positions set no limit; published configs carry the trained length (512).
-    default_seq_len=lambda config: int(getattr(config, "n_positions", None) or 512),
+    default_seq_len=default_seq_len_through(ARCHITECTURE),
     presets=PRESETS,
 )

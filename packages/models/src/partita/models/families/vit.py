@@ -6,11 +6,9 @@ import torch
 from torch import nn
 from transformers import PretrainedConfig, PreTrainedModel, ViTConfig, ViTForImageClassification
 
-from partita.formats import LayerDescription, ModelDescription
+from partita.formats.architectures.vit import ARCHITECTURE, PRESETS, image_seq_len, num_patches
 from partita.models.attention import Attends
-from partita.models.families._attention_cost import full_attention, with_attention
 from partita.models.families._vision import (
-    FP32_BYTES,
     KeyTriple,
     activation,
     check_classification,
@@ -21,57 +19,17 @@ from partita.models.families._vision import (
     pair,
     pick,
 )
-from partita.models.families.base import Family, StateDict
+from partita.models.families.base import (
+    Family,
+    StateDict,
+    default_seq_len_through,
+    describe_through,
+)
 from partita.models.heads import merge_heads, split_heads
 from partita.models.layered import Activations, LayeredModel
 from partita.models.losses import classification_loss
 from partita.models.tp_layout import TPLayout
 from partita.models.validation import require_divisible, require_family_config, require_positive
-
-_NO_DROPOUT = {"hidden_dropout_prob": 0.0, "attention_probs_dropout_prob": 0.0}
-PRESETS: dict[str, dict[str, object]] = {
-    "vit-tiny": {
-        "model_type": "vit",
-        "image_size": 32,
-        "patch_size": 8,
-        "hidden_size": 64,
-        "num_attention_heads": 4,
-        "num_hidden_layers": 3,
-        "intermediate_size": 256,
-        "num_labels": 10,
-        **_NO_DROPOUT,
-    },
-    "vit-base": {
-        "model_type": "vit",
-        "image_size": 224,
-        "patch_size": 16,
-        "hidden_size": 768,
-        "num_attention_heads": 12,
-        "num_hidden_layers": 12,
-        "intermediate_size": 3072,
-        "num_labels": 1000,
-    },
-    "vit-large": {
-        "model_type": "vit",
-        "image_size": 224,
-        "patch_size": 16,
-        "hidden_size": 1024,
-        "num_attention_heads": 16,
-        "num_hidden_layers": 24,
-        "intermediate_size": 4096,
-        "num_labels": 1000,
-    },
-}
-
-
-def _num_patches(config: ViTConfig) -> int:
-    # The convolution drops a remainder that the patch does not cover, as in transformers.
-    (height, width), (patch_h, patch_w) = pair(config.image_size), pair(config.patch_size)
-    return (height // patch_h) * (width // patch_w)
-
-
-def _seq_len(config: ViTConfig) -> int:
-    return _num_patches(config) + 1  # the CLS token
 
 
 class ViTEmbedding(nn.Module):
@@ -82,7 +40,7 @@ class ViTEmbedding(nn.Module):
         hidden = config.hidden_size
         self.projection = nn.Conv2d(config.num_channels, hidden, kernel_size=patch, stride=patch)
         self.cls_token = nn.Parameter(torch.empty(1, 1, hidden))
-        self.position_embeddings = nn.Parameter(torch.empty(1, _seq_len(config), hidden))
+        self.position_embeddings = nn.Parameter(torch.empty(1, image_seq_len(config), hidden))
         self.dropout = nn.Dropout(config.hidden_dropout_prob)
         for param in (self.cls_token, self.position_embeddings):
             nn.init.trunc_normal_(param, std=config.initializer_range)
@@ -165,7 +123,7 @@ def check_config(config: PretrainedConfig) -> None:
         config.hidden_size, config.num_attention_heads, "hidden_size", "num_attention_heads"
     )
     check_image_geometry(config, "vit")
-    if _num_patches(config) == 0:
+    if num_patches(config) == 0:
         raise ValueError(f"vit: patch_size {config.patch_size} exceeds image_size")
     check_classification(config, "vit")
     activation(config, "vit")
@@ -181,112 +139,6 @@ def build(config: PretrainedConfig) -> LayeredModel:
         layers=[ViTEmbedding(config), *(ViTBlock(config) for _ in range(n)), ViTHead(config)],
         loss_fn=classification_loss,
         config=config,
-    )
-
-
-def describe(config: PretrainedConfig, seq_len: int, name: str) -> ModelDescription:
-    check_config(config)
-    check_seq_len(seq_len, _seq_len(config), "vit")
-    h, a, f, s = config.hidden_size, config.num_attention_heads, config.intermediate_size, seq_len
-    labels = config.num_labels
-    patch_h, patch_w = pair(config.patch_size)
-    kernel = config.num_channels * patch_h * patch_w  # inputs of one patch's projection
-    qkv_bias = 3 * h if config.qkv_bias else 0
-    block_params = 4 * h * h + qkv_bias + h + 2 * h * f + f + h + 4 * h
-    # Matmul and convolution FLOPs (2 per multiply-add); attention scores and mixing dense.
-    # Backward is twice forward, except the patch convolution: the pixels need no gradient,
-    # so only its weight gradient is computed.
-    embed_fwd = 2 * _num_patches(config) * kernel * h
-    block_fwd = 2 * s * (4 * h * h + 2 * h * f) + 4 * s * s * h
-    head_fwd = 2 * h * labels
-    # Saved for backward, in elements: norm inputs/outputs, q/k/v/attention output, FFN
-    # activations and SDPA's per-head log-sum-exp; the embedding keeps the pixels for the
-    # convolution's weight gradient. An estimate; the profiler measures.
-    block_act = s * (8 * h + 2 * f) + a * s
-    layers = [
-        _layer(
-            ("embedding", "embedding", "vit_embedding"),
-            config,
-            s,
-            params=kernel * h + h + h + s * h,  # projection, its bias, CLS token, positions
-            flops=(embed_fwd, embed_fwd),
-            act=config.num_channels * _pixels(config) + s * h,
-        ),
-        *(
-            _layer(
-                (f"blocks.{i}", "block", "vit_block"),
-                config,
-                s,
-                params=block_params,
-                flops=(block_fwd, 2 * block_fwd),
-                act=block_act,
-            )
-            for i in range(config.num_hidden_layers)
-        ),
-        _layer(
-            ("head", "head", "vit_head"),
-            config,
-            s,
-            params=2 * h + h * labels + labels,
-            flops=(head_fwd, 2 * head_fwd),
-            act=2 * s * h,  # the norm's input and output; the loss: loss_bytes_per_sample
-        ),
-    ]
-    attention = full_attention(s, s, h)
-    layers = [with_attention(x, attention) if x.kind == "block" else x for x in layers]
-    return ModelDescription(
-        name=name,
-        family="vit",
-        hidden_size=h,
-        num_heads=a,
-        num_kv_heads=a,
-        ffn_size=f,
-        vocab_size=0,
-        num_labels=labels,
-        seq_len=s,
-        activation_bytes_per_element=FP32_BYTES,
-        layers=tuple(layers),
-        source={
-            "model_type": "vit",
-            "image_size": "x".join(map(str, pair(config.image_size))),
-            "patch_size": "x".join(map(str, pair(config.patch_size))),
-        },
-    )
-
-
-def _pixels(config: ViTConfig) -> int:
-    height, width = pair(config.image_size)
-    return height * width
-
-
-def _layer(
-    identity: tuple[str, str, str],
-    config: ViTConfig,
-    s: int,
-    *,
-    params: int,
-    flops: tuple[float, float],
-    act: float,
-) -> LayerDescription:
-    """``identity`` is (name, kind, layer_type); ``flops`` (forward, backward) per sample."""
-    name, kind, layer_type = identity
-    is_block = kind == "block"
-    return LayerDescription(
-        name=name,
-        kind=kind,  # type: ignore[arg-type]
-        layer_type=layer_type,
-        hidden_size=config.hidden_size,
-        num_heads=config.num_attention_heads if is_block else 0,
-        num_kv_heads=config.num_attention_heads if is_block else 0,
-        ffn_size=config.intermediate_size if is_block else 0,
-        seq_len=s,
-        params=params,
-        forward_flops_per_sample=float(flops[0]),
-        backward_flops_per_sample=float(flops[1]),
-        activation_bytes_per_sample=float(act * FP32_BYTES),
-        output_bytes_per_sample=float(
-            (config.num_labels if kind == "head" else config.hidden_size * s) * FP32_BYTES
-        ),
     )
 
 
@@ -313,7 +165,7 @@ def tp_layouts(config: PretrainedConfig) -> dict[str, TPLayout]:
 def synthetic_batch(
     config: PretrainedConfig, batch_size: int, seq_len: int, generator: torch.Generator
 ) -> Activations:
-    check_seq_len(seq_len, _seq_len(config), "vit")
+    check_seq_len(seq_len, image_seq_len(config), "vit")
     return image_batch(config, batch_size, generator)
 
 
@@ -385,13 +237,13 @@ FAMILY = Family(
     unit="samples",
     check_config=check_config,
     build=build,
-    describe=describe,
+    describe=describe_through(ARCHITECTURE),
     tp_layouts=tp_layouts,
     synthetic_batch=synthetic_batch,
     reference_model=reference_model,
     reference_outputs=reference_outputs,
     from_hf_state_dict=from_hf_state_dict,
     to_hf_state_dict=to_hf_state_dict,
-    default_seq_len=_seq_len,
+    default_seq_len=default_seq_len_through(ARCHITECTURE),
     presets=PRESETS,
 )

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 
-from partita.formats import LayerDescription
+from partita.formats.model_description import LayerDescription
 
 
 def causal_pairs(s: int, window: int | None = None) -> float:
