@@ -5,6 +5,8 @@ test_families and test_llama, which can describe other sequence lengths)."""
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import pytest
 
 from partita.formats import LayerMemory, ModelDescription
@@ -55,3 +57,44 @@ def test_the_loss_of_a_large_vocabulary_outweighs_a_block_and_splits_with_vocab_
     loss_share = head.loss_bytes_per_sample / 8
     assert split.activation_bytes_per_sample < whole.activation_bytes_per_sample / 4
     assert split.backward_peak_bytes_per_sample == pytest.approx(2 * loss_share)
+
+
+@pytest.mark.parametrize("tied", [True, False])
+def test_fsdp_leaves_a_tied_vocabulary_table_whole(tied: bool) -> None:
+    """The executor's FSDP ignores a table tied between embedding and head (it sums its
+    gradient by hand), so under ZeRO-3 every rank keeps all of it: parameters, gradient and
+    AdamW states. An untied table is sharded like any other parameter."""
+    from partita.formats import LayerStrategy, PipelineConfig, Plan, VocabStrategy
+    from partita.formats.architectures import describe_config, presets
+    from partita.simulator.simulation import build_workload
+    from partita.simulator.specsheet import hardware_profile_from_spec
+
+    config = {**presets()["gpt2"], "tie_word_embeddings": tied}
+    model = describe_config(config, name="gpt2")
+    assert bool(model.shared_vocabulary) == tied
+    layers = len(model.blocks)
+    plan = Plan(
+        world_size=2,
+        mesh_axis_order=("pp", "dp", "tp"),
+        global_batch_size=2,
+        num_micro_batches=1,
+        pipeline=PipelineConfig(degree=1, schedule="gpipe", stage_num_layers=(layers,)),
+        layers=tuple(LayerStrategy(dp="zero3") for _ in range(layers)),
+        vocab=VocabStrategy(dp="zero3"),
+    )
+    (stage,), _ = build_workload(
+        plan,
+        hardware=hardware_profile_from_spec(replace(H100, devices_per_node=2)),
+        model_profile=model_profile_from_description(model, H100, dtype="fp32"),
+        model=model,
+    )
+    embedding = stage.layers[0]
+    table = 4 * model.vocab_size * model.hidden_size
+    rest = 4 * model.layers[0].params - table  # the position table
+    expected = table + rest / 2 if tied else (table + rest) / 2
+    assert embedding.param_bytes == pytest.approx(expected)
+    assert embedding.optimizer_bytes == pytest.approx(2 * expected)
+    assert embedding.grad_bytes == pytest.approx(expected)
+    # The whole table's gradient is all-reduced; the rest reduce-scattered.
+    kinds = [kind for kind, _ in embedding.grad_sync]
+    assert kinds == (["reduce_scatter", "all_reduce"] if tied else ["reduce_scatter"])

@@ -98,6 +98,23 @@ def shard_layer(
     return True
 
 
+def share_fsdp_root(stage: nn.Module) -> bool:
+    """Make ``stage`` the one FSDP root over its ZeRO-2/3 layers (each already an FSDP unit
+    of its own data-parallel mesh); whether there were any. The root manages no parameter
+    (every one outside the units is ignored: DDP, ZeRO-1 and tensor-parallel layers, tied
+    tables), but gives the units one communication context: each layer's reduce-scatter is
+    then awaited, and its fp32 input freed, when the next layer's is issued, and the units
+    are finalised together after the backward. As separate roots, every unit kept its
+    unsharded gradient and reduce-scatter buffers until the whole backward ended: two whole
+    copies of every ZeRO-2/3 layer at the peak."""
+    meshes = [p.device_mesh for p in stage.parameters() if isinstance(p, DTensor)]
+    if not meshes:
+        return False
+    ignored = {p for p in stage.parameters() if not isinstance(p, DTensor)}
+    fully_shard(stage, mesh=meshes[0], ignored_params=ignored or None)
+    return True
+
+
 class Optimizers:
     """Several optimizers stepped as one (ZeRO-1 shards per data-parallel group)."""
 

@@ -34,7 +34,12 @@ from torch import nn
 from torch.distributed.tensor import DTensor
 from torch.distributed.tensor._utils import compute_local_shape_and_global_offset
 
-from partita.executor.data_parallel import Optimizers, layerwise_optimizers, shard_layer
+from partita.executor.data_parallel import (
+    Optimizers,
+    layerwise_optimizers,
+    shard_layer,
+    share_fsdp_root,
+)
 from partita.executor.grad_sync import GradientBuckets, all_reduce_flat
 from partita.executor.groups import ParallelGroups
 from partita.executor.setups import (
@@ -115,6 +120,7 @@ def parallelize_stage(
     sharded = _materialize_and_shard(
         stage_model, setups, model, record, names, materializer, compute_dtype
     )
+    share_fsdp_root(stage_model)
     tables = _tied_tables(model, stage_model)
     named = dict(stage_model.named_parameters())
     partial = [(named[n], g) for n, g in stage_model.partial_names.items() if n in named]

@@ -298,6 +298,34 @@ class WorkloadBuilder:
         gradients = gathered + memory.param_bytes
         return gradients + (gathered if strategy.dp == "zero3" else 0.0)
 
+    def _fsdp_and_table(
+        self, layer: LayerDescription, strategy: Strategy, memory: LayerMemory, dp: int
+    ) -> tuple[LayerMemory, tuple[float, float, float]]:
+        """(what FSDP shards of the layer, the (parameter, gradient, optimizer) bytes it
+        leaves whole). FSDP ignores a vocabulary table tied across layers (the executor sums
+        its gradient by hand, ``parallelize``): under ZeRO-2/3 every rank keeps the whole
+        table, its gradient and its optimizer states, in the layer that counts the table (the
+        first holder); nothing is left whole otherwise."""
+        shared = self.model.shared_vocabulary
+        if strategy.dp not in ("zero2", "zero3") or dp == 1 or not shared:
+            return memory, (0.0, 0.0, 0.0)
+        if layer.name != shared[0]:
+            return memory, (0.0, 0.0, 0.0)
+        share = min(1.0, self.model.vocab_size * layer.hidden_size / max(layer.params, 1))
+        table = (
+            memory.param_bytes * share,
+            memory.grad_bytes * share,
+            memory.optimizer_bytes * share,
+        )
+        rest = replace(
+            memory,
+            param_bytes=round(memory.param_bytes - table[0]),
+            grad_bytes=round(memory.grad_bytes - table[1]),
+            optimizer_bytes=round(memory.optimizer_bytes - table[2]),
+            param_tensors=max(0, memory.param_tensors - 1),
+        )
+        return rest, table
+
     def _held_parameters(
         self, strategy: Strategy, memory: LayerMemory, gathered: float, dp: int
     ) -> float:
@@ -428,11 +456,14 @@ class WorkloadBuilder:
         times = _scaled(times, self._compute_scale())
         tp_comm = 0.0 if times.includes_tp_comm else self._tp_comm(layer, strategy)
         into_forward, into_backward = self._redistribution(layer, strategy, previous)
-        memory = self.cost.layer_memory(layer, tp=strategy.tp, sp=strategy.sp)
+        whole = self.cost.layer_memory(layer, tp=strategy.tp, sp=strategy.sp)
         dp_group = self._placement("dp", strategy.tp)
+        memory, table = self._fsdp_and_table(layer, strategy, whole, dp_group.size)
         # FSDP gathers in the compute precision (``data_parallel.shard_layer``): a bf16 copy
-        # of the fp32 master shards.
-        gathered_bytes = memory.param_bytes * min(1.0, self.element_bytes / MASTER_BYTES)
+        # of the fp32 master shards; in fp32 where the layer also holds a tied table.
+        holds_table = layer.name in self.model.shared_vocabulary
+        ratio = 1.0 if holds_table else min(1.0, self.element_bytes / MASTER_BYTES)
+        gathered_bytes = memory.param_bytes * ratio
         gather = self._meeting("all_gather", gathered_bytes, dp_group)
         forward = times.forward_s + tp_comm + into_forward
         backward = times.backward_s + tp_comm + into_backward
@@ -463,20 +494,29 @@ class WorkloadBuilder:
         _, shard_grads, shard_optimizer = ZERO_FACTORS[strategy.dp]
         full_activations = memory.activation_bytes_per_sample * batch
         kept = memory.checkpoint_activation_bytes_per_sample * batch if strategy.ckpt else 0.0
+        table_params, table_grads, table_optimizer = table
+        whole_table = replace(whole, param_bytes=round(table_params), param_tensors=1)
+        table_sync = (
+            (("all_reduce", self._collective("all_reduce", table_grads, dp_group)),)
+            if table_grads
+            else ()
+        )
         work = LayerWork(
             name=layer.name,
             forward_s=forward,
             backward_s=backward,
-            grad_sync=self._grad_sync(strategy, memory.grad_bytes, dp_group),
+            grad_sync=self._grad_sync(strategy, memory.grad_bytes, dp_group) + table_sync,
             grad_sync_every_micro_batch=strategy.dp in ("zero2", "zero3"),
             activation_bytes=kept if strategy.ckpt else full_activations,
             transient_bytes=(full_activations if strategy.ckpt else 0.0)
             + memory.backward_peak_bytes_per_sample * batch
             + self._fsdp_transient(strategy, memory, gathered_bytes, dp),
-            param_bytes=self._held_parameters(strategy, memory, gathered_bytes, dp),
-            grad_bytes=memory.grad_bytes / (dp if shard_grads else 1),
-            optimizer_bytes=memory.optimizer_bytes / (dp if shard_optimizer else 1),
-            optimizer_s=self._layer_optimizer_step(memory, strategy.dp, dp),
+            param_bytes=self._held_parameters(strategy, memory, gathered_bytes, dp) + table_params,
+            grad_bytes=memory.grad_bytes / (dp if shard_grads else 1) + table_grads,
+            optimizer_bytes=memory.optimizer_bytes / (dp if shard_optimizer else 1)
+            + table_optimizer,
+            optimizer_s=self._layer_optimizer_step(memory, strategy.dp, dp)
+            + (self._layer_optimizer_step(whole_table, "ddp", dp) if table_params else 0.0),
             grads_held=self._under_ddp(strategy, dp),
             forward_gather_s=forward_gather,
             backward_gather_s=backward_gather,
