@@ -123,8 +123,12 @@ def build_case(row: dict[str, Any]) -> Case:
     tp, pp = parallel.get("tp") or 1, parallel.get("pp") or 1
     dp = gpus // (tp * pp)
     ckpt = parallel.get("activation_checkpointing") or "none"
-    if ckpt == "selective":
-        approximations.append("selective checkpointing priced as none (not expressible yet)")
+    every_other = False  # TorchTitan's layer SAC: every second block checkpointed whole
+    if ckpt == "selective" and parallel.get("selective_ac_option") == "layer":
+        approximations.append("selective layer = every 2nd block checkpointed")
+        every_other, ckpt = True, "full"
+    elif ckpt == "selective":
+        approximations.append("selective op checkpointing priced as none (not expressible yet)")
         ckpt = "none"
     dp_mode = DP_MODES[parallel.get("dp_mode") or "ddp"]
     global_batch = parallel.get("global_batch_size") or (parallel["local_batch_size"] * dp)
@@ -141,6 +145,13 @@ def build_case(row: dict[str, Any]) -> Case:
     plan = uniform_plan(
         strategy, model, world_size=gpus, global_batch=global_batch, precision="bf16"
     )
+    if every_other:
+        # torchtitan's _apply_layer_sac wraps block k (counted from 1) when k % 2 == 0, the
+        # default selective_ac_option "2" ("every nth layer").
+        layers = tuple(
+            dataclasses.replace(layer, ckpt=i % 2 == 1) for i, layer in enumerate(plan.layers)
+        )
+        plan = dataclasses.replace(plan, layers=layers)
     base = H100_96G_500W if hardware["gpu"].startswith("H100") else PRESETS["a100-sxm-80g"]
     per_node = hardware.get("gpus_per_node") or 8
     spec = base.with_changes(devices_per_node=per_node, num_nodes=max(1, gpus // per_node))
@@ -206,9 +217,13 @@ def _strategy_line(plan: Plan) -> str:
     layer = plan.layers[0]
     dp = plan.world_size // (layer.tp * plan.pipeline.degree)
     mb = plan.global_batch_size // (dp * plan.num_micro_batches)
+    checkpointed = sum(x.ckpt for x in plan.layers)
+    ckpt = {0: "", len(plan.layers): " ckpt"}.get(
+        checkpointed, f" ckpt {checkpointed}/{len(plan.layers)}"
+    )
     return (
         f"tp{layer.tp} pp{plan.pipeline.degree} dp{dp} {layer.dp}"
-        f"{' ckpt' if layer.ckpt else ''} mb{mb} x{plan.num_micro_batches}"
+        f"{ckpt} mb{mb} x{plan.num_micro_batches}"
     )
 
 
