@@ -365,3 +365,14 @@ def test_runners_up_are_distinct_plans_with_distinct_labels(tmp_path: Path) -> N
     labels = [line.rsplit("  ", 3)[0].strip() for line in lines]
     assert len(labels) == len(set(labels)) >= 2, lines
     assert describe_plan(load(EXAMPLES / "plan.json")).startswith("pp2 ")
+
+
+def test_uniform_gives_extra_blocks_to_the_middle_stages() -> None:
+    """As the search splits them: the first and last stages also hold the embedding and the
+    head, so blocks that do not divide go to the middle."""
+    from partita.formats.architectures import describe_config, presets
+    from partita.simulator.uniform_plan import uniform_plan
+
+    model = describe_config({**presets()["gpt2"], "n_layer": 10})
+    plan = uniform_plan("pp=4", model, world_size=4, global_batch=4, precision="fp32")
+    assert plan.pipeline.stage_num_layers == (2, 3, 3, 2)

@@ -1,8 +1,10 @@
 """A uniform plan from one line: ``"tp=8,pp=8,sp=megatron,ckpt=full,mb=1"``.
 
 Published runs state one strategy for the whole model; this writes it as a plan file (every
-block the same strategy, the blocks split evenly over the stages) so it can be simulated and
-compared with a searched plan, without listing 96 identical layers by hand.
+block the same strategy, the blocks split evenly over the stages as the search splits them:
+any extra ones to the middle stages, since the first and last also hold the embedding and
+the head) so it can be simulated and compared with a searched plan, without listing 96
+identical layers by hand.
 
 Keys (all optional): ``tp`` (1), ``pp`` (1), ``sp`` (``none``, ``megatron``, ``ulysses``),
 ``dp`` (``ddp``, ``zero1``, ``zero2``, ``zero3``), ``ckpt`` (``none`` or ``full``; also
@@ -26,6 +28,7 @@ from partita.formats import (
     validate_plan,
 )
 from partita.formats.common import Precision
+from partita.simulator.search.partition import even_partition
 
 _CHOICES = {
     "sp": ("none", "megatron", "ulysses"),
@@ -108,7 +111,7 @@ def uniform_plan(
         pipeline=PipelineConfig(
             degree=pp,
             schedule=settings.get("schedule", "1f1b"),
-            stage_num_layers=tuple(blocks // pp + (s < blocks % pp) for s in range(pp)),
+            stage_num_layers=even_partition(blocks, pp),
         ),
         layers=tuple(layer for _ in range(blocks)),
         vocab=VocabStrategy(tp=vocab_tp, dp=settings.get("vocab_dp", layer.dp)),
