@@ -56,6 +56,7 @@ from partita.formats import (
     save,
     validate_plan,
 )
+from partita.formats.common import CKPT_MODES, DP_MODES
 
 GLOBAL_BATCH = 4  # local micro-batches of 1, 2 or 4: the profiled batch sizes
 BATCH_SIZES = ("1", "2", "4")
@@ -215,15 +216,18 @@ def make_plan(
     pp: int = 1,
     schedule: str = "gpipe",
     micro_batches: int = 1,
+    chunks: int = 1,
 ) -> Plan:
-    n = len(layers)
-    per_stage = [n // pp + (1 if i < n % pp else 0) for i in range(pp)]
+    n, stages = len(layers), pp * chunks
+    per_stage = [n // stages + (1 if i < n % stages else 0) for i in range(stages)]
     return Plan(
         world_size=world,
         mesh_axis_order=("pp", "dp", "tp"),
         global_batch_size=GLOBAL_BATCH,
         num_micro_batches=micro_batches,
-        pipeline=PipelineConfig(degree=pp, schedule=schedule, stage_num_layers=tuple(per_stage)),
+        pipeline=PipelineConfig(
+            degree=pp, schedule=schedule, stage_num_layers=tuple(per_stage), chunks=chunks
+        ),
         layers=layers,
         vocab=vocab,
     )
@@ -245,17 +249,16 @@ def strategy_name(layer: LayerStrategy) -> str:
     if layer.sp != "none":
         words.append(layer.sp)
     words.append(layer.dp)
-    if layer.ckpt:
-        words.append("ckpt")
+    if layer.ckpt != "none":
+        words.append("ckpt" if layer.ckpt == "full" else "ckpt-attention")
     return "-".join(words)
 
 
 def layer_candidates(world: int) -> list[LayerStrategy]:
     tps = [t for t in (1, 2, 4, 8) if world % t == 0]
     out = []
-    for tp, sp, dp, ckpt in itertools.product(
-        tps, ("none", "megatron", "ulysses"), ("ddp", "zero1", "zero2", "zero3"), (False, True)
-    ):
+    sps, dps, ckpts = ("none", "megatron", "ulysses"), DP_MODES, CKPT_MODES
+    for tp, sp, dp, ckpt in itertools.product(tps, sps, dps, ckpts):
         if tp == 1 and sp != "none":
             continue
         out.append(LayerStrategy(tp=tp, sp=sp, dp=dp, ckpt=ckpt))
@@ -276,7 +279,8 @@ def uniform_plans(world: int, model: ModelDescription) -> list[tuple[str, Plan]]
 def pipeline_plans(world: int, model: ModelDescription) -> list[tuple[str, Plan]]:
     n = len(model.blocks)
     plans = []
-    for schedule, micro_batches in itertools.product(("gpipe", "1f1b"), (2, 4)):
+    shapes = [(s, 1) for s in ("gpipe", "1f1b", "zb-h1")] + [("interleaved-1f1b", 2)]
+    for (schedule, chunks), micro_batches in itertools.product(shapes, (2, 4)):
         layer = LayerStrategy()
         plan = make_plan(
             world=world,
@@ -285,9 +289,11 @@ def pipeline_plans(world: int, model: ModelDescription) -> list[tuple[str, Plan]
             pp=2,
             schedule=schedule,
             micro_batches=micro_batches,
+            chunks=chunks,
         )
         if world % 2 == 0 and runnable(plan, model):
-            plans.append((f"pp2-{schedule}-x{micro_batches}", plan))
+            name = schedule if chunks == 1 else f"{schedule}{chunks}"
+            plans.append((f"pp2-{name}-x{micro_batches}", plan))
     return plans
 
 
@@ -315,8 +321,8 @@ def layerwise_plans(world: int, model: ModelDescription, *, count: int) -> list[
 
 
 QUICK_UNIFORM = {
-    "ddp", "zero1", "zero2", "zero3", "ddp-ckpt", "tp2-ddp", "tp2-megatron-ddp",
-    "tp2-ulysses-ddp", "tp2-zero3",
+    "ddp", "zero1", "zero2", "zero3", "ddp-ckpt", "ddp-ckpt-attention", "tp2-ddp",
+    "tp2-megatron-ddp", "tp2-ulysses-ddp", "tp2-zero3",
 }  # fmt: skip
 
 
@@ -325,7 +331,10 @@ def all_plans(world: int, model: ModelDescription, *, quick: bool) -> list[tuple
     pipelines = pipeline_plans(world, model)
     if quick:
         uniform = [(name, plan) for name, plan in uniform if name in QUICK_UNIFORM]
-        pipelines = [(n, p) for n, p in pipelines if n in ("pp2-1f1b-x2", "pp2-gpipe-x4")]
+        quick_pipelines = (
+            "pp2-1f1b-x2", "pp2-gpipe-x4", "pp2-zb-h1-x4", "pp2-interleaved-1f1b2-x2",
+        )  # fmt: skip
+        pipelines = [(n, p) for n, p in pipelines if n in quick_pipelines]
     layerwise = layerwise_plans(world, model, count=1 if quick else NUM_RANDOM_LAYERWISE)
     return uniform + pipelines + layerwise
 

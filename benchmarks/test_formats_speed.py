@@ -29,7 +29,7 @@ def _big_plan() -> Plan:
             tp=(1, 2, 4, 8)[i % 4],
             sp=("none", "megatron", "ulysses")[i % 3],
             dp=("ddp", "zero1", "zero2", "zero3")[i % 4],
-            ckpt=bool(i % 2),
+            ckpt=("none", "attention", "full")[i % 3],
         )
         for i in range(NUM_LAYERS)
     )

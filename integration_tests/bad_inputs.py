@@ -233,7 +233,7 @@ CASES: tuple[BadInput, ...] = (
         r"num_heads 4 of layer 'blocks.0'",
         _plan_edited(
             world_size=3,
-            layers=[{"tp": 3, "sp": "none", "dp": "ddp", "ckpt": False}] * 4,
+            layers=[{"tp": 3, "sp": "none", "dp": "ddp", "ckpt": "none"}] * 4,
             vocab={"tp": 3, "sp": False, "dp": "ddp"},
         ),
     ),

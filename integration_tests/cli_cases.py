@@ -97,10 +97,10 @@ _LAYER_WISE = Plan(
     num_micro_batches=1,
     pipeline=PipelineConfig(degree=1, schedule="gpipe", stage_num_layers=(NUM_LAYERS,)),
     layers=(
-        LayerStrategy(tp=2, sp="megatron", dp="ddp", ckpt=True),
+        LayerStrategy(tp=2, sp="megatron", dp="ddp", ckpt="full"),
         LayerStrategy(tp=1, dp="zero1"),
         LayerStrategy(tp=2, sp="none", dp="zero3"),
-        LayerStrategy(tp=1, dp="zero2", ckpt=True),
+        LayerStrategy(tp=1, dp="zero2", ckpt="full"),
     ),
     vocab=VocabStrategy(tp=2, dp="ddp"),
 )

@@ -196,7 +196,7 @@ def real_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
     document = json.loads(RAW["train_plan"])
     document.update(world_size=1, num_micro_batches=1, vocab={"tp": 1, "sp": False, "dp": "ddp"})
     document.update(pipeline={"degree": 1, "schedule": "gpipe", "stage_num_layers": [4]})
-    document["layers"] = [{"tp": 1, "sp": "none", "dp": "ddp", "ckpt": False}] * 4
+    document["layers"] = [{"tp": 1, "sp": "none", "dp": "ddp", "ckpt": "none"}] * 4
     document.pop("predictions")
     (root / "plan.json").write_text(json.dumps(document))
     script = shutil.which("partita", path=str(Path(sys.executable).parent))

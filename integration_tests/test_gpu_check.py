@@ -51,10 +51,10 @@ partita train: error: rank 0 exited with 1; the job was stopped (exit 1)
 """
 
 
-def _plan(*, layers: int = 4, micro_batches: int = 1, ckpt: bool = False) -> dict[str, Any]:
+def _plan(*, layers: int = 4, micro_batches: int = 1, ckpt: str = "none") -> dict[str, Any]:
     return {
         "format": "partita.plan",
-        "version": 2,
+        "version": 3,
         "world_size": 1,
         "mesh_axis_order": ["pp", "dp", "tp"],
         "global_batch_size": 8,
@@ -193,7 +193,7 @@ def test_plan_variants_flip_ckpt_and_micro_batches_and_attention() -> None:
     assert names == ["searched", "ckpt on", "2 micro-batches", "4 micro-batches", "flash attention"]
     assert plan == kept  # the searched plan is not changed
     by_name = {v.name: v for v in variants}
-    assert all(layer["ckpt"] for layer in by_name["ckpt on"].plan["layers"])
+    assert all(layer["ckpt"] == "full" for layer in by_name["ckpt on"].plan["layers"])
     assert by_name["4 micro-batches"].plan["num_micro_batches"] == 4
     assert "predictions" not in by_name["2 micro-batches"].plan  # the search's, not its own
     assert by_name["flash attention"].plan == plan
@@ -201,7 +201,7 @@ def test_plan_variants_flip_ckpt_and_micro_batches_and_attention() -> None:
     assert {v.attention for v in variants[:-1]} == {"sdpa"}
 
     checkpointed = gpu_check.plan_variants(
-        _plan(ckpt=True, micro_batches=2),
+        _plan(ckpt="full", micro_batches=2),
         attention=None,
         other_attention=None,
         attention_skip="partita train has no --attention flag yet",

@@ -149,7 +149,8 @@ def build_case(row: dict[str, Any]) -> Case:
         # torchtitan's _apply_layer_sac wraps block k (counted from 1) when k % 2 == 0, the
         # default selective_ac_option "2" ("every nth layer").
         layers = tuple(
-            dataclasses.replace(layer, ckpt=i % 2 == 1) for i, layer in enumerate(plan.layers)
+            dataclasses.replace(layer, ckpt="full" if i % 2 == 1 else "none")
+            for i, layer in enumerate(plan.layers)
         )
         plan = dataclasses.replace(plan, layers=layers)
     base = H100_96G_500W if hardware["gpu"].startswith("H100") else PRESETS["a100-sxm-80g"]
@@ -217,7 +218,7 @@ def _strategy_line(plan: Plan) -> str:
     layer = plan.layers[0]
     dp = plan.world_size // (layer.tp * plan.pipeline.degree)
     mb = plan.global_batch_size // (dp * plan.num_micro_batches)
-    checkpointed = sum(x.ckpt for x in plan.layers)
+    checkpointed = sum(x.recomputes for x in plan.layers)
     ckpt = {0: "", len(plan.layers): " ckpt"}.get(
         checkpointed, f" ckpt {checkpointed}/{len(plan.layers)}"
     )

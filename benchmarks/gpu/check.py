@@ -171,7 +171,8 @@ def parse_simulation(text: str) -> dict[str, float]:
 
 
 def ckpt_label(plan: dict[str, Any]) -> str:
-    flags = [bool(layer.get("ckpt")) for layer in plan["layers"]]
+    # Plan files before version 3 said true or false; "attention" recomputes too.
+    flags = [layer.get("ckpt") not in (None, False, "none") for layer in plan["layers"]]
     if all(flags):
         return "all"
     if not any(flags):
@@ -213,7 +214,7 @@ def plan_variants(
     flipped, each other count of micro-batches that divides the batch, the other kernel."""
     variants = [Variant(base_name, plan, attention, "as searched")]
     on = ckpt_label(plan) == "none"
-    layers = [{**layer, "ckpt": on} for layer in plan["layers"]]
+    layers = [{**layer, "ckpt": "full" if on else "none"} for layer in plan["layers"]]
     label = "ckpt on" if on else "ckpt off"
     note = f"activation checkpointing {'on' if on else 'off'} in every block"
     variants.append(Variant(label, _changed(plan, note, layers=layers), attention, note))
@@ -234,13 +235,13 @@ def fallback_plan(*, num_blocks: int, global_batch: int, precision: str) -> dict
     (the leanest plan without sharding), one micro-batch."""
     return {
         "format": "partita.plan",
-        "version": 2,
+        "version": 3,
         "world_size": 1,
         "mesh_axis_order": ["pp", "dp", "tp"],
         "global_batch_size": global_batch,
         "num_micro_batches": 1,
         "pipeline": {"degree": 1, "schedule": "gpipe", "stage_num_layers": [num_blocks]},
-        "layers": [{"tp": 1, "sp": "none", "dp": "ddp", "ckpt": True}] * num_blocks,
+        "layers": [{"tp": 1, "sp": "none", "dp": "ddp", "ckpt": "full"}] * num_blocks,
         "vocab": {"tp": 1, "sp": False, "dp": "ddp"},
         "precision": precision,
         "provenance": {"created_by": "benchmarks/gpu/check.py: fallback, the search failed"},

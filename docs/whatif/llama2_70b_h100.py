@@ -44,7 +44,7 @@ def _describe(plan_layers: tuple) -> str:  # type: ignore[type-arg]
     kinds: dict[str, int] = {}
     for layer in plan_layers:
         key = f"tp{layer.tp}" + (f"-{layer.sp}" if layer.sp != "none" else "") + f"-{layer.dp}"
-        key += "-ckpt" if layer.ckpt else ""
+        key += f"-ckpt-{layer.ckpt}" if layer.ckpt != "none" else ""
         kinds[key] = kinds.get(key, 0) + 1
     return ", ".join(f"{count}x {key}" for key, count in kinds.items())
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import random
 
 from partita.formats import LayerStrategy, PipelineConfig, Plan, VocabStrategy, validate_plan
-from partita.models.api import describe_model
+from partita.models.api import ModelSource, describe_model
 
 BATCH = 8
 # The LLaMA family's other model types (issue 25) beside the suite's three presets.
@@ -19,20 +19,30 @@ def even_stages(blocks: int, pp: int) -> tuple[int, ...]:
     return tuple(blocks // pp + (1 if s < blocks % pp else 0) for s in range(pp))
 
 
+def num_blocks(model: ModelSource) -> int:
+    """The block layers of a preset (``BLOCKS``) or of any model source."""
+    if isinstance(model, str) and model in BLOCKS:
+        return BLOCKS[model]
+    return len(describe_model(model).blocks)
+
+
 def make_plan(
-    model: str,
+    model: ModelSource,
     *,
     world: int,
     pp: int = 1,
     schedule: str = "gpipe",
     micro_batches: int = 1,
+    chunks: int = 1,
     layers: tuple[LayerStrategy, ...] | None = None,
     vocab: VocabStrategy | None = None,
     stages: tuple[int, ...] | None = None,
     order: tuple[str, ...] = ("pp", "dp", "tp"),
 ) -> Plan | None:
-    """The plan, or None when it does not fit the model (``validate_plan`` refuses it)."""
-    blocks = BLOCKS[model]
+    """The plan, or None when it does not fit the model (``validate_plan`` refuses it).
+    ``chunks``: virtual stages per rank (interleaved 1F1B); the default stages split the
+    blocks evenly over the ``pp * chunks`` virtual stages."""
+    blocks = num_blocks(model)
     plan = Plan(
         world_size=world,
         mesh_axis_order=order,  # type: ignore[arg-type]
@@ -41,7 +51,8 @@ def make_plan(
         pipeline=PipelineConfig(
             degree=pp,
             schedule=schedule,  # type: ignore[arg-type]
-            stage_num_layers=stages or even_stages(blocks, pp),
+            stage_num_layers=stages or even_stages(blocks, pp * chunks),
+            chunks=chunks,
         ),
         layers=layers or tuple(LayerStrategy() for _ in range(blocks)),
         vocab=vocab or VocabStrategy(),
@@ -88,7 +99,9 @@ def random_plan(rng: random.Random, world: int, model: str) -> Plan:
             tp = rng.choice(degrees)
             sp = rng.choice(("none", "megatron", "ulysses")) if tp > 1 else "none"
             dp = rng.choice(("ddp", "zero1", "zero2", "zero3"))
-            layers.append(LayerStrategy(tp=tp, sp=sp, dp=dp, ckpt=rng.random() < 0.3))  # type: ignore[arg-type]
+            draw = rng.random()
+            ckpt = "full" if draw < 0.3 else "attention" if draw < 0.45 else "none"
+            layers.append(LayerStrategy(tp=tp, sp=sp, dp=dp, ckpt=ckpt))  # type: ignore[arg-type]
         vocab = VocabStrategy(
             tp=rng.choice(degrees),
             dp=rng.choice(("ddp", "zero1", "zero2", "zero3")),  # type: ignore[arg-type]

@@ -57,7 +57,7 @@ def _uniform(model: str, layer: LayerStrategy, vocab: VocabStrategy, **kw: objec
 def _plans() -> dict[str, tuple[str, Plan]]:
     gpt = "gpt-tiny"
     layerwise = (LayerStrategy(), LayerStrategy(tp=2, sp="megatron"), LayerStrategy(dp="zero3"))
-    layerwise += (LayerStrategy(tp=2, ckpt=True),)
+    layerwise += (LayerStrategy(tp=2, ckpt="full"),)
     return {
         "ddp": (gpt, _uniform(gpt, LayerStrategy(), VocabStrategy())),
         "zero1": (gpt, _uniform(gpt, LayerStrategy(dp="zero1"), VocabStrategy(dp="zero1"))),
@@ -66,7 +66,7 @@ def _plans() -> dict[str, tuple[str, Plan]]:
         "tp2": (gpt, _uniform(gpt, LayerStrategy(tp=2), VocabStrategy(tp=2))),
         "megatron-sp2": (gpt, _uniform(gpt, LayerStrategy(tp=2, sp="megatron"), VocabStrategy())),
         "ulysses2": (gpt, _uniform(gpt, LayerStrategy(tp=2, sp="ulysses"), VocabStrategy())),
-        "ckpt": (gpt, _uniform(gpt, LayerStrategy(ckpt=True), VocabStrategy())),
+        "ckpt": (gpt, _uniform(gpt, LayerStrategy(ckpt="full"), VocabStrategy())),
         "gpipe-pp2-m2": (gpt, make_plan(gpt, world=WORLD, pp=2, micro_batches=2)),  # type: ignore[dict-item]
         "1f1b-pp2-m4": (
             gpt,

@@ -57,7 +57,7 @@ STRATEGIES: dict[str, dict[str, Strategy]] = {
     "tp": {
         "tp{n}": lambda n: LayerStrategy(tp=n),
         "tp2-ddp": _fixed(LayerStrategy(tp=2)),
-        "tp2-zero3-ckpt": _fixed(LayerStrategy(tp=2, dp="zero3", ckpt=True)),
+        "tp2-zero3-ckpt": _fixed(LayerStrategy(tp=2, dp="zero3", ckpt="full")),
     },
     "megatron-sp": {
         "tp{n}-megatron-sp": lambda n: LayerStrategy(tp=n, sp="megatron"),
@@ -67,7 +67,7 @@ STRATEGIES: dict[str, dict[str, Strategy]] = {
         "ulysses{n}": lambda n: LayerStrategy(tp=n, sp="ulysses"),
         "ulysses2-ddp": _fixed(LayerStrategy(tp=2, sp="ulysses")),
     },
-    "ckpt": {"ckpt": _fixed(LayerStrategy(ckpt=True))},
+    "ckpt": {"ckpt": _fixed(LayerStrategy(ckpt="full"))},
 }
 # Mixed precision, for every family: (precision, strategy).
 MIXED = {"bf16": LayerStrategy(tp=2), "fp16": LayerStrategy(dp="zero3")}

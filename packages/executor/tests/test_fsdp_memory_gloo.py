@@ -36,7 +36,7 @@ def _peak(tmp: Path, blocks: int) -> int:
     model.mkdir()
     config = {**presets()["gpt-tiny"], "n_layer": blocks}
     (model / "config.json").write_text(json.dumps(config))
-    strategy = LayerStrategy(tp=1, sp="none", dp="zero3", ckpt=True)
+    strategy = LayerStrategy(tp=1, sp="none", dp="zero3", ckpt="full")
     plan = save(
         Plan(
             world_size=2,

@@ -69,8 +69,8 @@ INSIDE = {
     "tp2": (LayerStrategy(tp=2), VocabStrategy(tp=2)),
     "megatron-sp2": (LayerStrategy(tp=2, sp="megatron"), VocabStrategy()),
     "ulysses2": (LayerStrategy(tp=2, sp="ulysses"), VocabStrategy()),
-    "tp2-zero3-ckpt": (LayerStrategy(tp=2, dp="zero3", ckpt=True), VocabStrategy(tp=2)),
-    "ckpt": (LayerStrategy(ckpt=True), VocabStrategy()),
+    "tp2-zero3-ckpt": (LayerStrategy(tp=2, dp="zero3", ckpt="full"), VocabStrategy(tp=2)),
+    "ckpt": (LayerStrategy(ckpt="full"), VocabStrategy()),
 }
 
 
@@ -133,7 +133,7 @@ VARIANT_PLANS: dict[str, dict] = {
         "schedule": "1f1b",
         "micro_batches": 2,
         "layers": (
-            LayerStrategy(dp="zero3", ckpt=True),
+            LayerStrategy(dp="zero3", ckpt="full"),
             LayerStrategy(tp=2, sp="ulysses", dp="zero2"),
         ),
         "vocab": VocabStrategy(tp=2, dp="zero1"),
@@ -144,7 +144,7 @@ VARIANT_PLANS: dict[str, dict] = {
         "schedule": "gpipe",
         "micro_batches": 2,
         "layers": (
-            LayerStrategy(tp=2, sp="megatron", dp="zero1", ckpt=True),
+            LayerStrategy(tp=2, sp="megatron", dp="zero1", ckpt="full"),
             LayerStrategy(dp="zero2"),
         ),
         "vocab": VocabStrategy(dp="zero3"),
@@ -152,7 +152,7 @@ VARIANT_PLANS: dict[str, dict] = {
     "zero3-ckpt+tp2-zero1-m2": {
         "world": 2,
         "micro_batches": 2,
-        "layers": (LayerStrategy(dp="zero3", ckpt=True), LayerStrategy(tp=2, dp="zero1")),
+        "layers": (LayerStrategy(dp="zero3", ckpt="full"), LayerStrategy(tp=2, dp="zero1")),
         "vocab": VocabStrategy(tp=2, dp="zero2"),
     },
 }

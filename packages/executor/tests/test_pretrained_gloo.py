@@ -90,7 +90,7 @@ KINDS: dict[str, tuple[str, Callable[[Path], Plan]]] = {
     "gpt-tiny/tp2-pp2": ("gpt-tiny", _tp2_pp2),
     "llama-tiny/zero3-ckpt": (
         "llama-tiny",
-        lambda f: _plan(f, LayerStrategy(dp="zero3", ckpt=True), vocab=VocabStrategy(dp="zero3")),
+        lambda f: _plan(f, LayerStrategy(dp="zero3", ckpt="full"), vocab=VocabStrategy(dp="zero3")),
     ),
     "llama-tiny/megatron-sp2-zero1": (
         "llama-tiny",
@@ -106,7 +106,7 @@ KINDS: dict[str, tuple[str, Callable[[Path], Plan]]] = {
     "qwen2-tiny/tp2-pp2": ("qwen2-tiny", _tp2_pp2),
     "qwen3-tiny/tp2-zero3-ckpt": (
         "qwen3-tiny",
-        lambda f: _plan(f, LayerStrategy(tp=2, dp="zero3", ckpt=True), vocab=VocabStrategy(tp=2)),
+        lambda f: _plan(f, LayerStrategy(tp=2, dp="zero3", ckpt="full"), vocab=VocabStrategy(tp=2)),
     ),
     "mistral-tiny/ulysses2-pp2": (
         "mistral-tiny",

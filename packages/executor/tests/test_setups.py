@@ -39,10 +39,10 @@ def test_t5_bridge_follows_the_vocabulary_strategy() -> None:
         global_batch_size=8,
         num_micro_batches=1,
         pipeline=PipelineConfig(degree=1, schedule="gpipe", stage_num_layers=(blocks,)),
-        layers=tuple(LayerStrategy(tp=2, sp="megatron", ckpt=True) for _ in range(blocks)),
+        layers=tuple(LayerStrategy(tp=2, sp="megatron", ckpt="full") for _ in range(blocks)),
         vocab=VocabStrategy(tp=1),
     )
     setups = {s.name: s for s in layer_setups(model, plan, _Groups())}  # type: ignore[arg-type]
     bridge = setups["decoder_embedding"]
-    assert (bridge.tp, bridge.sp, bridge.ckpt) == (1, "none", True)
+    assert (bridge.tp, bridge.sp, bridge.ckpt) == (1, "none", "full")
     assert (setups["decoder.0"].tp, setups["decoder.0"].sp) == (2, "megatron")

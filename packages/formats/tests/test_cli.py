@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 from support import EXAMPLE_CLASSES, EXAMPLES
 
+from partita.formats import plan
 from partita.formats.cli import main
 
 
@@ -120,7 +121,7 @@ def test_show_newer_version_exits_2_naming_the_supported_version(tmp_path: Path)
     future = tmp_path / "future.json"
     future.write_text(json.dumps(document))
     line = _one_line_error(_run("show", str(future)))
-    assert "version 99 is newer than the supported version 2 of partita.plan" in line
+    assert f"version 99 is newer than the supported version {plan.VERSION} of partita.plan" in line
 
 
 def test_show_checks_a_plan_against_model_and_world_size() -> None:

@@ -25,10 +25,46 @@ from partita.formats import (
 def test_plan_version_1_is_migrated_forward(data_dir: Path) -> None:
     plan = load(data_dir / "plan_v1.json", Plan)
     assert plan.layers == (
-        LayerStrategy(tp=2, sp="megatron", dp="zero3", ckpt=True),
-        LayerStrategy(tp=1, sp="none", dp="ddp", ckpt=False),
+        LayerStrategy(tp=2, sp="megatron", dp="zero3", ckpt="full"),
+        LayerStrategy(tp=1, sp="none", dp="ddp", ckpt="none"),
     )
     assert plan.vocab.tp == 1  # v1 had no vocab strategy
+
+
+def test_plan_version_2_names_its_checkpointing_and_runs_one_chunk(data_dir: Path) -> None:
+    old = json.loads((data_dir / "plan_v2.json").read_text())
+    assert old["version"] == 2
+    plan = load(data_dir / "plan_v2.json", Plan)
+    assert [layer.ckpt for layer in plan.layers] == [
+        "full" if layer["ckpt"] else "none" for layer in old["layers"]
+    ]
+    assert "full" in {layer.ckpt for layer in plan.layers}
+    assert plan.pipeline.chunks == 1
+    assert plan.pipeline.stage_num_layers == tuple(old["pipeline"]["stage_num_layers"])
+    assert (plan.world_size, plan.global_batch_size) == (
+        old["world_size"],
+        old["global_batch_size"],
+    )
+
+
+def test_a_bool_ckpt_in_a_version_3_plan_is_refused_naming_the_modes(data_dir: Path) -> None:
+    document = json.loads((data_dir / "plan_v2.json").read_text())
+    document["version"] = 3
+    with pytest.raises(
+        FormatError, match=r"layers\[0\]\.ckpt: expected 'none' or 'attention' or 'full', got true"
+    ):
+        loads(json.dumps(document), Plan, source="new.json")
+
+
+def test_model_profile_version_3_loads_without_split_costs(data_dir: Path) -> None:
+    old = json.loads((data_dir / "model_profile_v3.json").read_text())
+    assert old["version"] == 3
+    profile = load(data_dir / "model_profile_v3.json", ModelProfile)
+    timings = [t for lt in profile.layer_types for t in lt.timings]
+    memory = [m for lt in profile.layer_types for m in lt.memory]
+    assert timings and memory
+    assert all(t.attention_forward_s is None and t.weight_backward_s is None for t in timings)
+    assert all(m.attention_saved_bytes_per_sample is None for m in memory)
 
 
 def test_run_report_version_1_loads_as_version_2(data_dir: Path) -> None:
@@ -115,7 +151,7 @@ def test_migrated_plan_is_validated_like_a_current_one(data_dir: Path) -> None:
         loads(json.dumps(document), Plan, source="old.json")
     message = str(error.value)
     assert message.startswith("old.json: layers[0].tp: tp 3 does not divide")
-    assert message.endswith("(in the version 2 form of this version 1 file)")
+    assert message.endswith("(in the version 3 form of this version 1 file)")
 
 
 def test_version_1_layer_with_both_old_and_new_keys_is_refused(data_dir: Path) -> None:

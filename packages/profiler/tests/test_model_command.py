@@ -149,6 +149,38 @@ def test_activations_are_positive_and_checkpointing_keeps_less(
     assert whole.activation_bytes_per_sample == pytest.approx(estimate, rel=0.05)
 
 
+def test_blocks_record_the_attention_core_and_the_weight_gradients(
+    gpt_runs: tuple[ModelProfile, ModelProfile],
+) -> None:
+    # What selective recompute and a split backward cost, per block: the attention core's
+    # forward (part of the forward), the weights' gradients (part of the backward), and what
+    # checkpointing the core frees: SDPA's softmax statistics, one fp32 value per query and
+    # head (4 heads of 16 dims in gpt-tiny, split by tp), and under Ulysses also the core's
+    # output, which the exchange back to sequence shards does not keep.
+    profile = gpt_runs[0]
+    block = profile.layer_type("gpt_block")
+    assert block is not None
+    shares = []
+    for timing in block.timings:
+        assert timing.attention_forward_s is not None and timing.weight_backward_s is not None
+        assert 0 < timing.attention_forward_s < timing.forward_s
+        assert 0 <= timing.weight_backward_s <= timing.backward_s
+        shares.append(timing.weight_backward_s / timing.backward_s)
+    # Sub-millisecond CPU passes scatter; the weights' share, over the configurations, does
+    # not vanish and is not all of it (about half the FLOPs).
+    assert 0.05 < sum(shares) / len(shares) < 0.95
+    for memory in block.memory:
+        heads = 4 // memory.tp
+        output = heads * SEQ * 16 * FP32 if memory.sp == "ulysses" else 0
+        saved = heads * SEQ * FP32 + output
+        assert memory.attention_saved_bytes_per_sample == pytest.approx(saved)
+    for name in ("gpt_embedding", "gpt_head"):  # nothing to split there
+        other = profile.layer_type(name)
+        assert other is not None
+        assert all(t.attention_forward_s is None for t in other.timings)
+        assert all(m.attention_saved_bytes_per_sample is None for m in other.memory)
+
+
 VOCAB = 512
 
 

@@ -179,12 +179,19 @@ def plan(
     global_batch: int,
     schedule: str = "gpipe",
     strategy: LayerStrategy = DEFAULT_STRATEGY,
+    chunks: int = 1,
 ) -> Plan:
+    """``stages`` gives each virtual stage's blocks (``chunks`` per rank)."""
     return Plan(
         world_size=world,
         mesh_axis_order=("pp", "dp", "tp"),
         global_batch_size=global_batch,
         num_micro_batches=micro_batches,
-        pipeline=PipelineConfig(degree=len(stages), schedule=schedule, stage_num_layers=stages),  # type: ignore[arg-type]
+        pipeline=PipelineConfig(
+            degree=len(stages) // chunks,
+            schedule=schedule,  # type: ignore[arg-type]
+            stage_num_layers=stages,
+            chunks=chunks,
+        ),
         layers=tuple(strategy for _ in range(sum(stages))),
     )

@@ -17,6 +17,7 @@ from partita.formats import LayerStrategy, Plan, load, validate_plan
 from partita.simulator.search.engine import SearchProblem, _Searcher, search
 from partita.simulator.search.planner import plan_search
 from partita.simulator.search.space import SearchSpace
+from partita.simulator.search_report import search_summary
 from partita.simulator.simulation import estimate, simulate
 
 MiB = syn.MiB
@@ -50,7 +51,11 @@ def test_never_worse_than_the_best_uniform_plan(
     for baseline in result.baselines.values():
         if baseline is not None:
             assert result.best.iteration_time_s <= baseline.iteration_time_s * (1 + 1e-12)
-    problem = _problem(world=world, blocks=blocks, budget=budget, batch=batch)
+    _check_simulated(result, _problem(world=world, blocks=blocks, budget=budget, batch=batch))
+
+
+def _check_simulated(result, problem: SearchProblem) -> None:  # type: ignore[no-untyped-def]
+    """The answer's event simulation gives the time the search reported, within budget."""
     simulated = simulate(
         result.best.plan,
         hardware=problem.hardware,
@@ -58,7 +63,7 @@ def test_never_worse_than_the_best_uniform_plan(
         model=problem.model,
     )
     assert simulated.iteration_time_s == pytest.approx(result.best.iteration_time_s)
-    assert max(simulated.peak_memory_bytes) <= budget
+    assert max(simulated.peak_memory_bytes) <= problem.memory_bytes
 
 
 def test_tight_memory_checkpoints_only_some_layers_and_beats_uniform() -> None:
@@ -66,9 +71,14 @@ def test_tight_memory_checkpoints_only_some_layers_and_beats_uniform() -> None:
     # 1 MiB recomputed during backward). 2.6 MiB: 3 checkpointed layers fit (2.375 MiB + 64 KB
     # of weights); none checkpointed needs 4 MiB; uniform must checkpoint all 4.
     result = plan_search(_problem(world=1, blocks=4, budget=2.6 * MiB, batch=1))
-    assert sorted(layer.ckpt for layer in result.best.plan.layers) == [False, True, True, True]
+    assert sorted(layer.ckpt for layer in result.best.plan.layers) == [
+        "full",
+        "full",
+        "full",
+        "none",
+    ]
     uniform = result.baselines["uniform"]
-    assert uniform is not None and all(layer.ckpt for layer in uniform.plan.layers)
+    assert uniform is not None and all(layer.ckpt == "full" for layer in uniform.plan.layers)
     assert result.best.iteration_time_s < uniform.iteration_time_s
 
 
@@ -223,3 +233,37 @@ def test_plan_command_writes_a_plan_that_partita_show_accepts(tmp_path: Path) ->
     assert len(tight.stderr.strip().splitlines()) == 1
     assert "the leanest needs" in tight.stderr
     assert not (tmp_path / "none.json").exists()
+
+
+def test_the_search_interleaves_where_it_pays_and_reports_what_that_bought() -> None:
+    # 8 blocks on 4 devices, 8 MiB each: a two-stage pipeline fits; four chunks per rank
+    # shrink its bubble (1F1B: 115 s, interleaved: 105 s in this cost model).
+    problem = _problem(world=4, blocks=8, budget=8 * MiB, batch=16)
+    result = plan_search(problem)
+    pipeline = result.best.plan.pipeline
+    assert (pipeline.schedule, pipeline.chunks) == ("interleaved-1f1b", 4)
+    assert len(pipeline.stage_num_layers) == pipeline.degree * pipeline.chunks
+    validate_plan(result.best.plan, model=problem.model)
+    _check_simulated(result, problem)
+    without = result.techniques["interleaved 1F1B"]
+    assert without is not None and without.plan.pipeline.schedule != "interleaved-1f1b"
+    assert without.iteration_time_s > result.best.iteration_time_s
+    assert set(result.techniques) == {"interleaved 1F1B"}  # only what the plan uses
+    text = search_summary(result, budget_bytes=problem.memory_bytes)
+    assert "what each technique of the plan bought" in text
+    row = next(line for line in text.splitlines() if line.strip().startswith("interleaved 1F1B"))
+    ratio = without.iteration_time_s / result.best.iteration_time_s
+    assert row.split()[-1] == f"{ratio:.2f}x" and "pp2 1f1b" in row
+
+
+def test_spaces_without_a_technique_never_answer_with_it() -> None:
+    problem = _problem(world=4, blocks=8, budget=8 * MiB, batch=16)
+    space = SearchSpace(schedules=("gpipe", "1f1b"), recompute=("none", "full"))
+    best = search(replace(problem, space=space)).best
+    assert best is not None
+    assert best.plan.pipeline.schedule in ("gpipe", "1f1b")
+    assert {layer.ckpt for layer in best.plan.layers} <= {"none", "full"}
+    with pytest.raises(ValueError, match="unknown recompute mode 'selective'"):
+        SearchSpace(recompute=("selective",))
+    with pytest.raises(ValueError, match="unknown schedule 'zb-h2'"):
+        SearchSpace(schedules=("zb-h2",))

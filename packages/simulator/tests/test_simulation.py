@@ -221,7 +221,7 @@ def test_later_backwards_see_every_gradient() -> None:
 def test_checkpointing_keeps_only_layer_inputs_and_recomputes() -> None:
     base = syn.plan(world=1, stages=(2,), micro_batches=1, global_batch=1)
     ckpt = syn.plan(
-        world=1, stages=(2,), micro_batches=1, global_batch=1, strategy=LayerStrategy(ckpt=True)
+        world=1, stages=(2,), micro_batches=1, global_batch=1, strategy=LayerStrategy(ckpt="full")
     )
     plain_result, ckpt_result = _run(base), _run(ckpt)
     assert plain_result.stages[0].memory.activations == 2 * syn.MiB
@@ -323,16 +323,16 @@ def test_a_block_sharing_the_vocabulary_table_follows_the_vocab_strategy() -> No
             stages=(3,),
             micro_batches=1,
             global_batch=2,
-            strategy=LayerStrategy(tp=2, sp="megatron", dp="zero2", ckpt=True),
+            strategy=LayerStrategy(tp=2, sp="megatron", dp="zero2", ckpt="full"),
         ),
         vocab=VocabStrategy(tp=1, dp="zero2"),
     )
     (stage,) = stage_layers(plan, model)
     strategies = [(s.tp, s.sp, s.dp, s.ckpt) for _, s in stage]
     assert strategies == [
-        (2, "megatron", "zero2", True),
-        (1, "none", "zero2", True),  # vocab's tp and sp; its own dp and checkpointing
-        (2, "megatron", "zero2", True),
+        (2, "megatron", "zero2", "full"),
+        (1, "none", "zero2", "full"),  # vocab's tp and sp; its own dp and checkpointing
+        (2, "megatron", "zero2", "full"),
     ]
 
 

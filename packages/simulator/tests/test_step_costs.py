@@ -124,7 +124,7 @@ def test_the_iteration_ends_with_the_optimizer_step_and_the_steps_end() -> None:
 
 def test_measured_checkpointed_passes_replace_the_recomputation_estimate() -> None:
     plan = syn.plan(
-        world=1, stages=(1,), micro_batches=1, global_batch=1, strategy=LayerStrategy(ckpt=True)
+        world=1, stages=(1,), micro_batches=1, global_batch=1, strategy=LayerStrategy(ckpt="full")
     )
     estimated = simulate(
         plan,

@@ -248,7 +248,7 @@ def test_uniform_writes_one_strategy_for_every_layer_and_predicts_it(tmp_path: P
     plan = load(out)
     assert plan.world_size == 64 and plan.precision == "bf16"  # 8 nodes of 8, a GPU's bf16
     assert plan.pipeline.degree == 8 and plan.pipeline.stage_num_layers == (10,) * 8
-    assert set(plan.layers) == {LayerStrategy(tp=8, sp="megatron", ckpt=True)}
+    assert set(plan.layers) == {LayerStrategy(tp=8, sp="megatron", ckpt="full")}
     assert plan.num_micro_batches == 256  # one sample each, the whole batch on dp 1
     assert plan.provenance.created_by.startswith("partita plan --uniform")
     assert "predicted from spec sheet h100-sxm (bf16):" in result.stdout
@@ -258,8 +258,8 @@ def test_uniform_writes_one_strategy_for_every_layer_and_predicts_it(tmp_path: P
 @pytest.mark.parametrize(
     ("strategy", "message"),
     [
-        ("tp=8,pp=8,foo=1", "--uniform: unknown key 'foo' (known: tp, pp, mb, vocab_tp, sp, dp, "
-         "vocab_dp, schedule, ckpt)"),
+        ("tp=8,pp=8,foo=1", "--uniform: unknown key 'foo' (known: tp, pp, mb, vocab_tp, chunks, "
+         "sp, dp, vocab_dp, schedule, ckpt)"),
         ("tp=8,sp=ring", "--uniform: sp: expected one of none, megatron, ulysses, got 'ring'"),
         ("tp=0", "--uniform: tp: expected a positive integer, got '0'"),
         ("tp=3", "--uniform: tp 3 x pp 1 does not divide the 64 devices"),

@@ -417,4 +417,7 @@ def ulysses_attention(core: AttentionCore, group: dist.ProcessGroup) -> Attentio
         )
         return heads_to_seq(out, group)
 
+    # The same exchange around ``wrap(core)``: what selective recompute checkpoints is the
+    # core inside the exchange (the profiler measures it so, as the executor wraps it before).
+    attend.rewrapped = lambda wrap: ulysses_attention(wrap(core), group)  # type: ignore[attr-defined]
     return attend

@@ -6,10 +6,14 @@ their gradients), one bucket list per data-parallel group. Each bucket owns one 
 allocated once and kept between steps (as DDP's ``gradient_as_bucket_view``): at the start of
 a step every parameter's ``.grad`` becomes a view of it (:meth:`GradientBuckets.attach`), so
 autograd accumulates micro-batches into the buffer and the sum runs in place, with no copy.
-During the step's last backward (the last micro-batch's ``B`` on this stage), a hook on each
-parameter notes its gradient; once every parameter of a bucket has one, the bucket's sum over
-the group starts asynchronously while the backward goes on. Buckets start strictly in their
-order, so every rank of a group issues the same collectives in the same order.
+During the step's last backward of the parameters' chunk (the last micro-batch's ``B`` of
+that chunk on this stage, or its ``W`` where the schedule splits the backward: ``W`` computes
+the weight gradients), a hook on each parameter notes its gradient; once every parameter of a
+bucket has one, the bucket's sum over the group starts asynchronously while the backward goes
+on. A bucket holds the layers of one chunk only (a rank of an interleaved schedule holds
+several, whose last backwards come at different times: the last chunk's first, as the buckets
+are ordered). Buckets start strictly in their order, so every rank of a group issues the same
+collectives in the same order.
 :meth:`GradientBuckets.finish` starts what did not fill (a parameter the backward did not
 reach keeps a zero gradient), waits, and sums the late buckets: parameters used by several
 layers of the stage (a tied table: its hook fires once per use).
@@ -33,6 +37,7 @@ from partita.formats.common import DDP_BUCKET_BYTES
 class _Bucket:
     group: dist.ProcessGroup
     params: list[nn.Parameter]
+    chunk: int = 0
     flat: torch.Tensor = field(init=False)
     ready: int = 0
     work: dist.Work | None = None
@@ -63,7 +68,7 @@ class GradientBuckets:
 
     buckets: list[_Bucket] = field(default_factory=list)
     late: list[_Bucket] = field(default_factory=list)
-    armed: bool = False
+    armed: set[int] = field(default_factory=set)  # the chunks whose last backward runs
     _next: int = 0
 
     @classmethod
@@ -73,13 +78,17 @@ class GradientBuckets:
         *,
         after_backward: set[int] = frozenset(),  # type: ignore[assignment]
         bucket_bytes: int = DDP_BUCKET_BYTES,
+        chunks: list[int] | None = None,
     ) -> GradientBuckets:
+        """``chunks``: the chunk of each of ``layers`` (default: all in chunk 0)."""
         self = cls()
-        open_by_group: dict[int, list[nn.Parameter]] = {}
+        chunk_of = chunks or [0] * len(layers)
+        assert len(chunk_of) == len(layers)
+        open_by_group: dict[tuple[int, int], list[nn.Parameter]] = {}
         late_by_group: dict[int, tuple[dist.ProcessGroup, list[nn.Parameter]]] = {}
         groups: dict[int, dist.ProcessGroup] = {}
-        ordered: list[tuple[int, list[nn.Parameter]]] = []
-        for params, group in reversed(layers):
+        ordered: list[tuple[int, int, list[nn.Parameter]]] = []
+        for (params, group), chunk in zip(reversed(layers), reversed(chunk_of), strict=True):
             if dist.get_world_size(group) == 1:
                 continue
             groups[id(group)] = group
@@ -91,14 +100,14 @@ class GradientBuckets:
                 continue
             # A layer's parameters share a bucket; a bucket closes before the layer that
             # would take it past the size (as the simulator prices them).
-            bucket = open_by_group.get(id(group))
+            bucket = open_by_group.get((id(group), chunk))
             if bucket is not None and _nbytes(bucket) + _nbytes(early) > bucket_bytes:
                 bucket = None
             if bucket is None:
-                bucket = open_by_group[id(group)] = []
-                ordered.append((id(group), bucket))
+                bucket = open_by_group[(id(group), chunk)] = []
+                ordered.append((id(group), chunk, bucket))
             bucket.extend(early)
-        self.buckets = [_Bucket(groups[key], params) for key, params in ordered]
+        self.buckets = [_Bucket(groups[key], params, chunk) for key, chunk, params in ordered]
         self.late = [_Bucket(group, params) for group, params in late_by_group.values()]
         for index, bucket in enumerate(self.buckets):
             for param in bucket.params:
@@ -110,18 +119,21 @@ class GradientBuckets:
         ``zero_grad``, before the step's first backward)."""
         for bucket in (*self.buckets, *self.late):
             bucket.attach()
-        self._next, self.armed = 0, False
+        self._next = 0
+        self.armed.clear()
 
     def buffers(self) -> list[torch.Tensor]:
         return [bucket.flat for bucket in (*self.buckets, *self.late)]
 
-    def arm(self) -> None:
-        """The next backward is the step's last on this stage: start sums as buckets fill."""
-        self.armed = True
+    def arm(self, chunk: int | None = None) -> None:
+        """The next backward is the step's last of ``chunk`` (None: of every chunk) on this
+        stage: start sums as its buckets fill."""
+        chunks = {b.chunk for b in self.buckets} if chunk is None else {chunk}
+        self.armed |= chunks
 
     def _hook(self, index: int):  # type: ignore[no-untyped-def]
         def noted(_param: torch.Tensor) -> None:
-            if not self.armed:
+            if self.buckets[index].chunk not in self.armed:
                 return
             self.buckets[index].ready += 1
             while self._next < len(self.buckets) and self._full(self.buckets[self._next]):
@@ -145,7 +157,7 @@ class GradientBuckets:
             bucket.work.wait()
         for bucket in self.late:
             dist.all_reduce(bucket.flat, group=bucket.group)
-        self.armed = False
+        self.armed.clear()
 
 
 def all_reduce_flat(tensors: list[torch.Tensor], group: dist.ProcessGroup) -> None:

@@ -4,9 +4,11 @@ Every plan runs the same way: a whole-model plan is the one-stage, one-micro-bat
 pipelined one. :func:`parallelize_stage` turns the one-process model into this rank's stage,
 in this order (each step reads each layer's ``setups.LayerSetup``):
 
-1. keep the layers of this rank's pipeline stage (``stage.StageModel``);
-2. the attention kernel (``partita.models.attention``), before step 3 so that Ulysses wraps
-   the chosen kernel;
+1. keep the layers of this rank's pipeline stage (``stage.StageModel``), grouped in chunks:
+   its virtual stages, more than one under an interleaved schedule;
+2. the attention kernel (``partita.models.attention``), checkpointed in the layers whose
+   ``ckpt`` is ``attention`` (``recompute``), before step 3 so that Ulysses wraps the chosen
+   kernel;
 3. tensor and sequence parallelism (``tensor_parallel.apply_tensor_parallel``): each layer
    keeps its shard, and a table tied between layers stays one parameter;
 4. materialisation, layer by layer: the model comes built on the ``meta`` device
@@ -15,12 +17,12 @@ in this order (each step reads each layer's ``setups.LayerSetup``):
    the one-process model holds (``partita.models.init.Materializer``), or, starting from
    pretrained weights, with that piece of the checkpoint (``partita.models.weights``: only
    its bytes are read where the tensor is a rename); nothing else is ever allocated;
-5. activation checkpointing (``StageModel.forward`` wraps the layers whose setup asks);
+5. full activation checkpointing (``StageModel.forward`` wraps the layers whose setup asks);
 6. data parallelism: FSDP2 on each ZeRO-2/3 layer right after it is materialised
    (``data_parallel.shard_layer``), so at most one layer's tensor-parallel shard is whole at a
    time; the gradients of DDP and ZeRO-1 layers are summed in buckets that overlap the
-   backward (``grad_sync.GradientBuckets``); a table tied across stages is summed between its
-   copies after the backward;
+   backward (``grad_sync.GradientBuckets``, a chunk's own buckets during its last backward);
+   a table tied across stages is summed between its copies after the backward;
 7. the optimizers (``data_parallel.layerwise_optimizers``: AdamW, ZeRO-1's sharded one).
 """
 
@@ -42,11 +44,13 @@ from partita.executor.data_parallel import (
 )
 from partita.executor.grad_sync import GradientBuckets, all_reduce_flat
 from partita.executor.groups import ParallelGroups
+from partita.executor.recompute import recompute_attention_cores
 from partita.executor.setups import (
     LayerSetup,
     check_sequence_parallel,
     layer_setups,
     layer_stages,
+    layer_virtual_stages,
 )
 from partita.executor.sharded_state import canonical_names
 from partita.executor.stage import StageModel
@@ -109,10 +113,18 @@ def parallelize_stage(
     or with ``weights`` (pretrained: each piece read from it, this rank's pieces only)."""
     setups = layer_setups(model, plan, groups)
     stage, _ = groups.stage_of()
-    indices = [i for i, s in enumerate(layer_stages(model, plan)) if s == stage]
+    virtual = layer_virtual_stages(model, plan)
+    chunks = [
+        [i for i, s in enumerate(virtual) if s == vs]
+        for vs in plan.pipeline.virtual_stages_of_rank(stage)
+    ]
+    indices = [i for chunk in chunks for i in chunk]
     names = one_process_names(model)
-    stage_model = StageModel(model, setups, indices=indices, groups=groups)
+    stage_model = StageModel(model, setups, chunks=chunks, groups=groups)
     kernel = apply_attention(stage_model, attention, device)
+    for i in indices:
+        if setups[i].ckpt == "attention":
+            recompute_attention_cores(model.layers[i])
     record = _apply_tensor_parallel(model, stage_model, setups)
     specs = {} if weights is not None else init_specs(model.config)
     materializer = Materializer(specs, seed, device, canonical_names(model), weights)
@@ -126,16 +138,16 @@ def parallelize_stage(
     partial = [(named[n], g) for n, g in stage_model.partial_names.items() if n in named]
     # A tied table stays whole under FSDP and is summed over its data-parallel group after
     # the backward (its hook fires once per use), whatever its layers' data-parallel mode.
+    synced = [
+        (i, [p for _, p in params if p.requires_grad and id(p) not in sharded])
+        for i, params in stage_model.layer_parameters()
+        if setups[i].dp in ("ddp", "zero1") or any(id(p) in tables for _, p in params)
+    ]
+    chunk_of = stage_model.chunk_of_layer()
     buckets = GradientBuckets.over(
-        [
-            (
-                [p for _, p in params if p.requires_grad and id(p) not in sharded],
-                setups[i].groups.dp,
-            )
-            for i, params in stage_model.layer_parameters()
-            if setups[i].dp in ("ddp", "zero1") or any(id(p) in tables for _, p in params)
-        ],
+        [(params, setups[i].groups.dp) for i, params in synced],
         after_backward=tables | stage_model.shared_parameters(),
+        chunks=[chunk_of[i] for i, _ in synced],
     )
     optimizer = layerwise_optimizers(
         [

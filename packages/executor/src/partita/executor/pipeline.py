@@ -6,9 +6,11 @@ tensor's bytes; the backward transfer is one message holding the gradients of th
 needed one, in key order (the sender of the activations knows their shapes). One message per
 transfer instead of one per tensor: on gloo each costs a latency of ~0.1-0.2 ms of the
 sender's and receiver's time. Sends are asynchronous and their handles are kept until the step
-ends; receives block (up to the process group's timeout). Per (sender, receiver) pair
-transfers arrive in the order they were sent, and both sides walk their schedules in
-micro-batch order, so no tags are needed beyond telling forward from backward.
+ends; receives block (up to the process group's timeout). Transfers go between virtual stages
+(a rank holds several under interleaved 1F1B); per (sender, receiver) pair they arrive in the
+order they were sent, and every schedule receives them in that order (the formats package
+tests it for each generated schedule), so no tags are needed beyond telling forward from
+backward.
 """
 
 from __future__ import annotations
@@ -116,3 +118,23 @@ def _unpack(
     nbytes = int(torch.Size(shape).numel()) * dtype.itemsize
     x = payload[offset : offset + nbytes].view(dtype).reshape(shape).clone()
     return x, offset + _aligned(nbytes)
+
+
+def weight_leaves(roots: list[torch.Tensor], *, exclude: set[int]) -> list[torch.Tensor]:
+    """The leaves of ``roots``' autograd graph that accumulate a gradient (the parameters the
+    graph used: FSDP's unsharded ones included), but those whose id is in ``exclude``."""
+    stack = [r.grad_fn for r in roots if r.grad_fn is not None]
+    seen: set[object] = set()
+    leaves: list[torch.Tensor] = []
+    while stack:
+        node = stack.pop()
+        if node is None or node in seen:
+            continue
+        seen.add(node)
+        leaf = getattr(node, "variable", None)  # an AccumulateGrad node's tensor
+        if leaf is not None:
+            if id(leaf) not in exclude:
+                leaves.append(leaf)
+            continue
+        stack.extend(next_node for next_node, _ in node.next_functions)
+    return leaves

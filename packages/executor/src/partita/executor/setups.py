@@ -1,5 +1,6 @@
 """Each layer's parallel setup under a plan: its tensor-parallel degree, sequence-parallel
-mode, data-parallel mode, checkpointing and groups, and the pipeline stage that holds it.
+mode, data-parallel mode, checkpointing and groups, and the pipeline stage (and virtual stage,
+under an interleaved schedule) that holds it.
 
 Layers that hold a vocabulary table (the embedding, the head, and T5's bridge, which embeds the
 decoder's tokens with the shared table) run under ``plan.vocab``'s tensor parallelism and
@@ -44,7 +45,7 @@ class LayerSetup:
     tp: int
     sp: str
     dp: str
-    ckpt: bool
+    ckpt: str  # "none", "attention" or "full" (``recompute``)
     groups: LayerGroups
 
 
@@ -65,7 +66,7 @@ def layer_setups(
     v = plan.vocab
     for name, layer_type in zip(model.layer_names, model.layer_types, strict=True):
         if name in VOCAB_LAYERS:
-            setups.append(LayerSetup(name, v.tp, "none", v.dp, False, groups.for_tp(v.tp)))
+            setups.append(LayerSetup(name, v.tp, "none", v.dp, "none", groups.for_tp(v.tp)))
             continue
         s = next(blocks)
         if layouts[layer_type].holds_vocabulary:
@@ -88,20 +89,26 @@ def check_sequence_parallel(family: str, setups: list[LayerSetup]) -> None:
         )
 
 
-def layer_stages(model: LayeredModel, plan: Plan) -> list[int]:
-    """The pipeline stage of each model layer: the embedding on the first, the head on the
-    last, the blocks as ``stage_num_layers`` says."""
+def layer_virtual_stages(model: LayeredModel, plan: Plan) -> list[int]:
+    """The virtual stage of each model layer: the embedding on the first, the head on the
+    last, the blocks as ``stage_num_layers`` says (one virtual stage per rank unless the
+    plan's ``pipeline.chunks`` is more than one)."""
     stages, block = [], 0
-    last = plan.pipeline.degree - 1
+    last = plan.pipeline.num_virtual_stages - 1
     for name in model.layer_names:
         if name == "embedding":
             stages.append(0)
         elif name == "head":
             stages.append(last)
         else:
-            stages.append(plan.stage_of_layer(block))
+            stages.append(plan.virtual_stage_of_layer(block))
             block += 1
     return stages
+
+
+def layer_stages(model: LayeredModel, plan: Plan) -> list[int]:
+    """The pipeline stage (rank) of each model layer: the rank of its virtual stage."""
+    return [plan.pipeline.rank_of_virtual_stage(s) for s in layer_virtual_stages(model, plan)]
 
 
 def tied_stage_sets(model: ModelDescription, plan: Plan) -> list[tuple[int, ...]]:

@@ -2,20 +2,25 @@
 
 The layers keep the one-process model's parameter names (``layers.<index>.…``). Between two
 layers with different layouts the activations are redistributed (``layout.redistribute``);
-a layer whose setup asks for checkpointing runs under ``torch.utils.checkpoint``. A stage's
-output stays in its last layer's layout; the next stage's rank with the same local index
-receives it and redistributes it to its first layer's layout. A whole-model plan is one
-stage holding every layer.
+a layer whose setup asks for full checkpointing runs under ``torch.utils.checkpoint``
+(``recompute``). A chunk's output stays in its last layer's layout; the next virtual stage's
+rank with the same local index receives it and redistributes it to its first layer's layout.
+A whole-model plan is one stage holding every layer.
+
+Under an interleaved schedule a rank holds several *chunks* (virtual stages, each a run of
+consecutive layers); one module holds all of them, so that parameter names, tied tables (one
+parameter even where two chunks use it), tensor-parallel cuts and the FSDP root are the rank's
+as before, and ``forward(acts, chunk)`` runs one chunk's layers.
 """
 
 from __future__ import annotations
 
 import torch.distributed as dist
 from torch import nn
-from torch.utils.checkpoint import checkpoint
 
 from partita.executor.groups import ParallelGroups
 from partita.executor.layout import Layout, redistribute
+from partita.executor.recompute import run_layer
 from partita.executor.setups import LayerSetup
 from partita.models.layered import Activations, LayeredModel
 
@@ -30,34 +35,48 @@ class StageModel(nn.Module):
         model: LayeredModel,
         setups: list[LayerSetup],
         *,
-        indices: list[int],
+        chunks: list[list[int]],
         groups: ParallelGroups,
     ) -> None:
+        """``chunks``: the model layers of each of this rank's virtual stages, by chunk."""
         super().__init__()
-        self.indices = indices
-        self.layers = nn.ModuleDict({str(i): model.layers[i] for i in indices})
+        assert all(chunks), "every chunk holds a layer"
+        self.chunks = chunks
+        self.indices = [i for chunk in chunks for i in chunk]
+        self.layers = nn.ModuleDict({str(i): model.layers[i] for i in self.indices})
         self.setups = setups
         self.layouts = [layout_of(s) for s in setups]
         self.groups = groups
         self.loss_fn = model.loss_fn
-        first = indices[0]
-        self.input_layout = self.layouts[first - 1] if first > 0 else self.layouts[first]
-        self.output_layout = self.layouts[indices[-1]]
+        # A chunk receives what the layer before its first left, in that layer's layout.
+        self.input_layouts = [self.layouts[max(c[0] - 1, 0)] for c in chunks]
+        self.output_layouts = [self.layouts[c[-1]] for c in chunks]
         # Filled by ``parallelize``: tensor-parallel cuts by name, and the whole parameters of
         # sequence-parallel layers, whose gradients are partial sums over the tp group.
         self.shard_dims: dict[str, tuple[int, dist.ProcessGroup]] = {}
         self.partial_names: dict[str, dist.ProcessGroup] = {}
 
-    def forward(self, acts: Activations) -> Activations:
-        layout = self.input_layout
-        for i in self.indices:
+    @property
+    def input_layout(self) -> Layout:
+        """The first chunk's input layout (the batch's, on the first stage)."""
+        return self.input_layouts[0]
+
+    @property
+    def output_layout(self) -> Layout:
+        """The last chunk's output layout (the head's, on the last stage)."""
+        return self.output_layouts[-1]
+
+    def forward(self, acts: Activations, chunk: int = 0) -> Activations:
+        layout = self.input_layouts[chunk]
+        for i in self.chunks[chunk]:
             acts = redistribute(acts, layout, self.layouts[i], self.groups)
             layout = self.layouts[i]
-            layer = self.layers[str(i)]
-            acts = (
-                checkpoint(layer, acts, use_reentrant=False) if self.setups[i].ckpt else layer(acts)
-            )
+            acts = run_layer(self.layers[str(i)], acts, self.setups[i].ckpt)
         return acts
+
+    def chunk_of_layer(self) -> dict[int, int]:
+        """Each kept model layer -> the chunk running it."""
+        return {i: c for c, chunk in enumerate(self.chunks) for i in chunk}
 
     def layer_parameters(self) -> list[tuple[int, list[tuple[str, nn.Parameter]]]]:
         """Each kept layer's parameters, a parameter shared by several listed once (first)."""

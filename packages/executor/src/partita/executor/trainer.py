@@ -4,14 +4,43 @@ One trainer runs every plan; a whole-model plan is the one-stage, one-micro-batc
 rank builds the model on the meta device, keeps and parallelizes its stage, materialising only
 the shards it holds, as the seed's one-process model holds them
 (``parallelize.parallelize_stage``), and walks that stage's action list from
-``partita.formats.schedules.build_schedule`` (the list the simulator replays): ``F m``
-receives micro-batch m's activations from the previous stage (the first stage slices the
-batch, which every rank builds from the seed), runs the stage and sends the output on;
-``B m`` receives the output gradients (the last stage differentiates the loss), runs backward
-and sends the input gradients back. The last ``B`` arms the data-parallel buckets, which sum
-DDP and ZeRO-1 gradients while that backward runs (FSDP2 does it in backward for ZeRO-2/3
-layers); then the partial gradients of sequence-parallel layers are summed over their tp
-group and a table tied across stages between its copies.
+``partita.formats.schedules.build_schedule`` (the list the simulator replays). A rank holds
+``pipeline.chunks`` chunks (virtual stages: chunk c of rank r is virtual stage ``c * pp + r``;
+one chunk except under interleaved 1F1B), all in one ``StageModel``; an action names its
+micro-batch and chunk, and transfers go between virtual stages: to and from the rank with my
+local index on pipeline rank ``(v ± 1) % pp``. ``F m.c`` receives micro-batch m's activations
+from virtual stage v-1 (the first virtual stage slices the batch, which every rank builds from
+the seed), runs chunk c and sends the output to v+1; ``B m.c`` receives the output gradients
+(the last virtual stage differentiates the loss), runs backward and sends the input gradients
+back to v-1. Per pair of ranks the messages arrive in the order they were sent, for every
+schedule (``partita.formats`` tests it), so blocking receives match them without tags.
+
+Where the schedule has ``W`` actions (ZB-H1), the backward is split: ``B`` computes only the
+chunk's input gradients (``torch.autograd.grad`` with the graph retained) and sends them at
+once; ``W`` computes the weight gradients (``torch.autograd.backward`` from the same outputs
+and gradients, restricted to the graph's other leaves: ``pipeline.weight_leaves``) and frees
+the graph. The first virtual stage has no input gradient to send: its ``B`` only receives,
+its ``W`` runs the whole backward. The cost: ``W`` runs the activation-gradient chain again to
+reach the lower layers' weights (only the input-gradient branch below the chunk's first layer
+is skipped), with the tensor- and sequence-parallel collectives on that chain, and a fully
+checkpointed layer recomputes its forward in both passes. One CPU thread, 4 residual MLP
+blocks of width 512 on 1024 tokens: B 251 ms + W 484 ms against one backward of 487 ms
+(checkpointed: 386 + 626 against 628). The simulator prices W as the weight gradients alone
+(``weight_backward_s``), so it predicts a ZB-H1 step faster than this one runs.
+``torch.distributed.pipelining``'s
+``stage_backward_input``/``stage_backward_weight`` start W from intermediate gradients that B
+captured instead, but (torch 2.13, checked) they set ``.grad`` by hand, so no post-accumulate
+hook fires (the buckets below would not see W), and give a stage whose inputs need no
+gradient no weight gradient at all; they also ask for the parameters up front, where FSDP2's
+graph holds its unsharded parameters, not the module's. FSDP2's
+ZeRO-2/3 layers stay gathered from ``B`` to ``W`` (``data_parallel.gathered_after_backward``)
+and reduce-scatter in ``W``.
+
+The data-parallel buckets of a chunk are armed before its last gradient-making action (its
+last ``B``, or its last ``W`` where the backward is split) and sum DDP and ZeRO-1 gradients
+while that backward runs (FSDP2 does it in backward for ZeRO-2/3 layers); after the last
+action the partial gradients of sequence-parallel layers are summed over their tp group and
+a table tied across stages between its copies.
 
 The loss of a micro-batch slice is weighted by its share of the global batch's labelled
 tokens, so summing (not averaging) gradients gives one process's gradients on the batch.
@@ -37,16 +66,23 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from partita.executor.groups import ParallelGroups
+from partita.executor.data_parallel import gathered_after_backward
+from partita.executor.groups import ParallelGroups, stage_ranks
 from partita.executor.layout import Layout, check_nested
 from partita.executor.loss_scaling import LossScaler, needs_loss_scaling
 from partita.executor.memory import PeakMemory
 from partita.executor.parallelize import AUTOCAST_DTYPES, ParallelStage, parallelize_stage
-from partita.executor.pipeline import Transfers, needing_grad, recv_activations, recv_gradients
+from partita.executor.pipeline import (
+    Transfers,
+    needing_grad,
+    recv_activations,
+    recv_gradients,
+    weight_leaves,
+)
 from partita.executor.setups import tied_stage_sets
 from partita.executor.sharded_state import TrainState, canonical_names, torch_optimizers
 from partita.formats import Plan
-from partita.formats.schedules import build_schedule
+from partita.formats.schedules import Action, build_schedule, splits_backward
 from partita.models.api import (
     ModelSource,
     describe_model,
@@ -95,6 +131,11 @@ def check_supported(plan: Plan) -> None:
     if plan.vocab.sp:
         raise ValueError("vocab.sp: a sequence-parallel embedding and head are not supported yet")
     check_nested(plan, {layer.tp for layer in plan.layers} | {plan.vocab.tp})
+    pipeline = plan.pipeline
+    try:
+        build_schedule(pipeline.schedule, pipeline.degree, plan.num_micro_batches, pipeline.chunks)
+    except ValueError as error:
+        raise ValueError(f"pipeline.schedule: {error}") from None
 
 
 def text_batches(
@@ -173,12 +214,21 @@ class Trainer:
         self.optimizer = self.parallel.optimizer
         self.stage = self.parallel.stage
         _, self.local_index = self.groups.stage_of()
-        self.prev_rank, self.next_rank = self.groups.neighbours()
-        pp = self.plan.pipeline.degree
-        schedule = build_schedule(self.plan.pipeline.schedule, pp, self.plan.num_micro_batches)
+        pipeline = self.plan.pipeline
+        pp = pipeline.degree
+        # The global rank with my local index on each pipeline rank: virtual stage k's peer
+        # is ``self.peers[k % pp]``.
+        self.peers = [
+            ranks[self.local_index] for ranks in stage_ranks(self.plan, self.groups.degrees[0])
+        ]
+        schedule = build_schedule(
+            pipeline.schedule, pp, self.plan.num_micro_batches, pipeline.chunks
+        )
         self.actions = schedule[self.stage]
-        self.last_backward = max(i for i, a in enumerate(self.actions) if a.kind == "B")
-        self.first, self.last = self.stage == 0, self.stage == pp - 1
+        self.split = splits_backward(schedule)
+        self.arm_at = _last_gradient_actions(self.actions, split=self.split)
+        self.last_virtual = pipeline.num_virtual_stages - 1
+        self.last = self.stage == pp - 1  # holds the last virtual stage (the head)
         self.scaler = (
             LossScaler(group=self.groups.world, device=self.device)
             if needs_loss_scaling(self.plan.precision)
@@ -230,18 +280,24 @@ class Trainer:
         self.parallel.buckets.attach()
         size = self.plan.micro_batch_size
         transfers = Transfers()
-        saved: dict[int, tuple[Activations, object]] = {}
+        saved: dict[tuple[int, int], _Saved] = {}  # by (micro-batch, chunk)
         logged = torch.zeros((), dtype=torch.float64, device=self.device)
         for index, action in enumerate(self.actions):
-            m = action.micro_batch
+            key = (action.micro_batch, action.chunk)
+            if index in self.arm_at:
+                self.parallel.buckets.arm(action.chunk)
             if action.kind == "F":
+                m = action.micro_batch
                 micro = {k: v[m * size : (m + 1) * size] for k, v in batch.items()}
-                saved[m], part = self._forward(micro, total, transfers)
+                saved[key], part = self._forward(micro, action.chunk, total, transfers)
                 logged += part
+            elif action.kind == "B" and not self.split:
+                self._backward(saved.pop(key), action.chunk, transfers)
+            elif action.kind == "B":
+                self._backward_input(saved[key], action.chunk, transfers)
             else:
-                if index == self.last_backward:
-                    self.parallel.buckets.arm()
-                self._backward(*saved.pop(m), transfers)
+                self._backward_weight(saved.pop(key))
+        assert not saved, f"actions left without their backward: {sorted(saved)}"
         transfers.wait()
         self.parallel.sync_after_backward()
         if self.scaler is None:
@@ -257,39 +313,90 @@ class Trainer:
         dist.all_reduce(logged, group=self.groups.world)
         return float(logged)
 
+    def _peer(self, virtual_stage: int) -> int:
+        """The global rank running ``virtual_stage`` with my local index."""
+        return self.peers[self.plan.pipeline.rank_of_virtual_stage(virtual_stage)]
+
+    def _virtual(self, chunk: int) -> int:
+        return chunk * self.plan.pipeline.degree + self.stage
+
     def _forward(
-        self, micro: Activations, total: torch.Tensor, transfers: Transfers
-    ) -> tuple[tuple[Activations, object], torch.Tensor]:
+        self, micro: Activations, chunk: int, total: torch.Tensor, transfers: Transfers
+    ) -> tuple[_Saved, torch.Tensor]:
         model = self.stage_model
-        if self.first:
-            inputs = self._slice(micro, model.input_layout)
+        virtual = self._virtual(chunk)
+        if virtual == 0:
+            inputs = self._slice(micro, model.input_layouts[chunk])
         else:
-            inputs = recv_activations(self.prev_rank, device=self.device)
+            inputs = recv_activations(self._peer(virtual - 1), device=self.device)
         with self._autocast():
-            outputs = model(inputs)
-            if not self.last:
-                transfers.send_activations(outputs, self.next_rank)
-                return (inputs, outputs), torch.zeros((), dtype=torch.float64, device=self.device)
-            local = self._slice(micro, model.output_layout)
+            outputs = model(inputs, chunk)
+            if virtual < self.last_virtual:
+                transfers.send_activations(outputs, self._peer(virtual + 1))
+                return _Saved(inputs, outputs), torch.zeros(
+                    (), dtype=torch.float64, device=self.device
+                )
+            local = self._slice(micro, model.output_layouts[chunk])
             loss = model.loss_fn(outputs, local)
         count = (local["labels"] != IGNORE_INDEX).sum().to(torch.float64)
         scaled = loss * (count / total).to(loss.dtype)
-        return (inputs, scaled), scaled.detach().to(torch.float64)
+        return _Saved(inputs, scaled), scaled.detach().to(torch.float64)
 
-    def _backward(self, inputs: Activations, outputs: object, transfers: Transfers) -> None:
-        if isinstance(outputs, torch.Tensor):  # the last stage: the weighted loss
-            (outputs if self.scaler is None else self.scaler.scaled(outputs)).backward()
-        else:
-            assert isinstance(outputs, dict)
-            tensors = [outputs[k] for k in needing_grad(outputs)]
-            grads = recv_gradients(tensors, self.next_rank)
-            torch.autograd.backward(tensors, grads)
-        if not self.first:
-            grads = [
-                inputs[k].grad if inputs[k].grad is not None else torch.zeros_like(inputs[k])
-                for k in needing_grad(inputs)
-            ]
-            transfers.send_gradients(grads, self.prev_rank)
+    def _output_grads(
+        self, saved: _Saved, chunk: int
+    ) -> tuple[list[torch.Tensor], list[torch.Tensor] | None]:
+        """What the backward of ``saved`` starts from: the weighted (and scaled) loss on the
+        last virtual stage, else the outputs that need a gradient and their gradients,
+        received from the next virtual stage."""
+        outputs = saved.outputs
+        if isinstance(outputs, torch.Tensor):
+            return [outputs if self.scaler is None else self.scaler.scaled(outputs)], None
+        tensors = [outputs[k] for k in needing_grad(outputs)]
+        return tensors, recv_gradients(tensors, self._peer(self._virtual(chunk) + 1))
+
+    def _send_input_grads(
+        self, grads: list[torch.Tensor | None], saved: _Saved, chunk: int, transfers: Transfers
+    ) -> None:
+        virtual = self._virtual(chunk)
+        if virtual == 0:
+            return
+        like = [saved.inputs[k] for k in needing_grad(saved.inputs)]
+        filled = [torch.zeros_like(x) if g is None else g for g, x in zip(grads, like, strict=True)]
+        transfers.send_gradients(filled, self._peer(virtual - 1))
+
+    def _backward(self, saved: _Saved, chunk: int, transfers: Transfers) -> None:
+        """The whole backward of one micro-batch on one chunk (no ``W`` in the schedule)."""
+        roots, grads = self._output_grads(saved, chunk)
+        torch.autograd.backward(roots, grads)
+        inputs = saved.inputs
+        self._send_input_grads(
+            [inputs[k].grad for k in needing_grad(inputs)], saved, chunk, transfers
+        )
+
+    def _backward_input(self, saved: _Saved, chunk: int, transfers: Transfers) -> None:
+        """``B`` of a split backward: only the gradients of the chunk's inputs, sent back at
+        once; the graph is kept for ``W``. The first virtual stage has no input gradient to
+        compute (W runs its whole backward)."""
+        saved.roots, saved.grads = self._output_grads(saved, chunk)
+        if self._virtual(chunk) == 0:
+            return
+        wanted = [saved.inputs[k] for k in needing_grad(saved.inputs)]
+        grads: tuple[torch.Tensor | None, ...] = ()
+        if wanted:
+            with gathered_after_backward(self.stage_model):
+                grads = torch.autograd.grad(
+                    saved.roots, wanted, saved.grads, retain_graph=True, allow_unused=True
+                )
+        self._send_input_grads(list(grads), saved, chunk, transfers)
+
+    def _backward_weight(self, saved: _Saved) -> None:
+        """``W`` of a split backward: the weight gradients, through the graph ``B`` kept
+        (only towards the leaves that are not the chunk's inputs)."""
+        assert saved.roots is not None, "W before its B"
+        inputs = {id(x) for x in saved.inputs.values()}
+        weights = weight_leaves(saved.roots, exclude=inputs)
+        if weights:
+            torch.autograd.backward(saved.roots, saved.grads, inputs=weights)
 
     def _autocast(self) -> contextlib.AbstractContextManager[object]:
         """bf16/fp16 compute with the fp32 parameters as master weights."""
@@ -413,3 +520,24 @@ def gather_whole_parameters(
 def _items(batch: Activations, unit: str) -> int:
     labels = batch["labels"]
     return int(labels.numel()) if unit == "tokens" else int(labels.shape[0])
+
+
+@dataclass
+class _Saved:
+    """What a forward leaves for its backward: the chunk's inputs and outputs (the weighted
+    loss on the last virtual stage); under a split backward, ``B`` adds where the backward
+    starts from, for ``W``."""
+
+    inputs: Activations
+    outputs: object
+    roots: list[torch.Tensor] | None = None
+    grads: list[torch.Tensor] | None = None
+
+
+def _last_gradient_actions(actions: tuple[Action, ...], *, split: bool) -> dict[int, int]:
+    """index of each chunk's last action that makes weight gradients (its last ``W`` where
+    the backward is split, else its last ``B``) -> the chunk: the data-parallel buckets of
+    the chunk are armed for it."""
+    kind = "W" if split else "B"
+    last = {a.chunk: i for i, a in enumerate(actions) if a.kind == kind}
+    return {i: chunk for chunk, i in last.items()}

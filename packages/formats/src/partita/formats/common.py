@@ -7,7 +7,10 @@ from typing import Literal, get_args
 SpMode = Literal["none", "megatron", "ulysses"]
 DpMode = Literal["ddp", "zero1", "zero2", "zero3"]
 Precision = Literal["fp32", "bf16", "fp16"]
-Schedule = Literal["gpipe", "1f1b"]
+Schedule = Literal["gpipe", "1f1b", "interleaved-1f1b", "zb-h1"]
+# Activation checkpointing of a block: none, the attention core only (recomputed in the
+# backward, the rest kept: Megatron's "selective"), or the whole block.
+Ckpt = Literal["none", "attention", "full"]
 MeshAxis = Literal["pp", "dp", "tp"]
 Family = Literal["gpt", "llama", "bert", "t5", "vit", "swin"]
 LayerKind = Literal["embedding", "block", "head"]
@@ -19,6 +22,7 @@ SP_MODES: tuple[str, ...] = get_args(SpMode)
 DP_MODES: tuple[str, ...] = get_args(DpMode)
 PRECISIONS: tuple[str, ...] = get_args(Precision)
 SCHEDULES: tuple[str, ...] = get_args(Schedule)
+CKPT_MODES: tuple[str, ...] = get_args(Ckpt)
 MESH_AXES: tuple[str, ...] = get_args(MeshAxis)
 FAMILIES: tuple[str, ...] = get_args(Family)
 ATTENTION_KERNELS: tuple[str, ...] = tuple(k for k in get_args(AttentionKernel) if k)

@@ -43,6 +43,21 @@ def plan_v1_to_v2(body: dict[str, Any]) -> dict[str, Any]:
     return upgraded
 
 
+def plan_v2_to_v3(body: dict[str, Any]) -> dict[str, Any]:
+    """Plan v2 checkpointed a layer whole or not at all (``ckpt`` true or false); version 3
+    names the mode (``none``, ``attention``, ``full``) and adds ``pipeline.chunks`` (default 1)
+    and the schedules ``interleaved-1f1b`` and ``zb-h1``."""
+    layers = body.get("layers")
+    if not isinstance(layers, list):
+        return body
+    migrated = []
+    for layer in layers:
+        if isinstance(layer, dict) and isinstance(layer.get("ckpt"), bool):
+            layer = {**layer, "ckpt": "full" if layer["ckpt"] else "none"}
+        migrated.append(layer)
+    return {**body, "layers": migrated}
+
+
 def checkpoint_v1_to_v2(body: dict[str, Any]) -> dict[str, Any]:
     """Checkpoint manifest v1 recorded no files: an empty ``files`` says that the checkpoint
     cannot be verified (it is trusted, as it was before version 2)."""
@@ -53,8 +68,10 @@ def added_optional_fields(body: dict[str, Any]) -> dict[str, Any]:
     """A version that only added fields with defaults (and values to a field's choices): the
     older body is read unchanged. Hardware profile v1 -> v2: ``optimizer``; model profile v1
     -> v2: ``param_tensors`` and ``backward_peak_bytes_per_sample`` of memory entries; model
-    profile v2 -> v3: ``attention``; run report v1 -> v2: ``settings``, ``resumed_from_step``,
-    ``num_nodes`` and the status ``running``; run report v2 -> v3: ``attention``; run report
+    profile v2 -> v3: ``attention``; model profile v3 -> v4: ``attention_forward_s`` and
+    ``weight_backward_s`` of timings, ``attention_saved_bytes_per_sample`` of memory
+    entries; run report v1 -> v2: ``settings``, ``resumed_from_step``, ``num_nodes`` and the
+    status ``running``; run report v2 -> v3: ``attention``; run report
     v3 -> v4: the status ``interrupted``; run report v4 -> v5 and checkpoint manifest v2 -> v3:
     ``settings.init``; model description v1 -> v2: ``loss_bytes_per_sample`` of layers."""
     return body

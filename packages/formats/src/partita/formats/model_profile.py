@@ -8,7 +8,9 @@ Version 2 added the times under activation checkpointing, and per memory entry t
 parameter tensors of the shard (what an optimizer step costs per tensor) and the memory a
 backward pass needs beyond the saved activations. A head layer type is measured together
 with the loss that follows it. Version 3 added the attention kernel the layers were measured
-with.
+with. Version 4 added what the pipeline schedules and selective recompute need: the attention
+core's forward time and saved bytes (what ``ckpt: attention`` runs again and frees), and the
+weight-gradient share of the backward (what a zero-bubble schedule's W pass runs).
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ from partita.formats.common import AttentionKernel, Precision, SpMode
 from partita.formats.schema import at_least, count_from
 
 FORMAT = "partita.model_profile"
-VERSION = 3
+VERSION = 4
 
 Origin = Literal[
     "measured_tp_groups",  # measured with real tensor-parallel process groups
@@ -46,6 +48,11 @@ class LayerTiming:
     # the recomputed forward); None when not measured.
     checkpoint_forward_s: float | None = field(default=None, metadata=at_least(0))
     checkpoint_backward_s: float | None = field(default=None, metadata=at_least(0))
+    # The attention core's forward alone (scores, softmax, mixing: what ``ckpt: attention``
+    # runs again in the backward), and the part of ``backward_s`` that computes weight
+    # gradients (a split backward's W pass); None when not measured. Added in version 4.
+    attention_forward_s: float | None = field(default=None, metadata=at_least(0))
+    weight_backward_s: float | None = field(default=None, metadata=at_least(0))
 
 
 @dataclass(frozen=True)
@@ -64,6 +71,10 @@ class LayerMemory:
     # Working memory of the backward pass above the saved activations and the parameter
     # gradients (input and output gradients, temporaries), per sample.
     backward_peak_bytes_per_sample: float = field(default=0.0, metadata=at_least(0))
+    # Of activation_bytes_per_sample, what the attention core keeps for its backward beyond
+    # its inputs (the scores of an eager kernel; a fused kernel's softmax statistics): what
+    # ``ckpt: attention`` frees. None when not measured. Added in version 4.
+    attention_saved_bytes_per_sample: float | None = field(default=None, metadata=at_least(0))
 
 
 @dataclass(frozen=True)

@@ -25,10 +25,16 @@ def check_plan_structure(plan: Plan) -> None:
             f"pipeline degree {pipeline.degree} does not divide world_size {plan.world_size}",
             path="pipeline.degree",
         )
-    if len(pipeline.stage_num_layers) != pipeline.degree:
+    _check_chunks(plan)
+    if len(pipeline.stage_num_layers) != pipeline.num_virtual_stages:
+        expected = (
+            f"{pipeline.degree} stages (pipeline.degree)"
+            if pipeline.chunks == 1
+            else f"{pipeline.num_virtual_stages} virtual stages (pipeline.degree "
+            f"{pipeline.degree} x pipeline.chunks {pipeline.chunks})"
+        )
         raise FormatError(
-            f"expected {pipeline.degree} stages (pipeline.degree), "
-            f"got {len(pipeline.stage_num_layers)}",
+            f"expected {expected}, got {len(pipeline.stage_num_layers)}",
             path="pipeline.stage_num_layers",
         )
     if sum(pipeline.stage_num_layers) != len(plan.layers):
@@ -52,6 +58,33 @@ def check_plan_structure(plan: Plan) -> None:
             f"expected one value per stage ({pipeline.degree}), "
             f"got {len(predictions.peak_memory_bytes_per_stage)}",
             path="predictions.peak_memory_bytes_per_stage",
+        )
+
+
+def _check_chunks(plan: Plan) -> None:
+    pipeline = plan.pipeline
+    if pipeline.schedule != "interleaved-1f1b":
+        if pipeline.chunks != 1:
+            raise FormatError(
+                f"only the interleaved-1f1b schedule runs several chunks per rank, "
+                f"got {pipeline.chunks} under {pipeline.schedule}",
+                path="pipeline.chunks",
+            )
+        return
+    if pipeline.chunks < 2:
+        raise FormatError(
+            f"interleaved-1f1b needs at least 2 chunks per rank, got {pipeline.chunks}",
+            path="pipeline.chunks",
+        )
+    if pipeline.degree < 2:
+        raise FormatError(
+            "interleaved-1f1b needs at least 2 pipeline stages", path="pipeline.degree"
+        )
+    if plan.num_micro_batches % pipeline.degree:
+        raise FormatError(
+            f"interleaved-1f1b needs the micro-batches ({plan.num_micro_batches}) to be a "
+            f"multiple of the pipeline degree {pipeline.degree}",
+            path="num_micro_batches",
         )
 
 

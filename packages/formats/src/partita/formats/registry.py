@@ -51,7 +51,11 @@ SPECS: tuple[FormatSpec, ...] = (
         model_profile.VERSION,
         model_profile.ModelProfile,
         "model profile",
-        migrations={1: migrations.added_optional_fields, 2: migrations.added_optional_fields},
+        migrations={
+            1: migrations.added_optional_fields,
+            2: migrations.added_optional_fields,
+            3: migrations.added_optional_fields,
+        },
         check=check_model_profile,
     ),
     FormatSpec(
@@ -67,7 +71,7 @@ SPECS: tuple[FormatSpec, ...] = (
         plan.VERSION,
         plan.Plan,
         "plan",
-        migrations={1: migrations.plan_v1_to_v2},
+        migrations={1: migrations.plan_v1_to_v2, 2: migrations.plan_v2_to_v3},
         check=check_plan_structure,
     ),
     FormatSpec(

@@ -31,7 +31,8 @@ def _plan(plan: Plan) -> str:
         f"  world size {plan.world_size} = {pipeline.degree} pipeline stage(s) x "
         f"{plan.devices_per_stage} devices; mesh axis order {', '.join(plan.mesh_axis_order)}",
         f"  global batch {plan.global_batch_size} in {plan.num_micro_batches} micro-batch(es) "
-        f"of {plan.micro_batch_size}; schedule {pipeline.schedule}",
+        f"of {plan.micro_batch_size}; schedule {pipeline.schedule}"
+        + (f", {pipeline.chunks} chunks per rank" if pipeline.chunks > 1 else ""),
         f"  embedding and head: vocab-parallel {plan.vocab.tp}, "
         f"sequence-parallel {'on' if plan.vocab.sp else 'off'}, {plan.vocab.dp} "
         f"over {plan.dp_degree(plan.vocab.tp)}",
@@ -44,20 +45,28 @@ def _plan(plan: Plan) -> str:
             f"{p.throughput_samples_per_s:.2f} samples/s, peak memory per stage {memory}"
         )
     lines.append("")
-    lines.append(table(["layers", "stage", "tp", "sp", "dp", "dp size", "ckpt"], _layer_rows(plan)))
+    stage = "stage" if pipeline.chunks == 1 else "stage.chunk"
+    lines.append(table(["layers", stage, "tp", "sp", "dp", "dp size", "ckpt"], _layer_rows(plan)))
     return "\n".join(lines)
 
 
 def _layer_rows(plan: Plan) -> list[list[object]]:
+    pipeline = plan.pipeline
+
+    def stage_of(index: int) -> str:
+        virtual = plan.virtual_stage_of_layer(index)
+        rank, chunk = virtual % pipeline.degree, virtual // pipeline.degree
+        return str(rank) if pipeline.chunks == 1 else f"{rank}.{chunk}"
+
     keyed = [
-        (plan.stage_of_layer(i), layer.tp, layer.sp, layer.dp, layer.ckpt, i)
+        (stage_of(i), layer.tp, layer.sp, layer.dp, layer.ckpt, i)
         for i, layer in enumerate(plan.layers)
     ]
     rows: list[list[object]] = []
     for (stage, tp, sp, dp, ckpt), run in groupby(keyed, key=lambda k: k[:5]):
         indices = [k[5] for k in run]
         span = str(indices[0]) if len(indices) == 1 else f"{indices[0]}-{indices[-1]}"
-        rows.append([span, stage, tp, sp, dp, plan.dp_degree(tp), "yes" if ckpt else "no"])
+        rows.append([span, stage, tp, sp, dp, plan.dp_degree(tp), ckpt])
     return rows
 
 

@@ -13,9 +13,9 @@ autograd pairs.
 from __future__ import annotations
 
 from torch import nn
-from torch.utils.checkpoint import checkpoint
 
 from partita.executor import comm
+from partita.executor.recompute import recompute_attention_cores, run_layer
 from partita.executor.setups import SPLIT_KEYS, LayerSetup, check_sequence_parallel
 from partita.executor.tensor_parallel import ShardRecord, apply_tensor_parallel
 from partita.models.families import family_of
@@ -32,6 +32,8 @@ class MeasuredPrefix(nn.Module):
         layouts = family.tp_layouts(model.config)
         record = ShardRecord()
         for layer, layer_type, setup in zip(model.layers, model.layer_types, setups, strict=True):
+            if setup.ckpt == "attention":  # before Ulysses wraps the core, as the executor
+                recompute_attention_cores(layer)
             apply_tensor_parallel(
                 layer, layouts[layer_type], group=setup.groups.tp, sp=setup.sp, record=record
             )
@@ -47,7 +49,7 @@ class MeasuredPrefix(nn.Module):
             if wants is not None and split is None:
                 acts = _split(acts, wants)
                 split = wants
-            acts = checkpoint(layer, acts, use_reentrant=False) if setup.ckpt else layer(acts)
+            acts = run_layer(layer, acts, setup.ckpt)
         if split is not None:
             acts = _gather(acts, split)
         return acts

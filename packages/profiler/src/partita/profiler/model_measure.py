@@ -23,6 +23,7 @@ import statistics
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 import torch.distributed as dist
@@ -31,8 +32,10 @@ from torch.utils.checkpoint import checkpoint
 
 from partita.executor.groups import LayerGroups
 from partita.executor.memory import PeakMemory
+from partita.executor.recompute import recomputed
 from partita.executor.setups import VOCAB_LAYERS, layer_setups
 from partita.formats import LayerStrategy, PipelineConfig, Plan, VocabStrategy
+from partita.models.attention import Attends, AttentionCore
 from partita.models.families import family_of
 from partita.models.layered import Activations, LayeredModel
 from partita.models.tp_layout import TPLayout
@@ -340,6 +343,89 @@ def time_passes(
     )
 
 
+def time_weight_backward(
+    layer: nn.Module, inputs: Activations, *, warmup: int, repeats: int, device: torch.device
+) -> float:
+    """Seconds of the backward's weight gradients (a split backward's W pass): a whole
+    backward less one that computes only the inputs' gradients (autograd skips the weight
+    products nothing asks for), timed in pairs, back to back, so that the machine's drift
+    cancels; the trimmed mean of the differences, at least 0. All of the backward where no
+    input needs a gradient."""
+    wanted = [t for t in inputs.values() if t.requires_grad]
+    clock = _Clock(device)
+    grads: list[torch.Tensor] | None = None
+    differences = []
+    for step in range(warmup + repeats):
+        seconds = []
+        for only_inputs in (False, True):
+            _clear_grads(layer, inputs)
+            outputs = _differentiable(layer(inputs))
+            if grads is None:
+                generator = torch.Generator(device=device).manual_seed(0)
+                grads = [_random_like(t, generator) for t in outputs]
+            start = clock.now()
+            if not only_inputs:
+                torch.autograd.backward(outputs, grads)
+            elif wanted:
+                torch.autograd.backward(outputs, grads, inputs=wanted)
+            seconds.append(clock.seconds(start, clock.now()))
+        if step >= warmup:
+            differences.append(seconds[0] - seconds[1])
+    _clear_grads(layer, inputs)
+    return max(0.0, trimmed_mean(differences))
+
+
+@contextlib.contextmanager
+def attention_cores_wrapped(
+    layer: nn.Module, wrap: Callable[[AttentionCore], AttentionCore]
+) -> Iterator[int]:
+    """Every attention core of ``layer`` wrapped by ``wrap``, restored after; yields how many
+    there are. Under Ulysses the core inside the all-to-alls is wrapped, as the executor
+    wraps it (``recompute``) before sequence parallelism does."""
+    modules = [m for m in layer.modules() if isinstance(m, Attends)]
+    originals = [m.core for m in modules]
+    try:
+        for module, core in zip(modules, originals, strict=True):
+            rewrapped = getattr(core, "rewrapped", None)
+            module.core = rewrapped(wrap) if rewrapped is not None else wrap(core)
+        yield len(modules)
+    finally:
+        for module, core in zip(modules, originals, strict=True):
+            module.core = core
+
+
+def time_attention_cores(
+    layer: nn.Module, inputs: Activations, *, warmup: int, repeats: int, device: torch.device
+) -> float | None:
+    """Seconds per forward spent in the layer's attention cores (what selective recompute runs
+    again), the trimmed mean over ``repeats`` forwards; None where the layer has none."""
+    clock = _Clock(device)
+    spans: list[tuple[object, object]] = []
+
+    def timed(core: AttentionCore) -> AttentionCore:
+        def run(*args: Any, **options: Any) -> torch.Tensor:
+            start = clock.now()
+            out = core(*args, **options)
+            spans.append((start, clock.now()))
+            return out
+
+        return run  # type: ignore[return-value]
+
+    per_forward = []
+    with attention_cores_wrapped(layer, timed) as cores:
+        if not cores:
+            return None
+        for step in range(warmup + repeats):
+            spans.clear()
+            _clear_grads(layer, inputs)
+            outputs = layer(inputs)
+            del outputs
+            if step >= warmup:
+                per_forward.append(sum(clock.seconds(a, b) for a, b in spans))
+    _clear_grads(layer, inputs)
+    return trimmed_mean(per_forward)
+
+
 def _random_like(tensor: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
     return torch.randn(tensor.shape, generator=generator, dtype=tensor.dtype, device=tensor.device)
 
@@ -360,13 +446,18 @@ class PassMemory:
     retained_bytes: int  # allocated during forward and still live after it
     checkpoint_retained_bytes: int  # the same with the layer under torch.utils.checkpoint
     peak_bytes: int  # above what was live before: forward and backward, no checkpointing
+    # The same as retained_bytes with the attention cores checkpointed (``ckpt: attention``);
+    # None where the layer has no attention.
+    attention_retained_bytes: int | None = None
 
 
 def measure_memory(layer: nn.Module, inputs: Activations, *, device: torch.device) -> PassMemory:
     """Bytes of one micro-batch (call after a warm-up run, so lazy buffers exist)."""
     retained = _retained(layer, inputs, device=device, checkpointed=False)
     kept = _retained(layer, inputs, device=device, checkpointed=True)
-    return PassMemory(retained, kept, _peak(layer, inputs, device=device))
+    with attention_cores_wrapped(layer, recomputed) as cores:
+        selective = _retained(layer, inputs, device=device, checkpointed=False) if cores else None
+    return PassMemory(retained, kept, _peak(layer, inputs, device=device), selective)
 
 
 def _allocated(device: torch.device) -> int:

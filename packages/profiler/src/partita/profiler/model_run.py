@@ -24,7 +24,13 @@ Memory entries (one per configuration):
 - ``param_tensors``: the tensors holding the shard's parameters.
 
 Timings of blocks are also taken with the block under activation checkpointing
-(``checkpoint_forward_s``, ``checkpoint_backward_s``: the backward recomputes the forward).
+(``checkpoint_forward_s``, ``checkpoint_backward_s``: the backward recomputes the forward),
+and split for the schedules and recompute modes that need it: ``attention_forward_s``, the
+time a forward spends in the attention cores (what ``ckpt: attention`` runs again), and
+``weight_backward_s``, a backward less one that computes only the inputs' gradients, timed
+in pairs (a split backward's W pass). A block's memory entry also has
+``attention_saved_bytes_per_sample``: what its forward keeps less what it keeps with the
+attention cores checkpointed.
 
 The head layer type is measured with the loss that follows it (as the executor runs them):
 its times and memory hold the loss's forward and backward and what it saves (GPT's log-
@@ -204,6 +210,8 @@ def _median_timing(entries: Sequence[LayerTiming]) -> LayerTiming:
         spread=statistics.median(e.spread for e in entries),
         checkpoint_forward_s=median([e.checkpoint_forward_s for e in entries]),
         checkpoint_backward_s=median([e.checkpoint_backward_s for e in entries]),
+        attention_forward_s=median([e.attention_forward_s for e in entries]),
+        weight_backward_s=median([e.weight_backward_s for e in entries]),
     )
 
 
@@ -316,20 +324,28 @@ def _measure_config(
                 repeats=settings.repeats,
                 device=settings.device,
             )
-            checkpointed = None
+            checkpointed = split = None
             if case.layer.kind == "block":  # the executor checkpoints blocks only
+                timing = dict(warmup=settings.warmup, repeats=settings.repeats)
                 checkpointed = measure.time_passes(
-                    measure.Checkpointed(layer),
-                    acts,
-                    warmup=settings.warmup,
-                    repeats=settings.repeats,
-                    device=settings.device,
+                    measure.Checkpointed(layer), acts, device=settings.device, **timing
                 )
-            timings.append(_timing(case, config, batch, times, origin, checkpointed))
+                split = _Split(
+                    attention_forward_s=measure.time_attention_cores(
+                        layer, acts, device=settings.device, **timing
+                    ),
+                    weight_backward_s=measure.time_weight_backward(
+                        layer, acts, device=settings.device, **timing
+                    ),
+                )
+            timings.append(_timing(case, config, batch, times, origin, checkpointed, split))
             retained[batch] = (
                 memory.retained_bytes,
                 memory.checkpoint_retained_bytes,
                 memory.peak_bytes - memory.retained_bytes,
+                memory.retained_bytes - memory.attention_retained_bytes
+                if memory.attention_retained_bytes is not None
+                else None,
             )
             progress.update(f"{what} mb {batch}", _times_text(times))
     return timings, _memory(case, config, static, retained, origin, tensors=len(params))
@@ -351,6 +367,12 @@ def _check_limit(settings: Settings, *, what: str, need: int) -> None:
         )
 
 
+@dataclass(frozen=True)
+class _Split:
+    attention_forward_s: float | None  # None: the layer has no attention core
+    weight_backward_s: float  # the weights' gradients, part of the backward
+
+
 def _timing(
     case: LayerCase,
     config: Config,
@@ -358,6 +380,7 @@ def _timing(
     times: measure.PassTimes,
     origin: str,
     checkpointed: measure.PassTimes | None = None,
+    split: _Split | None = None,
 ) -> LayerTiming:
     return LayerTiming(
         tp=config.tp,
@@ -370,6 +393,9 @@ def _timing(
         origin=origin,  # type: ignore[arg-type]
         checkpoint_forward_s=None if checkpointed is None else checkpointed.forward_s,
         checkpoint_backward_s=None if checkpointed is None else checkpointed.backward_s,
+        attention_forward_s=None if split is None else split.attention_forward_s,
+        # Timed in runs of their own, W and the backward scatter apart: W is kept within it.
+        weight_backward_s=None if split is None else min(times.backward_s, split.weight_backward_s),
     )
 
 
@@ -384,7 +410,7 @@ def _memory(
     case: LayerCase,
     config: Config,
     static: tuple[int, int, int],
-    retained: dict[int, tuple[int, int, int]],
+    retained: dict[int, tuple[int, int, int, int | None]],
     origin: str,
     *,
     tensors: int,
@@ -392,6 +418,11 @@ def _memory(
     full = per_sample({b: kept[0] for b, kept in retained.items()})
     checkpointed = per_sample({b: kept[1] for b, kept in retained.items()})
     backward = per_sample({b: kept[2] for b, kept in retained.items()})
+    attention_saved = (
+        None
+        if any(kept[3] is None for kept in retained.values())
+        else per_sample({b: int(kept[3] or 0) for b, kept in retained.items()})
+    )
     return LayerMemory(
         tp=config.tp,
         sp=config.sp,  # type: ignore[arg-type]
@@ -404,6 +435,7 @@ def _memory(
         origin="fitted" if len(retained) > 1 else origin,  # type: ignore[arg-type]
         param_tensors=tensors,
         backward_peak_bytes_per_sample=backward,
+        attention_saved_bytes_per_sample=attention_saved,
     )
 
 

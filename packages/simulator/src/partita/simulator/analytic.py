@@ -1,29 +1,57 @@
 """Closed-form iteration time, for the search (fast) and to check the event simulation.
 
-For a pipeline of P stages and M micro-batches where the slowest stage takes ``f + b`` per
-micro-batch, both GPipe and 1F1B take ``sum_s(f_s + b_s) + (M - 1) * max_s(f_s + b_s)`` plus
-the p2p transfers on the critical path (one forward and one backward per boundary, which
-the sends cannot hide since the receiver waits), plus the part of each stage's gradient sync
-that the last backward does not hide (all of it for the buckets the pipeline trainer sums
-after the backward), plus the optimizer step and what follows it.
+A pipeline of p ranks holding v chunks each (v = 1 but under interleaved 1F1B) runs M
+micro-batches. Rank k spends ``r_k = sum over its chunks of (f + b)`` per micro-batch; the
+step takes ``M * max_k r_k`` plus the bubble: the other virtual stages' work, a v-th of it per
+round (``(sum of every virtual stage's f + b - the slowest rank's) / v``). This is GPipe's and
+1F1B's ``sum_s(f_s + b_s) + (M - 1) max_s(f_s + b_s)`` when v = 1, and Megatron's interleaved
+bubble ``(p - 1) / v`` stage times when the stages are equal. A split backward (zero-bubble
+schedules) takes each stage's weight gradients out of the bubble twice: ZB-H1's
+``(p - 1)(F + B - W)`` against 1F1B's ``(p - 1)(F + B + W)`` (Qi et al. 2023). Added: the p2p
+transfers on the critical path (one forward and one backward per boundary, which the sends
+cannot hide since the receiver waits), the part of each rank's gradient sync that its last
+backward does not hide, the optimizer step and what follows it.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 
+from partita.formats.schedules import Schedule, num_chunks, splits_backward
 from partita.simulator.workload import StageWork
 
 
-def iteration_time(stages: Sequence[StageWork], *, num_micro_batches: int) -> float:
-    per_micro_batch = [s.forward_s + s.backward_s for s in stages]
-    pipeline = sum(per_micro_batch) + (num_micro_batches - 1) * max(per_micro_batch)
+def iteration_time(
+    stages: Sequence[StageWork], *, num_micro_batches: int, schedule: Schedule | None = None
+) -> float:
+    """``stages`` are the virtual stages in pipeline order; ``schedule`` (default: one chunk
+    per rank, backward whole) says how they sit on the ranks."""
+    chunks = num_chunks(schedule) if schedule is not None else 1
+    split = splits_backward(schedule) if schedule is not None else False
+    ranks = len(stages) // chunks
+    per_rank = [sum(_time(s) for s in stages[rank::ranks]) for rank in range(ranks)]
+    slowest = max(range(ranks), key=lambda rank: per_rank[rank])
+    in_bubble = [_time(s) - (2 * _weights(s) if split else 0.0) for s in stages]
+    bubble = (sum(in_bubble) - sum(in_bubble[slowest::ranks])) / chunks
+    pipeline = num_micro_batches * per_rank[slowest] + bubble
     transfers = sum(s.send_forward_s + s.send_backward_s for s in stages)
-    tail = max(_exposed_sync(s, num_micro_batches) + s.tail_s for s in stages)
+    tail = max(
+        max(_exposed_sync(s) for s in stages[rank::ranks])
+        + sum(s.tail_s for s in stages[rank::ranks])
+        for rank in range(ranks)
+    )
     return pipeline + transfers + tail
 
 
-def _exposed_sync(stage: StageWork, num_micro_batches: int) -> float:
+def _time(stage: StageWork) -> float:
+    return stage.forward_s + stage.backward_s
+
+
+def _weights(stage: StageWork) -> float:
+    return sum(layer.weight_backward_s for layer in stage.layers)
+
+
+def _exposed_sync(stage: StageWork) -> float:
     """Gradient sync left after the stage's last backward (serial on one stream)."""
     finish = 0.0  # time since the last backward began
     elapsed = 0.0

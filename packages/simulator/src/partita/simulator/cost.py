@@ -66,6 +66,10 @@ class LayerTimes:
     # recomputed forward).
     checkpoint_forward_s: float | None = None
     checkpoint_backward_s: float | None = None
+    # The attention core's forward alone, and the weight-gradient part of the backward, where
+    # the profile has them (``workload`` estimates them otherwise).
+    attention_forward_s: float | None = None
+    weight_backward_s: float | None = None
 
 
 @dataclass
@@ -100,15 +104,20 @@ class CostModel:
         forward = self._fitted(points, "forward_s", micro_batch)
         backward = self._fitted(points, "backward_s", micro_batch)
         included = all(t.origin == TP_COMM_INCLUDED for t in points)
-        checkpointed = [t for t in points if t.checkpoint_forward_s is not None]
-        if len(checkpointed) != len(points):
-            return LayerTimes(forward_s=forward, backward_s=backward, includes_tp_comm=included)
+
+        def where_measured(name: str) -> float | None:
+            if any(getattr(t, name) is None for t in points):
+                return None
+            return self._fitted(points, name, micro_batch)
+
         return LayerTimes(
             forward_s=forward,
             backward_s=backward,
             includes_tp_comm=included,
-            checkpoint_forward_s=self._fitted(points, "checkpoint_forward_s", micro_batch),
-            checkpoint_backward_s=self._fitted(points, "checkpoint_backward_s", micro_batch),
+            checkpoint_forward_s=where_measured("checkpoint_forward_s"),
+            checkpoint_backward_s=where_measured("checkpoint_backward_s"),
+            attention_forward_s=where_measured("attention_forward_s"),
+            weight_backward_s=where_measured("weight_backward_s"),
         )
 
     def _fitted(self, points: list[LayerTiming], name: str, micro_batch: float) -> float:

@@ -1,4 +1,4 @@
-"""Peak memory of one device per stage, from the stage's work and the schedule.
+"""Peak memory of one device per pipeline rank, from its chunks' work and the schedule.
 
 What a device holds over a step:
 
@@ -7,7 +7,7 @@ What a device holds over a step:
   from the backward that makes it (the executor zeroes gradients to ``None``, and autograd,
   FSDP and the layer-wise trainer allocate them in the backward) until the step's end;
 * each micro-batch's activations from its forward until its backward, where they go layer by
-  layer, last layer first;
+  layer, last layer first (under a split backward, until its W pass);
 * a layer's transient (its backward's temporaries, a checkpointed layer's recomputed
   activations, ZeRO-3's gathered parameters, an FSDP layer's whole gradients and their
   reduce-scatter input) during that layer's backward.
@@ -19,24 +19,13 @@ later one (all gradients made).
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
+from dataclasses import dataclass
 
-from partita.formats.schedules import Action
+from partita.formats.schedules import Action, build_schedule, splits_backward
 from partita.simulator.result import MemoryBreakdown
 from partita.simulator.workload import StageWork
-
-
-def backward_in_flight(actions: Sequence[Action]) -> tuple[int, ...]:
-    """Micro-batches in flight (forward ran, backward not finished) as each backward starts,
-    in the stage's order; the backward's own micro-batch is counted."""
-    live, counts = 0, []
-    for action in actions:
-        if action.kind == "F":
-            live += 1
-        else:
-            counts.append(live)
-            live -= 1
-    return tuple(counts)
 
 
 def _held(work: StageWork) -> tuple[float, float, float]:
@@ -96,11 +85,106 @@ def backward_excess(work: StageWork, *, gradients_made: bool) -> float:
     return peak.total - before
 
 
-def peak_breakdown(work: StageWork, actions: Sequence[Action]) -> MemoryBreakdown:
-    """The stage's peak over the step under its schedule ``actions``, by what holds it."""
-    counts = backward_in_flight(actions)
-    assert counts, "every stage's schedule runs a backward"
-    peaks = [_backward_peak(work, in_flight=counts[0], gradients_made=False)]
-    if len(counts) > 1:
-        peaks.append(_backward_peak(work, in_flight=max(counts[1:]), gradients_made=True))
-    return max(peaks, key=lambda p: p.total)
+def rank_static_bytes(works: Sequence[StageWork]) -> float:
+    """What a rank holds before the step's first backward, over its chunks."""
+    return sum(static_bytes(work) for work in works)
+
+
+@dataclass(frozen=True)
+class Point:
+    """A moment of a rank's step that may hold its peak: after a forward (``F``), inside a
+    backward (``B``: the chunk's backward excess on top), or as a W pass makes the gradients
+    (``W``). ``live`` counts the micro-batches holding activations per chunk, ``made``
+    whether each chunk's gradients exist (before a B, after a W)."""
+
+    kind: str
+    chunk: int
+    live: tuple[int, ...]
+    made: tuple[bool, ...]
+
+
+def memory_points(actions: Sequence[Action], chunks: int, *, split: bool) -> tuple[Point, ...]:
+    """The distinct moments of ``actions`` that may hold the rank's peak (a steady state
+    repeats a few), replayed as the engine replays them."""
+    live, made = [0] * chunks, [False] * chunks
+    points: dict[Point, None] = {}
+    for action in actions:
+        c = action.chunk
+        if action.kind == "F":
+            live[c] += 1
+            points[Point("F", c, tuple(live), tuple(made))] = None
+        elif action.kind == "B":
+            points[Point("B", c, tuple(live), tuple(made))] = None
+            if not split:
+                made[c] = True
+                live[c] -= 1
+                points[Point("F", c, tuple(live), tuple(made))] = None
+        else:
+            made[c] = True
+            points[Point("W", c, tuple(live), tuple(made))] = None
+            live[c] -= 1
+    return tuple(points)
+
+
+@functools.lru_cache(maxsize=1024)
+def schedule_points(
+    name: str, ranks: int, micro_batches: int, chunks: int
+) -> tuple[tuple[Point, ...], ...]:
+    """:func:`memory_points` of every rank of a named schedule (the search prices thousands
+    of plans over a few schedules)."""
+    schedule = build_schedule(name, ranks, micro_batches, chunks)
+    split = splits_backward(schedule)
+    return tuple(memory_points(actions, chunks, split=split) for actions in schedule)
+
+
+def peak_breakdown(
+    works: Sequence[StageWork], actions: Sequence[Action], *, split: bool = False
+) -> MemoryBreakdown:
+    """A rank's peak over the step under its schedule ``actions``, by what holds it.
+
+    ``works`` are its chunks' (one without an interleaved schedule). The actions are replayed
+    as the engine replays them: a forward adds its chunk's activations; a backward rises by
+    its excess (``backward_excess``) while it runs; the first backward of a chunk makes its
+    gradients, and the backward frees the micro-batch's activations. Where the backward is
+    ``split``, B keeps the activations, and W makes the gradients and frees them.
+    """
+    return points_peak(works, memory_points(actions, len(works), split=split), split=split)
+
+
+def points_peak(
+    works: Sequence[StageWork], points: Sequence[Point], *, split: bool
+) -> MemoryBreakdown:
+    """The highest of ``points`` (:func:`memory_points`) for a rank holding ``works``."""
+    held = [_held(w) for w in works]
+    parameters = sum(h[0] for h in held)
+    optimizer_states = sum(h[1] for h in held)
+    held_grads = sum(h[2] for h in held)
+    late = [late_gradients(w) for w in works]
+    activation = [w.activation_bytes for w in works]
+    best: MemoryBreakdown | None = None
+    for point in points:
+        c = point.chunk
+        live = sum(n * a for n, a in zip(point.live, activation, strict=True))
+        made = sum(g for g, m in zip(late, point.made, strict=True) if m)
+        if point.kind != "B":
+            here = MemoryBreakdown(parameters, held_grads + made, optimizer_states, live, 0.0)
+        else:
+            own = _backward_peak(works[c], in_flight=1, gradients_made=point.made[c] or split)
+            # ``own`` counts its chunk's held and (made or being made) gradients, and one
+            # micro-batch's activations as its backward has them at the peak.
+            others = made - (late[c] if point.made[c] else 0.0)
+            here = MemoryBreakdown(
+                parameters=parameters,
+                gradients=held_grads
+                - held[c][2]
+                + own.gradients
+                + others
+                - (late[c] if split and not point.made[c] else 0.0),
+                optimizer_states=optimizer_states,
+                activations=live - activation[c] + own.activations,
+                transient=own.transient,
+            )
+        if best is None or here.total > best.total:
+            best = here
+    assert best is not None, "every rank's schedule runs an action"
+    return best

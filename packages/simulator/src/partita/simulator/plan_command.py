@@ -8,6 +8,8 @@ from importlib.metadata import version
 from typing import TYPE_CHECKING
 
 from partita.formats.cli import EXIT_OK, Command
+from partita.formats.common import CKPT_MODES, SCHEDULES
+from partita.simulator.search.space import DEFAULT_SCHEDULES
 
 if TYPE_CHECKING:
     from partita.formats import ModelDescription
@@ -34,7 +36,17 @@ def _add_arguments(parser: argparse.ArgumentParser) -> None:
         help="memory budget per device, GiB (default: the device's memory)",
     )
     parser.add_argument("--global-batch", required=True, type=int, metavar="B")
-    parser.add_argument("--schedules", default="gpipe,1f1b", help="pipeline schedules to try")
+    parser.add_argument(
+        "--schedules",
+        default=",".join(DEFAULT_SCHEDULES),
+        help=f"pipeline schedules to try, comma-separated, of {', '.join(SCHEDULES)} "
+        "(default: %(default)s; zb-h1 on request: docs/simulator.md)",
+    )
+    parser.add_argument(
+        "--recompute",
+        default=",".join(CKPT_MODES),
+        help="activation recompute modes the layers may take (default: all, %(default)s)",
+    )
     parser.add_argument(
         "--space",
         default="full",
@@ -103,8 +115,9 @@ def _run(args: argparse.Namespace) -> int:
         global_batch=args.global_batch,
         space=SearchSpace(
             name=args.space,
-            schedules=tuple(args.schedules.split(",")),
+            schedules=_listed(args.schedules, "--schedules"),
             max_pipeline_degree=args.max_pipeline_degree,
+            recompute=_listed(args.recompute, "--recompute"),
         ),
         precision=args.precision or model_profile.dtype,
     )
@@ -169,6 +182,13 @@ def _write_uniform(
     print(f"predicted from {profiles.origin}:")
     print(summary(result, device_memory_bytes=profiles.hardware.device.memory_bytes))
     return EXIT_OK
+
+
+def _listed(text: str, option: str) -> tuple[str, ...]:
+    items = tuple(item.strip() for item in text.split(",") if item.strip())
+    if not items:
+        raise ValueError(f"{option}: expected a comma-separated list, got {text!r}")
+    return items
 
 
 def _tools() -> dict[str, str]:

@@ -54,7 +54,27 @@ def search_summary(result: PlanningResult, *, budget_bytes: float) -> str:
             "baselines from the same search (searched plan's speed-up over each):",
             table(["baseline", "iteration", "samples/s", "peak", "speed-up"], rows),
         ]
+    if result.techniques:
+        lines += ["", "what each technique of the plan bought (the best plan searched without it):"]
+        lines.append(
+            table(
+                ["technique", "without it", "iteration", "samples/s", "speed-up"],
+                [_technique_row(name, c, best) for name, c in result.techniques.items()],
+            )
+        )
     return "\n".join(lines)
+
+
+def _technique_row(name: str, without: Candidate | None, best: Candidate) -> list[object]:
+    if without is None:
+        return [name, "nothing fits", "-", "-", "needed to fit"]
+    return [
+        name,
+        describe_plan(without.plan),
+        human_seconds(without.iteration_time_s),
+        f"{without.throughput:.2f}",
+        f"{without.iteration_time_s / best.iteration_time_s:.2f}x",
+    ]
 
 
 def _row(candidate: Candidate) -> list[object]:
@@ -71,7 +91,8 @@ def describe_plan(plan: Plan) -> str:
     strategies (most common first) and the vocabulary's, e.g. ``pp2 1f1b x16 [16+16]: 32 x
     tp2 ulysses ddp; vocab tp4 ddp``."""
     pipeline = plan.pipeline
-    shape = f"pp{pipeline.degree} {pipeline.schedule} x{plan.num_micro_batches}"
+    schedule = pipeline.schedule + (f"/{pipeline.chunks}" if pipeline.chunks > 1 else "")
+    shape = f"pp{pipeline.degree} {schedule} x{plan.num_micro_batches}"
     if pipeline.degree > 1:
         shape += " [" + "+".join(str(n) for n in pipeline.stage_num_layers) + "]"
     counts = Counter(_strategy(layer) for layer in plan.layers)
@@ -88,6 +109,6 @@ def _strategy(layer: LayerStrategy) -> str:
     if layer.sp != "none":
         parts.append(layer.sp)
     parts.append(layer.dp)
-    if layer.ckpt:
-        parts.append("ckpt")
+    if layer.ckpt != "none":
+        parts.append("ckpt" if layer.ckpt == "full" else "ckpt-attention")
     return " ".join(parts)

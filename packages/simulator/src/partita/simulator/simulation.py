@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 from partita.formats import HardwareProfile, ModelDescription, ModelProfile, Plan, validate_plan
-from partita.formats.schedules import build_schedule
+from partita.formats.schedules import SPLIT_SCHEDULES, Schedule, build_schedule
 from partita.simulator import analytic
 from partita.simulator.cost import CostModel
 from partita.simulator.engine import Engine
-from partita.simulator.memory import peak_breakdown, static_bytes
+from partita.simulator.memory import points_peak, schedule_points
 from partita.simulator.result import MemoryBreakdown, SimulationResult, StageResult
 from partita.simulator.workload import LayerWork, StageWork, WorkloadBuilder
 
@@ -33,6 +33,25 @@ def build_workload(
     return WorkloadBuilder(plan=plan, model=model, cost=cost, cache=cache).build(), cost
 
 
+def plan_schedule(plan: Plan) -> Schedule:
+    pipeline = plan.pipeline
+    return build_schedule(
+        pipeline.schedule, pipeline.degree, plan.num_micro_batches, pipeline.chunks
+    )
+
+
+def rank_peaks(stages: list[StageWork], plan: Plan) -> tuple[MemoryBreakdown, ...]:
+    """Each pipeline rank's peak memory, over the virtual stages it holds."""
+    pipeline = plan.pipeline
+    ranks = pipeline.degree
+    points = schedule_points(pipeline.schedule, ranks, plan.num_micro_batches, pipeline.chunks)
+    split = pipeline.schedule in SPLIT_SCHEDULES
+    return tuple(
+        points_peak(stages[rank::ranks], rank_points, split=split)
+        for rank, rank_points in enumerate(points)
+    )
+
+
 def simulate(
     plan: Plan,
     *,
@@ -43,31 +62,25 @@ def simulate(
 ) -> SimulationResult:
     """Event-simulate one iteration: time, per-stage busy and bubble, memory, events."""
     stages, cost = build_workload(plan, hardware=hardware, model_profile=model_profile, model=model)
-    schedule = build_schedule(plan.pipeline.schedule, len(stages), plan.num_micro_batches)
+    schedule = plan_schedule(plan)
     # Memory that overflows is refused before the engine replays it (as NaN, it would slip
     # past the engine's max over the stage's timeline).
-    breakdowns = [
-        peak_breakdown(work, actions) for work, actions in zip(stages, schedule, strict=True)
-    ]
+    breakdowns = rank_peaks(stages, plan)
     cost.check_prediction(seconds=(), nbytes=[b.total for b in breakdowns])
     output = Engine(
-        stages=stages,
-        schedule=schedule,
-        static_bytes=[static_bytes(s) for s in stages],
-        overlap=hardware.overlap,
-        record_events=record_events,
+        stages=stages, schedule=schedule, overlap=hardware.overlap, record_events=record_events
     ).run()
     iteration = max(output.stage_end_s)
     cost.check_prediction(seconds=[iteration, *output.compute_busy_s], nbytes=output.peak_bytes)
     results = []
-    for work, breakdown, busy, peak, timeline in zip(
-        stages, breakdowns, output.compute_busy_s, output.peak_bytes, output.timelines, strict=True
+    for rank, (breakdown, busy, peak, timeline) in enumerate(
+        zip(breakdowns, output.compute_busy_s, output.peak_bytes, output.timelines, strict=True)
     ):
         assert abs(breakdown.total - peak) <= 1e-6 * max(peak, 1.0), (breakdown.total, peak)
         results.append(
             StageResult(
-                stage=work.stage,
-                devices=work.devices,
+                stage=rank,
+                devices=stages[rank].devices,
                 busy_s=busy,
                 bubble_s=max(0.0, iteration - busy),
                 memory=breakdown,
@@ -99,10 +112,10 @@ def estimate(
     stages, cost = build_workload(
         plan, hardware=hardware, model_profile=model_profile, model=model, cost=cost, cache=cache
     )
-    schedule = build_schedule(plan.pipeline.schedule, len(stages), plan.num_micro_batches)
-    memory = tuple(
-        peak_breakdown(work, actions) for work, actions in zip(stages, schedule, strict=True)
+    schedule = plan_schedule(plan)
+    memory = rank_peaks(stages, plan)
+    seconds = analytic.iteration_time(
+        stages, num_micro_batches=plan.num_micro_batches, schedule=schedule
     )
-    seconds = analytic.iteration_time(stages, num_micro_batches=plan.num_micro_batches)
     cost.check_prediction(seconds=[seconds], nbytes=[m.total for m in memory])
     return seconds, memory

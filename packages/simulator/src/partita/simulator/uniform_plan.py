@@ -7,12 +7,13 @@ the head) so it can be simulated and compared with a searched plan, without list
 identical layers by hand.
 
 Keys (all optional): ``tp`` (1), ``pp`` (1), ``sp`` (``none``, ``megatron``, ``ulysses``),
-``dp`` (``ddp``, ``zero1``, ``zero2``, ``zero3``), ``ckpt`` (``none`` or ``full``; also
-``false``/``true``), ``mb`` (micro-batch size per data-parallel rank; default: one
-micro-batch per pipeline stage, or the whole local batch without a pipeline),
-``schedule`` (``1f1b`` or ``gpipe``), ``vocab_tp`` (default: ``tp`` where it divides the
-vocabulary, else 1), ``vocab_dp`` (default: ``dp``). The data-parallel degree is what the
-world size leaves: ``world / (tp * pp)``.
+``dp`` (``ddp``, ``zero1``, ``zero2``, ``zero3``), ``ckpt`` (``none``, ``attention`` or
+``full``; also ``false``/``true``), ``mb`` (micro-batch size per data-parallel rank; default:
+one micro-batch per pipeline stage, or the whole local batch without a pipeline),
+``schedule`` (``1f1b``, ``gpipe``, ``interleaved-1f1b`` or ``zb-h1``), ``chunks`` (virtual
+stages per rank under ``interleaved-1f1b``; default 2 there, else 1), ``vocab_tp``
+(default: ``tp`` where it divides the vocabulary, else 1), ``vocab_dp`` (default: ``dp``).
+The data-parallel degree is what the world size leaves: ``world / (tp * pp)``.
 """
 
 from __future__ import annotations
@@ -34,10 +35,11 @@ _CHOICES = {
     "sp": ("none", "megatron", "ulysses"),
     "dp": ("ddp", "zero1", "zero2", "zero3"),
     "vocab_dp": ("ddp", "zero1", "zero2", "zero3"),
-    "schedule": ("1f1b", "gpipe"),
-    "ckpt": ("none", "full", "false", "true"),
+    "schedule": ("1f1b", "gpipe", "interleaved-1f1b", "zb-h1"),
+    "ckpt": ("none", "attention", "full", "false", "true"),
 }
-_COUNTS = ("tp", "pp", "mb", "vocab_tp")
+_COUNTS = ("tp", "pp", "mb", "vocab_tp", "chunks")
+_CKPT_SPELLINGS = {"true": "full", "false": "none"}  # as plan files before version 3
 
 
 def parse_uniform(text: str) -> dict[str, Any]:
@@ -81,8 +83,11 @@ def uniform_plan(
         raise ValueError(f"--uniform: tp {tp} x pp {pp} does not divide the {world_size} devices")
     dp = world_size // (tp * pp)
     blocks = len(model.blocks)
-    if pp > blocks:
-        raise ValueError(f"--uniform: pp {pp} is more stages than the model's {blocks} blocks")
+    schedule = settings.get("schedule", "1f1b")
+    chunks = settings.get("chunks", 2 if schedule == "interleaved-1f1b" else 1)
+    if pp * chunks > blocks:
+        stages = f"pp {pp}" + (f" x chunks {chunks}" if chunks > 1 else "")
+        raise ValueError(f"--uniform: {stages} is more stages than the model's {blocks} blocks")
     if global_batch % dp:
         raise ValueError(
             f"--uniform: the global batch {global_batch} does not split over {dp} "
@@ -95,11 +100,12 @@ def uniform_plan(
             f"--uniform: mb {mb} does not divide the local batch {local} "
             f"(global batch {global_batch} over {dp} data-parallel ranks)"
         )
+    ckpt = settings.get("ckpt", "none")
     layer = LayerStrategy(
         tp=tp,
         sp=settings.get("sp", "none"),
         dp=settings.get("dp", "ddp"),
-        ckpt=settings.get("ckpt", "none") in ("full", "true"),
+        ckpt=_CKPT_SPELLINGS.get(ckpt, ckpt),
     )
     outputs = model.vocab_size or model.num_labels
     vocab_tp = settings.get("vocab_tp", tp if outputs % tp == 0 else 1)
@@ -110,8 +116,9 @@ def uniform_plan(
         num_micro_batches=local // mb,
         pipeline=PipelineConfig(
             degree=pp,
-            schedule=settings.get("schedule", "1f1b"),
-            stage_num_layers=even_partition(blocks, pp),
+            schedule=schedule,
+            stage_num_layers=even_partition(blocks, pp * chunks),
+            chunks=chunks,
         ),
         layers=tuple(layer for _ in range(blocks)),
         vocab=VocabStrategy(tp=vocab_tp, dp=settings.get("vocab_dp", layer.dp)),

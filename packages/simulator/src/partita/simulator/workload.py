@@ -57,7 +57,7 @@ class Strategy:
     tp: int
     sp: str
     dp: str
-    ckpt: bool
+    ckpt: str  # "none", "attention" (the core recomputed) or "full"
 
     @property
     def splits_sequence(self) -> bool:
@@ -87,10 +87,17 @@ class LayerWork:
     # forward_s/backward_s until the stage adds what they leave exposed (``_prefetched``).
     forward_gather_s: float = 0.0
     backward_gather_s: float = 0.0
+    # Of backward_s, the weight gradients: what a split backward (zero-bubble schedules)
+    # runs in its W pass; the rest, with any recomputation, is its B pass.
+    weight_backward_s: float = 0.0
 
 
 @dataclass(frozen=True)
 class StageWork:
+    """One virtual stage's work: a pipeline rank's, or one of its chunks' under an
+    interleaved schedule (virtual stage ``stage`` is chunk ``stage // degree`` of rank
+    ``stage % degree``)."""
+
     stage: int
     devices: int
     layers: tuple[LayerWork, ...]
@@ -140,8 +147,8 @@ def layer_signature(layer: LayerDescription) -> tuple[object, ...]:
 def stage_layers(
     plan: Plan, model: ModelDescription
 ) -> list[list[tuple[LayerDescription, Strategy]]]:
-    """Each stage's layers with their strategies; embedding first, head last."""
-    vocab = Strategy(tp=plan.vocab.tp, sp="none", dp=plan.vocab.dp, ckpt=False)
+    """Each virtual stage's layers with their strategies; embedding first, head last."""
+    vocab = vocab_strategy(plan)
     blocks = iter(zip(model.blocks, plan.layers, strict=True))
     stages: list[list[tuple[LayerDescription, Strategy]]] = []
     for count in plan.pipeline.stage_num_layers:
@@ -154,6 +161,15 @@ def stage_layers(
         elif layer.kind == "head":
             stages[-1].append((layer, vocab))
     return stages
+
+
+def vocab_strategy(plan: Plan) -> Strategy:
+    """The embedding's and the head's: vocab-parallel over ``vocab.tp``, their activations
+    split along the sequence with ``vocab.sp`` (Megatron-SP: the embedding reduce-scatters
+    its output, the head gathers its input)."""
+    vocab = plan.vocab
+    sp = "megatron" if vocab.sp and vocab.tp > 1 else "none"
+    return Strategy(tp=vocab.tp, sp=sp, dp=vocab.dp, ckpt="none")
 
 
 def _block_strategy(layer: LayerDescription, s: LayerStrategy, plan: Plan) -> Strategy:
@@ -268,8 +284,9 @@ class WorkloadBuilder:
         works = self._bucketed(self._prefetched(works), strategies)
         last_layer, last_strategy = layers[-1]
         first_layer, first_strategy = layers[0]
-        degree = self.plan.pipeline.degree
-        send_forward = self._p2p(last_layer, last_strategy) if index < degree - 1 else 0.0
+        pipeline = self.plan.pipeline
+        last_stage = pipeline.num_virtual_stages - 1
+        send_forward = self._p2p(last_layer, last_strategy) if index < last_stage else 0.0
         if send_forward:  # the executor sends the payload's size first
             send_forward += self._p2p_message(SMALL_MESSAGE_BYTES, last_strategy)
         send_backward = self._p2p(first_layer, first_strategy) if index > 0 else 0.0
@@ -282,7 +299,8 @@ class WorkloadBuilder:
             optimizer_step_s=self._optimizer_step(works),
             after_step_s=self._zero1_gathers(works, strategies)
             + self._ddp_reducer_latency(strategies)
-            + self._step_end(),
+            # once a step on each rank: counted with its first chunk
+            + (self._step_end() if index < pipeline.degree else 0.0),
         )
 
     def _fsdp_transient(
@@ -452,11 +470,14 @@ class WorkloadBuilder:
         self, layer: LayerDescription, strategy: Strategy, previous: Strategy | None
     ) -> LayerWork:
         batch = self._local_batch(strategy)
-        times = self.cost.layer_times(layer, tp=strategy.tp, sp=strategy.sp, micro_batch=batch)
+        # An embedding or head is measured (and priced from a spec sheet) without sequence
+        # parallelism: under vocab SP only its communication and layout change.
+        measured_sp = strategy.sp if layer.kind == "block" else "none"
+        times = self.cost.layer_times(layer, tp=strategy.tp, sp=measured_sp, micro_batch=batch)
         times = _scaled(times, self._compute_scale())
         tp_comm = 0.0 if times.includes_tp_comm else self._tp_comm(layer, strategy)
         into_forward, into_backward = self._redistribution(layer, strategy, previous)
-        whole = self.cost.layer_memory(layer, tp=strategy.tp, sp=strategy.sp)
+        whole = self.cost.layer_memory(layer, tp=strategy.tp, sp=measured_sp)
         dp_group = self._placement("dp", strategy.tp)
         memory, table = self._fsdp_and_table(layer, strategy, whole, dp_group.size)
         # FSDP gathers in the compute precision (``data_parallel.shard_layer``): a bf16 copy
@@ -467,12 +488,18 @@ class WorkloadBuilder:
         gather = self._meeting("all_gather", gathered_bytes, dp_group)
         forward = times.forward_s + tp_comm + into_forward
         backward = times.backward_s + tp_comm + into_backward
-        if strategy.ckpt and times.checkpoint_forward_s is not None:  # measured so
+        # Weight gradients: what a split backward leaves to its W pass (no recomputation, no
+        # tensor-parallel communication: those serve the input gradients).
+        weight_backward = self._weight_backward(layer, times)
+        full = strategy.ckpt == "full"
+        if full and times.checkpoint_forward_s is not None:  # measured so
             assert times.checkpoint_backward_s is not None
             forward = times.checkpoint_forward_s + tp_comm + into_forward
             backward = times.checkpoint_backward_s + 2 * tp_comm + into_backward
-        elif strategy.ckpt:  # the backward recomputes the forward
+        elif full:  # the backward recomputes the forward
             backward += times.forward_s + tp_comm
+        elif strategy.ckpt == "attention":  # ... or only the attention core's
+            backward += self._attention_forward(layer, times)
         dp = dp_group.size
         forward_gather = backward_gather = 0.0
         if strategy.dp in ("zero2", "zero3") and dp > 1:  # FSDP units
@@ -486,14 +513,27 @@ class WorkloadBuilder:
             # FSDP's copies around the reduce-scatter run on the compute thread; the
             # collective itself overlaps (``grad_sync``).
             backward += self._fsdp("fsdp_reduce_scatter", memory)
+            weight_backward += self._fsdp("fsdp_reduce_scatter", memory)
         if self._under_ddp(strategy, dp):  # its reducer's hooks and copies, this layer's part
             reducer = self._tensor_work_share(
                 "ddp_reducer", tensors=memory.param_tensors, nbytes=memory.param_bytes
             )
             backward += reducer or 0.0
+            weight_backward += reducer or 0.0
         _, shard_grads, shard_optimizer = ZERO_FACTORS[strategy.dp]
         full_activations = memory.activation_bytes_per_sample * batch
-        kept = memory.checkpoint_activation_bytes_per_sample * batch if strategy.ckpt else 0.0
+        if full:
+            kept, recomputed = (
+                memory.checkpoint_activation_bytes_per_sample * batch,
+                full_activations,
+            )
+        elif strategy.ckpt == "attention":
+            recomputed = min(
+                full_activations, self._attention_saved(layer, strategy, memory) * batch
+            )
+            kept = full_activations - recomputed
+        else:
+            kept, recomputed = full_activations, 0.0
         table_params, table_grads, table_optimizer = table
         whole_table = replace(whole, param_bytes=round(table_params), param_tensors=1)
         table_sync = (
@@ -507,8 +547,8 @@ class WorkloadBuilder:
             backward_s=backward,
             grad_sync=self._grad_sync(strategy, memory.grad_bytes, dp_group) + table_sync,
             grad_sync_every_micro_batch=strategy.dp in ("zero2", "zero3"),
-            activation_bytes=kept if strategy.ckpt else full_activations,
-            transient_bytes=(full_activations if strategy.ckpt else 0.0)
+            activation_bytes=kept,
+            transient_bytes=recomputed
             + memory.backward_peak_bytes_per_sample * batch
             + self._fsdp_transient(strategy, memory, gathered_bytes, dp),
             param_bytes=self._held_parameters(strategy, memory, gathered_bytes, dp) + table_params,
@@ -520,8 +560,51 @@ class WorkloadBuilder:
             grads_held=self._under_ddp(strategy, dp),
             forward_gather_s=forward_gather,
             backward_gather_s=backward_gather,
+            weight_backward_s=min(weight_backward, backward),
         )
         return self._finite(work, memory)
+
+    def _weight_backward(self, layer: LayerDescription, times: LayerTimes) -> float:
+        """The weight-gradient part of the layer's backward compute: measured, or its share
+        of the backward's FLOPs (each weight's gradient costs its forward matmul again; the
+        attention core has no weights)."""
+        if times.weight_backward_s is not None:
+            return times.weight_backward_s
+        if layer.backward_flops_per_sample <= 0:
+            return 0.0
+        weights = max(0.0, layer.forward_flops_per_sample - layer.attention_flops_per_sample)
+        return times.backward_s * min(1.0, weights / layer.backward_flops_per_sample)
+
+    def _attention_forward(self, layer: LayerDescription, times: LayerTimes) -> float:
+        """The attention core's forward, run again under ``ckpt: attention``: measured, or its
+        share of the layer's forward FLOPs."""
+        if times.attention_forward_s is not None:
+            return times.attention_forward_s
+        if layer.forward_flops_per_sample <= 0:
+            return 0.0
+        core = layer.attention_kernel_flops_per_sample or layer.attention_flops_per_sample
+        return times.forward_s * min(1.0, core / layer.forward_flops_per_sample)
+
+    def _attention_saved(
+        self, layer: LayerDescription, strategy: Strategy, memory: LayerMemory
+    ) -> float:
+        """Bytes per sample the attention core keeps for its backward beyond its inputs (what
+        ``ckpt: attention`` frees): measured, or from the kernel: an eager one keeps the
+        scores and their softmax (one element per query-key pair and head), a fused one its
+        fp32 softmax statistics (one per query and head); under Ulysses also the core's
+        output, which the exchange back to sequence shards does not keep."""
+        if memory.attention_saved_bytes_per_sample is not None:
+            return memory.attention_saved_bytes_per_sample
+        if not layer.num_heads or not layer.attention_flops_per_sample:
+            return 0.0
+        head_dim = layer.hidden_size / layer.num_heads
+        # Every pair costs 2 head_dim multiply-adds twice (scores, mixing): 4 head_dim FLOPs.
+        pairs = layer.attention_flops_per_sample / (4 * head_dim) / strategy.tp
+        queries = layer.num_heads * layer.seq_len / strategy.tp  # (query, head) pairs
+        output = queries * head_dim * self.element_bytes if strategy.sp == "ulysses" else 0.0
+        if self.cost.model_profile.attention == "eager":
+            return 2 * pairs * self.element_bytes + output
+        return queries * 4 + output
 
     def _finite(self, work: LayerWork, memory: LayerMemory) -> LayerWork:
         """``work``, whose every term the cost model checked, unless their sums overflow:
@@ -538,8 +621,10 @@ class WorkloadBuilder:
             return 0.0
         group = self._placement("tp", strategy.tp)
         hidden = self._hidden_bytes(layer, strategy)
-        if layer.kind != "block":  # vocab-parallel embedding or head: one all-reduce
-            return self._meeting("all_reduce", hidden, group)
+        if layer.kind != "block":  # vocab-parallel embedding or head: one all-reduce, or
+            # under vocab SP a reduce-scatter (embedding) or an all-gather (head) instead
+            op = "all_gather" if strategy.sp == "megatron" else "all_reduce"
+            return self._meeting(op, hidden, group)
         attentions, ffns = _sublayers(layer)
         if strategy.sp == "ulysses":  # q, k, v in and the output back, per attention
             return 4 * attentions * self._meeting("all_to_all", hidden / strategy.tp, group)
@@ -656,6 +741,8 @@ def _scaled(times: LayerTimes, scale: float) -> LayerTimes:
         backward_s=times.backward_s * scale,
         checkpoint_forward_s=times_scale(times.checkpoint_forward_s),
         checkpoint_backward_s=times_scale(times.checkpoint_backward_s),
+        attention_forward_s=times_scale(times.attention_forward_s),
+        weight_backward_s=times_scale(times.weight_backward_s),
     )
 
 

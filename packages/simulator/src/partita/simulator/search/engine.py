@@ -1,11 +1,17 @@
 """The search: enumerate pipeline shapes, choose per-layer strategies by DP, re-score.
 
-For every pipeline degree, micro-batch count, schedule, embedding/head strategy and stage
-partition, each stage's layers get the strategies that minimise the stage's compute time per
+For every pipeline degree, micro-batch count, schedule (GPipe, 1F1B), embedding/head
+strategy and stage partition, each stage's layers get the strategies (tensor and sequence
+parallelism, data-parallel mode, recompute mode) that minimise the stage's compute time per
 micro-batch under the memory budget (``knapsack``), with the stage's activation memory
-multiplied by the micro-batches the schedule keeps in flight on it. Every resulting plan is
-priced by the closed-form estimate; the best few, plus the best uniform plan, are re-scored by
-the event simulation, whose verdict picks the winner.
+multiplied by the micro-batches the schedule keeps in flight on it. The best plans by a proxy
+time are priced by the closed-form estimate. The best few 1F1B plans are then tried under the
+schedules that refine it: ZB-H1 (the same stages, the backward split) and interleaved 1F1B
+with 2 to 4 chunks per rank (the layers spread evenly over the virtual stages). Those change a
+stage's memory and bubble, not which strategies suit its layers, so they are priced as
+variants rather than searched as shapes (the estimate still refuses a variant that does not
+fit). The best few of all, plus the best uniform plan, are re-scored by the event simulation,
+whose verdict picks the winner.
 """
 
 from __future__ import annotations
@@ -41,6 +47,7 @@ from partita.simulator.workload import (
     Strategy,
     WorkloadBuilder,
     layer_signature,
+    vocab_strategy,
 )
 
 T = TypeVar("T")
@@ -49,6 +56,9 @@ SHORTLIST = 48  # plans re-priced by the closed-form estimate after the proxy
 SHORTLIST_UNIFORM = 4
 MAX_MICRO_BATCH_COUNTS = 6
 MESH_ORDER = ("pp", "dp", "tp")
+INTERLEAVED_CHUNKS = (2, 3, 4)
+# Schedules a pipeline shape is searched under; the others refine the best 1F1B plans.
+SHAPE_SCHEDULES = ("1f1b", "gpipe")
 ALTERNATE_MESH_ORDER = ("pp", "tp", "dp")
 
 
@@ -126,6 +136,11 @@ def _finish(
             least_memory_bytes=max(least.peak_memory_bytes) if least else None,
             least_memory_plan=least.plan if least else None,
         )
+    refined = [v for c in fitting[:RESCORED] for v in searcher.schedule_variants(c.plan)]
+    fitting = sorted(
+        fitting + [c for c in refined if max(c.peak_memory_bytes) <= problem.memory_bytes],
+        key=lambda c: c.iteration_time_s,
+    )
     pool = _distinct(fitting[:RESCORED] + searcher.uniform_best(fitting), lambda c: c.plan)
     rescored = sorted((_simulated(problem, c) for c in pool), key=lambda c: c.iteration_time_s)
     fits = [c for c in rescored if max(c.peak_memory_bytes) <= problem.memory_bytes]
@@ -168,9 +183,18 @@ def _key(plan: Plan) -> tuple[object, ...]:
     def mode(tp: int, dp: DpMode) -> DpMode:
         return dp if per_stage // tp > 1 else "ddp"
 
-    layers = tuple(replace(layer, dp=mode(layer.tp, layer.dp)) for layer in plan.layers)
-    vocab = replace(plan.vocab, dp=mode(plan.vocab.tp, plan.vocab.dp))
-    return (plan.pipeline, plan.num_micro_batches, layers, vocab, plan.mesh_axis_order)
+    # Tuples, not replaced dataclasses, once per distinct layer object (a uniform plan repeats
+    # one): the search keys thousands of plans.
+    seen: dict[int, tuple[object, ...]] = {}
+    layers = tuple(
+        seen.get(id(x)) or seen.setdefault(id(x), (x.tp, x.sp, mode(x.tp, x.dp), x.ckpt))
+        for x in plan.layers
+    )
+    vocab = (plan.vocab.tp, plan.vocab.sp, mode(plan.vocab.tp, plan.vocab.dp))
+    # Without tensor parallelism the tp axis holds one device: the axis order is moot.
+    split = plan.vocab.tp > 1 or any(x.tp > 1 for x in plan.layers)
+    order = plan.mesh_axis_order if split else MESH_ORDER
+    return (plan.pipeline, plan.num_micro_batches, layers, vocab, order)
 
 
 def _simulated(problem: SearchProblem, candidate: Candidate) -> Candidate:
@@ -210,6 +234,7 @@ class _Options:
     activation: np.ndarray  # per micro-batch in flight, bytes
     transient: np.ndarray  # bytes
     sync: np.ndarray  # gradient collectives, s
+    weight: np.ndarray  # the backward's weight gradients (a split backward's W pass), s
 
     @functools.cached_property
     def positions(self) -> dict[Strategy, int]:
@@ -218,6 +243,24 @@ class _Options:
     def memory(self, in_flight: int) -> np.ndarray:
         memory: np.ndarray = self.static + in_flight * self.activation
         return memory
+
+    @functools.cached_property
+    def ranked_time(self) -> np.ndarray:
+        ranked: np.ndarray = self.time + 1e-3 * self.sync  # sync breaks ties: less traffic
+        return ranked
+
+    @functools.cached_property
+    def undominated(self) -> np.ndarray:
+        """Indices of the strategies no other one beats or ties on time, parameter and
+        activation memory and transient memory at once (first of equals kept): the only
+        ones a stage's choice can need, whatever its micro-batches in flight."""
+        costs = np.stack([self.ranked_time, self.static, self.activation, self.transient], 1)
+        no_worse = (costs[:, None, :] <= costs[None, :, :]).all(axis=2)  # [i, j]: i <= j
+        better = no_worse & ~no_worse.T
+        ties = no_worse & no_worse.T & np.tri(len(costs), k=-1, dtype=bool).T  # i before j
+        beaten = (better | ties).any(axis=0)
+        kept: np.ndarray = np.flatnonzero(~beaten)
+        return kept
 
 
 @dataclass(frozen=True)
@@ -260,6 +303,32 @@ class _Searcher:
             for variant in self._device_orders(plan)
         ]
 
+    def schedule_variants(self, plan: Plan) -> list[Candidate]:
+        """``plan`` (1F1B, pipelined) under ZB-H1 and under interleaved 1F1B (its blocks
+        spread evenly over ``chunks`` virtual stages per rank, for each chunk count the model
+        and micro-batches allow), as the space allows; priced by the estimate."""
+        pipeline, schedules = plan.pipeline, self.problem.space.schedules
+        if pipeline.schedule != "1f1b" or pipeline.degree < 2:
+            return []
+        variants = []
+        if "zb-h1" in schedules:
+            variants.append(replace(plan, pipeline=replace(pipeline, schedule="zb-h1")))
+        if "interleaved-1f1b" in schedules and plan.num_micro_batches % pipeline.degree == 0:
+            variants += [
+                replace(
+                    plan,
+                    pipeline=replace(
+                        pipeline,
+                        schedule="interleaved-1f1b",
+                        chunks=chunks,
+                        stage_num_layers=even_partition(len(self.blocks), pipeline.degree * chunks),
+                    ),
+                )
+                for chunks in INTERLEAVED_CHUNKS
+                if pipeline.degree * chunks <= len(self.blocks)
+            ]
+        return [self._estimated(variant) for variant in variants]
+
     def _device_orders(self, plan: Plan) -> list[Plan]:
         """The plan with tensor-parallel groups on consecutive devices (the default), and,
         where placement can matter (several nodes), with data-parallel groups there instead.
@@ -289,7 +358,8 @@ class _Searcher:
             devices = problem.world_size // degree
             for micro_batches in self._micro_batch_counts(degree):
                 micro_batch = problem.global_batch // micro_batches
-                schedules = problem.space.schedules if degree > 1 else problem.space.schedules[:1]
+                schedules = [s for s in problem.space.schedules if s in SHAPE_SCHEDULES]
+                schedules = schedules if degree > 1 else schedules[:1]
                 for schedule in schedules:
                     for vocab in self._vocab_strategies(devices, micro_batch):
                         template = self._template(degree, micro_batches, schedule, vocab)
@@ -339,6 +409,7 @@ class _Searcher:
             activation=np.array([w.activation_bytes for w in works]),
             transient=np.array([w.transient_bytes for w in works]),
             sync=np.array([sum(t for _, t in w.grad_sync) for w in works]),
+            weight=np.array([w.weight_backward_s for w in works]),
         )
 
     def _pipeline_degrees(self) -> list[int]:
@@ -413,8 +484,7 @@ class _Searcher:
         )
 
     def _vocab_work(self, template: Plan, builder: WorkloadBuilder) -> dict[str, LayerWork]:
-        vocab = template.vocab
-        strategy = Strategy(tp=vocab.tp, sp="none", dp=vocab.dp, ckpt=False)
+        strategy = vocab_strategy(template)
         return {
             layer.kind: builder.layer_cost(layer, strategy, None)
             for layer in self.problem.model.layers
@@ -457,6 +527,13 @@ class _Searcher:
             )
 
         held_time, held_memory, held_transient = held_costs(shape.vocab)
+        held_weight = np.array(
+            [
+                sum(w.weight_backward_s for w in self._vocab_held(stage, len(sizes), shape.vocab))
+                for stage in range(len(sizes))
+            ]
+        )
+        split = template.pipeline.schedule == "zb-h1"
         present = counts > 0
         for strategy in sorted(shared, key=lambda s: (s.tp, s.sp, s.dp, s.ckpt)):
             layer = LayerStrategy(strategy.tp, strategy.sp, strategy.dp, strategy.ckpt)  # type: ignore[arg-type]
@@ -467,7 +544,7 @@ class _Searcher:
             picks = [o.positions[strategy] for o in options]
             per_kind = np.array(
                 [
-                    (o.time[p], o.static[p], o.activation[p], o.transient[p])
+                    (o.time[p], o.static[p], o.activation[p], o.transient[p], o.weight[p])
                     for o, p in zip(options, picks, strict=True)
                 ]
             )
@@ -475,8 +552,10 @@ class _Searcher:
             transient = np.maximum((present * per_kind[:, 3]).max(axis=1), held_transient)
             peaks = counts @ per_kind[:, 1] + flights * (counts @ per_kind[:, 2]) + held_memory
             peak = float((peaks + transient).max())
-            slowest = float(per_micro_batch.max())
-            proxy = float(per_micro_batch.sum()) + (template.num_micro_batches - 1) * slowest
+            weights = counts @ per_kind[:, 4] + held_weight
+            proxy = _pipeline_proxy(
+                per_micro_batch.tolist(), weights.tolist(), template.num_micro_batches, split
+            )
             yield plan, proxy, peak
 
     def _partitions(self, shape: _Shape) -> list[tuple[int, ...]]:
@@ -516,7 +595,7 @@ class _Searcher:
         template = shape.template
         in_flights = _in_flight(template.pipeline.schedule, len(sizes), template.num_micro_batches)
         tables = [shape.options[sig] for sig in shape.signatures]
-        per_micro_batch, peaks, start = [], [], 0
+        per_micro_batch, weights, peaks, start = [], [], [], 0
         for stage, count in enumerate(sizes):
             in_flight = in_flights[stage]
             held = self._vocab_held(stage, len(sizes), shape.vocab)
@@ -524,6 +603,9 @@ class _Searcher:
             per_micro_batch.append(
                 sum(float(t.time[c]) for t, c in chosen)
                 + sum(w.forward_s + w.backward_s for w in held)
+            )
+            weights.append(
+                sum(float(t.weight[c]) for t, c in chosen) + sum(w.weight_backward_s for w in held)
             )
             peaks.append(
                 sum(float(t.memory(in_flight)[c]) for t, c in chosen)
@@ -539,8 +621,8 @@ class _Searcher:
             layers=tuple(LayerStrategy(s.tp, s.sp, s.dp, s.ckpt) for s in strategies),  # type: ignore[arg-type]
             pipeline=replace(template.pipeline, stage_num_layers=sizes),
         )
-        slowest = max(per_micro_batch)
-        proxy = sum(per_micro_batch) + (template.num_micro_batches - 1) * slowest
+        split = template.pipeline.schedule == "zb-h1"
+        proxy = _pipeline_proxy(per_micro_batch, weights, template.num_micro_batches, split)
         return plan, proxy, max(peaks)
 
     def _vocab_held(
@@ -560,6 +642,19 @@ class _Searcher:
         return sum(_memory(w, in_flight) + w.transient_bytes for w in held)
 
 
+def _pipeline_proxy(
+    per_micro_batch: list[float], weights: list[float], num_micro_batches: int, split: bool
+) -> float:
+    """The pipeline's length from each stage's time per micro-batch (``analytic``): the
+    slowest stage M times, plus the others' once; less their weight gradients twice where the
+    backward is split (ZB-H1 fills that part of the bubble)."""
+    slowest = max(range(len(per_micro_batch)), key=per_micro_batch.__getitem__)
+    in_bubble = [
+        t - (2 * w if split else 0.0) for t, w in zip(per_micro_batch, weights, strict=True)
+    ]
+    return num_micro_batches * per_micro_batch[slowest] + sum(in_bubble) - in_bubble[slowest]
+
+
 @functools.cache
 def _in_flight(schedule: str, num_stages: int, num_micro_batches: int) -> tuple[int, ...]:
     stages = build_schedule(schedule, num_stages, num_micro_batches)
@@ -568,14 +663,17 @@ def _in_flight(schedule: str, num_stages: int, num_micro_batches: int) -> tuple[
 
 def _stage_choice(tables: list[_Options], in_flight: int, budget: float) -> list[int] | None:
     """Per-block strategy indices minimising the stage's compute time within ``budget``; the
-    largest transient buffer is reserved once the choice shows which it is."""
-    times = [t.time + 1e-3 * t.sync for t in tables]  # sync breaks ties: less traffic
-    memories = [t.memory(in_flight) for t in tables]
+    largest transient buffer is reserved once the choice shows which it is. Strategies that
+    another beats on every count are left out of the choice."""
+    kept = [t.undominated for t in tables]
+    times = [t.ranked_time[k] for t, k in zip(tables, kept, strict=True)]
+    memories = [t.memory(in_flight)[k] for t, k in zip(tables, kept, strict=True)]
     reserve = 0.0
     for _ in range(3):
         picks = cheapest_assignment(times, memories, budget_bytes=budget - reserve)
         if picks is None:
             return None
+        picks = [int(k[p]) for k, p in zip(kept, picks, strict=True)]
         transient = max(float(t.transient[p]) for t, p in zip(tables, picks, strict=True))
         if transient <= reserve:
             return picks

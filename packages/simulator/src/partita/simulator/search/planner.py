@@ -9,13 +9,47 @@ baseline it is compared with.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from collections.abc import Callable
+from dataclasses import dataclass, field, replace
 
+from partita.formats import Plan
 from partita.formats.text_table import human_bytes
 from partita.simulator.search.engine import Candidate, SearchOutcome, SearchProblem, search
 from partita.simulator.search.space import SearchSpace
 
 BASELINES = ("uniform", "dp", "zero3", "3d")
+
+
+@dataclass(frozen=True)
+class Technique:
+    """A technique the search may use, and the space that leaves it out."""
+
+    name: str
+    used: Callable[[Plan], bool]
+    without: Callable[[SearchSpace], SearchSpace]
+
+
+TECHNIQUES = (
+    Technique(
+        "interleaved 1F1B",
+        lambda plan: plan.pipeline.schedule == "interleaved-1f1b",
+        lambda space: replace(
+            space, schedules=tuple(s for s in space.schedules if s != "interleaved-1f1b")
+        ),
+    ),
+    Technique(
+        "zero-bubble ZB-H1",
+        lambda plan: plan.pipeline.schedule == "zb-h1",
+        lambda space: replace(space, schedules=tuple(s for s in space.schedules if s != "zb-h1")),
+    ),
+    Technique(
+        "selective recompute",
+        lambda plan: any(layer.ckpt == "attention" for layer in plan.layers),
+        lambda space: replace(
+            space, recompute=tuple(m for m in space.recompute if m != "attention") or ("none",)
+        ),
+    ),
+)
 
 
 @dataclass(frozen=True)
@@ -25,6 +59,9 @@ class PlanningResult:
     baselines: dict[str, Candidate | None]
     considered: int
     elapsed_s: float
+    # For each technique the best plan uses: the best plan of the space without it (None
+    # when nothing fits without it).
+    techniques: dict[str, Candidate | None] = field(default_factory=dict)
 
 
 def plan_search(problem: SearchProblem, *, baselines: bool = True) -> PlanningResult:
@@ -49,14 +86,21 @@ def plan_search(problem: SearchProblem, *, baselines: bool = True) -> PlanningRe
         ):
             others = [c for c in [best, *runners_up] if c.plan != rival.plan]
             best, runners_up = rival, others[:3]
-    elapsed = outcome.elapsed_s + sum(o.elapsed_s for o in found.values())
-    considered = outcome.considered + sum(o.considered for o in found.values())
+    # What each technique the answer uses bought: the best plan searched without it.
+    ablations: dict[str, SearchOutcome] = {}
+    if baselines:
+        for technique in TECHNIQUES:
+            if technique.used(best.plan):
+                space = technique.without(problem.space)
+                ablations[technique.name] = search(replace(problem, space=space))
+    searches = [outcome, *found.values(), *ablations.values()]
     return PlanningResult(
         best=best,
         runners_up=runners_up,
         baselines={name: o.best for name, o in found.items()},
-        considered=considered,
-        elapsed_s=elapsed,
+        considered=sum(o.considered for o in searches),
+        elapsed_s=sum(o.elapsed_s for o in searches),
+        techniques={name: o.best for name, o in ablations.items()},
     )
 
 
@@ -69,6 +113,8 @@ def _within_space(candidate: Candidate, space: SearchSpace) -> bool:
         return False
     for layer in layers:
         if layer.sp not in space.sp_modes() or layer.dp not in space.dp_modes():
+            return False
+        if layer.ckpt not in space.ckpt_modes():
             return False
         if layer.tp > 1 and not space.allows_tp():
             return False

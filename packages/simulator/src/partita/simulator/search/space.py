@@ -5,10 +5,14 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from partita.formats import LayerDescription, ModelProfile
-from partita.formats.common import DP_MODES, SCHEDULES
+from partita.formats.common import CKPT_MODES, DP_MODES, SCHEDULES
 from partita.simulator.workload import Strategy
 
 SPACES = ("full", "uniform", "3d", "nosp", "dp", "zero3")
+# Schedules searched unless asked otherwise. ZB-H1 is priced as its paper runs it (W: the
+# weight gradients alone), but Partita's executor runs its W as a second backward through the
+# layers (docs/executor.md), slower than 1F1B: searched only on request (``--schedules``).
+DEFAULT_SCHEDULES = ("gpipe", "1f1b", "interleaved-1f1b")
 
 
 @dataclass(frozen=True)
@@ -19,8 +23,9 @@ class SearchSpace:
     parallelism. ``zero3``: ZeRO-3 data parallelism."""
 
     name: str = "full"
-    schedules: tuple[str, ...] = SCHEDULES
+    schedules: tuple[str, ...] = DEFAULT_SCHEDULES
     max_pipeline_degree: int | None = None  # e.g. 1 for an executor without pipelines
+    recompute: tuple[str, ...] = CKPT_MODES  # the layers' ``ckpt`` modes to try
 
     def __post_init__(self) -> None:
         if self.name not in SPACES:
@@ -28,6 +33,15 @@ class SearchSpace:
         for schedule in self.schedules:
             if schedule not in SCHEDULES:
                 raise ValueError(f"unknown schedule {schedule!r} (known: {', '.join(SCHEDULES)})")
+        if not self.schedules:
+            raise ValueError(f"no pipeline schedule to try (known: {', '.join(SCHEDULES)})")
+        for mode in self.recompute:
+            if mode not in CKPT_MODES:
+                raise ValueError(
+                    f"unknown recompute mode {mode!r} (known: {', '.join(CKPT_MODES)})"
+                )
+        if not self.recompute:
+            raise ValueError(f"no recompute mode to try (known: {', '.join(CKPT_MODES)})")
 
     @property
     def per_layer(self) -> bool:
@@ -53,6 +67,9 @@ class SearchSpace:
     def allows_tp(self) -> bool:
         return self.name not in ("dp", "zero3")
 
+    def ckpt_modes(self) -> tuple[str, ...]:
+        return self.recompute
+
 
 def layer_candidates(
     layer: LayerDescription,
@@ -76,7 +93,9 @@ def layer_candidates(
         if micro_batch % (devices_per_stage // tp):
             continue
         for dp in space.dp_modes():
-            for ckpt in (False, True):
+            for ckpt in space.ckpt_modes():
+                if ckpt == "attention" and not layer.attention_flops_per_sample:
+                    continue  # nothing to recompute: the same as "none"
                 candidates.append(Strategy(tp=tp, sp=sp, dp=dp, ckpt=ckpt))
     return candidates
 
