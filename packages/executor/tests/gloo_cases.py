@@ -49,3 +49,30 @@ def run_launch(
     return subprocess.run(
         command, capture_output=True, text=True, timeout=LAUNCH_TIMEOUT_S, env=env, check=False
     )
+
+
+def equality_failures(
+    outcomes: dict[str, dict], names: list[str], *, steps: int | None = None
+) -> dict[str, str]:
+    """What went wrong in each named case of ``equality_worker``'s outcomes: an error, a
+    parameter missing, a loss off by more than rtol 1e-5 (or ``steps`` losses not all
+    there), parameters off by more than atol. Empty when every case equals one process."""
+    failures = {}
+    for name in names:
+        outcome = outcomes[name]
+        if "error" in outcome:
+            failures[name] = outcome["error"][-1500:]
+            continue
+        problems = []
+        if outcome["missing"]:
+            problems.append(f"missing {outcome['missing']}")
+        losses = outcome["losses"]
+        if not losses or (steps is not None and len(losses) != steps):
+            problems.append(f"{len(losses)} losses")
+        elif outcome["loss_error"] > 1e-5:
+            problems.append(f"loss error {outcome['loss_error']:.2e}")
+        if outcome["param_error"] > 1.0:
+            problems.append(f"parameters {outcome['param_error']:.2f} x atol off")
+        if problems:
+            failures[name] = "; ".join(problems)
+    return failures

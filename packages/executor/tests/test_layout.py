@@ -61,9 +61,12 @@ def test_degrees_that_do_not_nest_are_refused() -> None:
         check_nested(_plan((LayerStrategy(),), world=6), {1, 2, 3})
 
 
-def test_sequence_parallel_vocab_is_refused() -> None:
-    with pytest.raises(ValueError, match=r"^vocab\.sp:"):
-        check_supported(_plan(UNIFORM_TP2, vocab=VocabStrategy(sp=True)))
+def test_sequence_parallel_vocab_is_refused_only_for_patch_models() -> None:
+    plan = _plan(UNIFORM_TP2, vocab=VocabStrategy(tp=2, sp=True))
+    check_supported(plan)
+    check_supported(plan, "gpt")
+    with pytest.raises(ValueError, match=r"^vocab\.sp: vit models"):
+        check_supported(plan, "vit")
 
 
 def test_embedding_on_the_first_stage_head_on_the_last() -> None:

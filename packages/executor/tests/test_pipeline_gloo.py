@@ -25,7 +25,7 @@ import random
 from pathlib import Path
 
 import pytest
-from gloo_cases import launch_cases
+from gloo_cases import equality_failures, launch_cases
 from plan_cases import BLOCKS, VARIANTS, make_plan, random_plan
 
 from partita.formats import LayerStrategy, Plan, VocabStrategy, dumps
@@ -236,21 +236,7 @@ def test_case_grid() -> None:
 @pytest.mark.parametrize("world", WORLDS)
 def test_gloo_pipelined_and_layerwise_plans_equal_one_process(results, world: int) -> None:  # type: ignore[no-untyped-def]
     outcomes = results(world)
-    failures = {}
-    for name in _names(world):
-        outcome = outcomes[name]
-        if "error" in outcome:
-            failures[name] = outcome["error"][-1500:]
-            continue
-        problems = []
-        if outcome["missing"]:
-            problems.append(f"missing {outcome['missing']}")
-        if len(outcome["losses"]) != STEPS or outcome["loss_error"] > 1e-5:
-            problems.append(f"loss error {outcome['loss_error']:.2e}")
-        if outcome["param_error"] > 1.0:
-            problems.append(f"parameters {outcome['param_error']:.2f} x atol off")
-        if problems:
-            failures[name] = "; ".join(problems)
+    failures = equality_failures(outcomes, _names(world), steps=STEPS)
     assert not failures, json.dumps(failures, indent=1)
 
 

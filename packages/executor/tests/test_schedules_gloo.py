@@ -31,7 +31,7 @@ from dataclasses import replace
 from pathlib import Path
 
 import pytest
-from gloo_cases import launch_cases
+from gloo_cases import equality_failures, launch_cases
 from plan_cases import make_plan
 
 from partita.executor.setups import layer_stages, layer_virtual_stages
@@ -286,22 +286,7 @@ def test_gloo_interleaved_zero_bubble_and_family_pipelines_equal_one_process(
     results,
     world: int,  # type: ignore[no-untyped-def]
 ) -> None:
-    outcomes = results(world)
-    failures = {}
-    for case in CASES[world]:
-        outcome = outcomes[case["name"]]
-        if "error" in outcome:
-            failures[case["name"]] = outcome["error"][-1500:]
-            continue
-        problems = []
-        if outcome["missing"]:
-            problems.append(f"missing {outcome['missing']}")
-        if not outcome["losses"] or outcome["loss_error"] > 1e-5:
-            problems.append(f"loss error {outcome['loss_error']:.2e}")
-        if outcome["param_error"] > 1.0:
-            problems.append(f"parameters {outcome['param_error']:.2f} x atol off")
-        if problems:
-            failures[case["name"]] = "; ".join(problems)
+    failures = equality_failures(results(world), [case["name"] for case in CASES[world]])
     assert not failures, json.dumps(failures, indent=1)
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from typing import Any
 
@@ -80,3 +81,29 @@ def test_zb_h1_plan_loads_and_ckpt_modes_are_named() -> None:
     assert not LayerStrategy().recomputes
     with pytest.raises(ValueError, match="ckpt: expected one of none, attention, full, got True"):
         LayerStrategy(ckpt=True)  # type: ignore[arg-type]
+
+
+def test_vocab_sp_is_refused_for_patch_models_naming_the_field() -> None:
+    from partita.formats import PipelineConfig, VocabStrategy, validate_plan
+    from partita.formats.architectures import describe_config, presets
+
+    for family in ("vit-tiny", "swin-tiny"):
+        model = describe_config(presets()[family], name=family)
+        blocks = len(model.blocks)
+        plan = Plan(
+            world_size=2,
+            mesh_axis_order=("pp", "dp", "tp"),
+            global_batch_size=2,
+            num_micro_batches=1,
+            pipeline=PipelineConfig(degree=1, schedule="1f1b", stage_num_layers=(blocks,)),
+            layers=(LayerStrategy(),) * blocks,
+            vocab=VocabStrategy(tp=2, sp=True),
+        )
+        with pytest.raises(FormatError) as raised:
+            validate_plan(plan, model=model)
+        kind = model.family
+        assert str(raised.value) == (
+            f"vocab.sp: {kind} models have no sequence-parallel embedding and head "
+            "(patch embedding and pooled head)"
+        )
+        validate_plan(dataclasses.replace(plan, vocab=VocabStrategy(tp=2)), model=model)

@@ -172,3 +172,14 @@ def test_vocab_sp_prices_the_embedding_and_head_exchanges_megatron_sp_style() ->
     assert split["embedding"].forward_s < plain["embedding"].forward_s
     assert split["blocks.0"].backward_s < plain["blocks.0"].backward_s  # no boundary gather
     assert split_s < plain_s
+
+
+def test_zb_h1_prices_the_executors_whole_w_pass_where_it_runs_one() -> None:
+    # With fully checkpointed layers (or FSDP ones) the executor's W runs the chunk's whole
+    # backward again (partita.executor.split_backward): B = 1 + 0.5 (recompute) s, W = 3 s
+    # per block and micro-batch, so ZB-H1 loses to 1F1B there; without, it wins.
+    one_f = _run(4, 8, "1f1b", ckpt="full")
+    zb = _run(4, 8, "zb-h1", ckpt="full")
+    assert zb.iteration_time_s > one_f.iteration_time_s
+    assert zb.stages[0].busy_s == pytest.approx(one_f.stages[0].busy_s + 8 * 4 * 2.0)
+    assert _run(4, 8, "zb-h1").iteration_time_s < _run(4, 8, "1f1b").iteration_time_s

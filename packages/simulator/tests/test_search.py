@@ -267,3 +267,45 @@ def test_spaces_without_a_technique_never_answer_with_it() -> None:
         SearchSpace(recompute=("selective",))
     with pytest.raises(ValueError, match="unknown schedule 'zb-h2'"):
         SearchSpace(schedules=("zb-h2",))
+
+
+def test_vocab_sp_is_tried_as_a_refinement_where_the_model_allows_it() -> None:
+    from partita.formats import PipelineConfig, VocabStrategy
+    from partita.simulator.model_source import load_model_description
+    from partita.simulator.specsheet import (
+        hardware_profile_from_spec,
+        load_cluster_spec,
+        model_profile_from_description,
+    )
+
+    spec = load_cluster_spec("h100-sxm").with_changes(devices_per_node=2)
+    for name, allowed in (("gpt-tiny", True), ("vit-tiny", False)):
+        model = load_model_description(name)
+        problem = SearchProblem(
+            hardware=hardware_profile_from_spec(spec),
+            model_profile=model_profile_from_description(model, spec, tp_degrees=(1, 2)),
+            model=model,
+            world_size=2,
+            memory_bytes=80 * 2**30,
+            global_batch=8,
+            precision="bf16",
+        )
+        blocks = len(model.blocks)
+        plan = Plan(
+            world_size=2,
+            mesh_axis_order=("pp", "dp", "tp"),
+            global_batch_size=8,
+            num_micro_batches=1,
+            pipeline=PipelineConfig(degree=1, schedule="1f1b", stage_num_layers=(blocks,)),
+            layers=tuple(LayerStrategy(tp=2, sp="megatron") for _ in range(blocks)),
+            vocab=VocabStrategy(tp=2),
+            precision="bf16",
+        )
+        searcher = _Searcher(problem)
+        variants = searcher.variants(plan)
+        split = [c for c in variants if c.plan.vocab.sp]
+        assert bool(split) == allowed, name
+        if allowed:
+            assert split[0].iteration_time_s < searcher._estimated(plan).iteration_time_s
+        off = _Searcher(replace(problem, space=SearchSpace(vocab_sp=False))).variants(plan)
+        assert not any(c.plan.vocab.sp for c in off)

@@ -24,6 +24,7 @@ step                              forward                     backward
 ``reduce_scatter_sequence``       reduce-scatter (sum)        all-gather
 ``split_sequence``                this rank's chunk           all-gather
 ``all_gather_sequence_no_reduce`` all-gather                  this rank's chunk (no reduction)
+``take_chunk``                    this rank's chunk           in place, zeros elsewhere
 ================================  ==========================  =================================
 
 Ulysses sequence parallelism: ``seq_to_heads`` and ``heads_to_seq`` are all-to-alls between
@@ -59,6 +60,7 @@ __all__ = [
     "scatter_to_region",
     "seq_to_heads",
     "split_sequence",
+    "take_chunk",
     "ulysses_attention",
 ]
 
@@ -256,6 +258,22 @@ class _ReduceScatterGather(torch.autograd.Function):
         return _all_gather(grad, ctx.group, ctx.dim), None, None
 
 
+class _TakeChunkZeroFill(torch.autograd.Function):
+    """Forward this rank's chunk, backward the gradient in its place and zeros elsewhere."""
+
+    @staticmethod
+    def forward(ctx: Any, x: torch.Tensor, group: dist.ProcessGroup, dim: int) -> torch.Tensor:
+        rank, size = _group_rank_size(group)
+        ctx.shape, ctx.dim, ctx.rank, ctx.size = x.shape, dim % x.dim(), rank, size
+        return _chunk(x, rank, size, dim % x.dim())
+
+    @staticmethod
+    def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor, None, None]:
+        full = grad.new_zeros(ctx.shape)
+        full.chunk(ctx.size, dim=ctx.dim)[ctx.rank].copy_(grad)
+        return full, None, None
+
+
 class _SeqToHeads(torch.autograd.Function):
     @staticmethod
     def forward(ctx: Any, x_bhsd: torch.Tensor, group: dist.ProcessGroup) -> torch.Tensor:
@@ -328,6 +346,17 @@ def reduce_scatter_sequence(
 def split_sequence(x: torch.Tensor, group: dist.ProcessGroup, dim: int = 1) -> torch.Tensor:
     """Megatron-SP: this rank's sequence chunk forward, all-gather backward (entering SP)."""
     return _SplitGather.apply(x, group, dim)
+
+
+def take_chunk(x: torch.Tensor, group: dist.ProcessGroup, dim: int) -> torch.Tensor:
+    """This rank's chunk along ``dim`` forward; backward puts the gradient in its place and
+    zeros elsewhere, with no communication.
+
+    For a value every rank computes whole but uses only a part of (a position table's rows
+    under a sequence-parallel embedding): each rank's gradient is then its part's, a partial
+    sum that the caller sums over the group (``ParallelStage.partial``).
+    """
+    return _TakeChunkZeroFill.apply(x, group, dim)
 
 
 def all_gather_sequence_no_reduce(

@@ -3,9 +3,13 @@ mode, data-parallel mode, checkpointing and groups, and the pipeline stage (and 
 under an interleaved schedule) that holds it.
 
 Layers that hold a vocabulary table (the embedding, the head, and T5's bridge, which embeds the
-decoder's tokens with the shared table) run under ``plan.vocab``'s tensor parallelism and
-without sequence parallelism: the table is one parameter for all of them, so it is split (or
-kept whole) the same way in each.
+decoder's tokens with the shared table) run under ``plan.vocab``'s tensor parallelism: the
+table is one parameter for all of them, so it is split (or kept whole) the same way in each.
+The embedding and head run Megatron-SP with ``plan.vocab.sp`` (and ``vocab.tp`` > 1): the
+embedding's output leaves split along the sequence, the head gathers its input
+(``tensor_parallel``). T5's bridge stays without sequence parallelism (as the simulator prices
+it): it takes the encoder's output whole and gives the decoder blocks whole activations, the
+usual redistribution on either side.
 """
 
 from __future__ import annotations
@@ -14,6 +18,7 @@ from dataclasses import dataclass
 
 from partita.executor.groups import LayerGroups, ParallelGroups
 from partita.formats import ModelDescription, Plan
+from partita.formats.plan_checks import NO_VOCAB_SEQUENCE_PARALLEL
 from partita.models.families import family_of
 from partita.models.layered import LayeredModel
 
@@ -29,6 +34,9 @@ SEQUENCE_PARALLEL_MODES = {
 }
 # Why a family does not run a mode.
 UNSUPPORTED_SEQUENCE_PARALLEL: dict[tuple[str, str], str] = {}
+# Why a family's embedding and head cannot run sequence-parallel (``plan.vocab.sp``): their
+# output and input are not per-token activations over the sequence. The others can.
+UNSUPPORTED_VOCAB_SEQUENCE_PARALLEL = NO_VOCAB_SEQUENCE_PARALLEL  # the plan checks' table
 # Per-token activations each sequence-parallel mode keeps split between layers. T5's
 # ``encoder_hidden`` (what cross-attention reads) is split along the encoder sequence: the
 # cross-attention's key and value projections gather it (Megatron) or the Ulysses all-to-all
@@ -59,14 +67,16 @@ def layer_setups(
     """Each layer's strategy and groups: blocks from ``plan.layers`` in order, the embedding
     and head (the layers named so, as in the model description) from ``plan.vocab``. A block
     that holds a vocabulary table keeps its data parallelism and checkpointing but takes
-    ``plan.vocab``'s tensor parallelism, without sequence parallelism."""
+    ``plan.vocab``'s tensor parallelism, without sequence parallelism (even under
+    ``vocab.sp``, which is the embedding's and the head's)."""
     layouts = family_of(model.config).tp_layouts(model.config)
     blocks = iter(plan.layers)
     setups = []
     v = plan.vocab
+    vocab_sp = vocab_sequence_parallel(plan)
     for name, layer_type in zip(model.layer_names, model.layer_types, strict=True):
         if name in VOCAB_LAYERS:
-            setups.append(LayerSetup(name, v.tp, "none", v.dp, "none", groups.for_tp(v.tp)))
+            setups.append(LayerSetup(name, v.tp, vocab_sp, v.dp, "none", groups.for_tp(v.tp)))
             continue
         s = next(blocks)
         if layouts[layer_type].holds_vocabulary:
@@ -74,6 +84,22 @@ def layer_setups(
             continue
         setups.append(LayerSetup(name, s.tp, s.sp, s.dp, s.ckpt, groups.for_tp(s.tp)))
     return setups
+
+
+def vocab_sequence_parallel(plan: Plan) -> str:
+    """The sequence-parallel mode of the embedding and head: Megatron-SP under ``vocab.sp``
+    where it splits anything (``vocab.tp`` > 1), else none."""
+    return "megatron" if plan.vocab.sp and plan.vocab.tp > 1 else "none"
+
+
+def check_vocab_sequence_parallel(family: str, plan: Plan) -> None:
+    """Refuse ``vocab.sp`` for a family whose embedding and head cannot take a sequence
+    split."""
+    reason = UNSUPPORTED_VOCAB_SEQUENCE_PARALLEL.get(family)
+    if reason is not None and vocab_sequence_parallel(plan) != "none":
+        raise ValueError(
+            f"vocab.sp: {family} models have no sequence-parallel embedding and head ({reason})"
+        )
 
 
 def check_sequence_parallel(family: str, setups: list[LayerSetup]) -> None:

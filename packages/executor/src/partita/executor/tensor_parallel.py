@@ -13,6 +13,15 @@ autograd pair from :mod:`partita.executor.comm`, with the layer's group passed e
   ``ulysses_exchange`` modules (Swin's shifted windows, which need the whole feature map), those
   modules are wrapped instead (:class:`UlyssesExchange`).
 
+The embedding and head (``vocab_embedding``, ``vocab_head``) are split along the vocabulary.
+With ``sp="megatron"`` (``plan.vocab.sp``) they take the Megatron-SP layout of the blocks: the
+embedding reduce-scatters its partial lookups along the sequence instead of all-reducing
+them, and the layer's other tables (GPT's and BERT's positions, BERT's token types: looked up
+per token, whole on every rank) keep only this rank's sequence chunk of their lookups, so the
+layer's output leaves split along the sequence; the head all-gathers its sequence-split input
+(backward: reduce-scatter) before its vocab-parallel matmul, so its logits cover the whole
+sequence, split along the vocabulary as without SP.
+
 Under sequence parallelism every parameter that stays whole sees only part of the sequence,
 so its gradient is a partial sum: ``parallelize`` lists them (``ParallelStage.partial``) for
 the trainer to all-reduce over the group after backward.
@@ -70,11 +79,14 @@ class RowParallelLinear(nn.Module):
 
 class VocabParallelEmbedding(nn.Module):
     """Rows split by vocabulary: ids outside this rank's range look up zeros, then the
-    partial embeddings are summed over the group."""
+    partial embeddings are summed over the group: all-reduced, or with ``sp="megatron"``
+    reduce-scattered along the sequence (the dim before the features), each rank keeping its
+    chunk of the sum. The ids are whole along the sequence either way: every token's row
+    lies on one rank of the group."""
 
-    def __init__(self, full: nn.Embedding, *, group: dist.ProcessGroup) -> None:
+    def __init__(self, full: nn.Embedding, *, group: dist.ProcessGroup, sp: str = "none") -> None:
         super().__init__()
-        self.group = group
+        self.group, self.sp = group, sp
         self.weight = nn.Parameter(_chunk(full.weight, 0, group))
         self.start = dist.get_rank(group) * self.weight.shape[0]
         self.shard_dims = {"weight": 0}
@@ -87,6 +99,8 @@ class VocabParallelEmbedding(nn.Module):
         outside = (local < 0) | (local >= self.weight.shape[0])
         rows = F.embedding(local.masked_fill(outside, 0), self.weight, padding_idx=self.padding_idx)
         rows = rows.masked_fill(outside.unsqueeze(-1), 0.0)
+        if self.sp == "megatron":
+            return comm.reduce_scatter_sequence(rows, self.group, dim=-2)
         return comm.reduce_from_region(rows, self.group)
 
 
@@ -139,10 +153,14 @@ def apply_tensor_parallel(
     for path in layout.rowwise:
         _replace(layer, path, lambda m: RowParallelLinear(m, group=group, sp=sp), group, record)
     for path in layout.vocab_embedding:
-        _replace(layer, path, lambda m: VocabParallelEmbedding(m, group=group), group, record)
+        make_embedding = lambda m: VocabParallelEmbedding(m, group=group, sp=sp)  # noqa: E731
+        _replace(layer, path, make_embedding, group, record)
+    if sp == "megatron" and layout.vocab_embedding:
+        _keep_sequence_chunk_of_other_tables(layer, layout, group=group)
     for path in layout.vocab_head:
         # The logits stay split: the loss is computed from the shards (vocab_parallel_loss).
-        make_head = lambda m: ColumnParallelLinear(m, group=group, sp="none", gather=False)  # noqa: E731
+        # Under Megatron-SP the head's input comes split along the sequence and is gathered.
+        make_head = lambda m: ColumnParallelLinear(m, group=group, sp=sp, gather=False)  # noqa: E731
         _replace(layer, path, make_head, group, record)
     for path in layout.head_parameters:
         owner_path, _, name = path.rpartition(".")
@@ -152,6 +170,23 @@ def apply_tensor_parallel(
             dim = full.dim() - 1
             record.add(full, nn.Parameter(_chunk(full, dim, group)), dim, group)
         setattr(owner, name, record.shards[id(full)])
+
+
+def _keep_sequence_chunk_of_other_tables(
+    layer: nn.Module, layout: TPLayout, *, group: dist.ProcessGroup
+) -> None:
+    """A sequence-parallel embedding layer: its tables other than the vocabulary's (position
+    and token-type tables) stay whole and look up every token, and are added to the
+    vocabulary lookup, which leaves reduce-scattered along the sequence; a forward hook keeps
+    this rank's sequence chunk of their lookups (``[..., seq, features]``) so the sum lines
+    up, and what follows them in the layer (norms, dropout) runs per token on the chunk. A
+    hook, not a wrapper, so that the parameters keep their names. Their gradients are then
+    this rank's chunk's, summed over the group as every whole parameter of a sequence-
+    parallel layer (``ParallelStage.partial``)."""
+    vocabulary = {id(layer.get_submodule(path)) for path in layout.vocab_embedding}
+    for module in layer.modules():
+        if isinstance(module, nn.Embedding) and id(module) not in vocabulary:
+            module.register_forward_hook(lambda _m, _args, out: comm.take_chunk(out, group, dim=-2))
 
 
 def _apply_ulysses(layer: nn.Module, layout: TPLayout, *, group: dist.ProcessGroup) -> None:

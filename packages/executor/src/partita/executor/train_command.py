@@ -343,7 +343,7 @@ def _check_before_launch(
         raise ValueError(f"--model {job.model}: {error}") from None
     try:
         validate_plan(plan, world_size=nproc, model=model)
-        check_supported(plan)
+        check_supported(plan, model.family)
     except ValueError as error:
         raise ValueError(f"{job.plan}: {error}") from None
     if job.data != "synthetic":

@@ -16,25 +16,21 @@ back to v-1. Per pair of ranks the messages arrive in the order they were sent, 
 schedule (``partita.formats`` tests it), so blocking receives match them without tags.
 
 Where the schedule has ``W`` actions (ZB-H1), the backward is split: ``B`` computes only the
-chunk's input gradients (``torch.autograd.grad`` with the graph retained) and sends them at
-once; ``W`` computes the weight gradients (``torch.autograd.backward`` from the same outputs
-and gradients, restricted to the graph's other leaves: ``pipeline.weight_leaves``) and frees
-the graph. The first virtual stage has no input gradient to send: its ``B`` only receives,
-its ``W`` runs the whole backward. The cost: ``W`` runs the activation-gradient chain again to
-reach the lower layers' weights (only the input-gradient branch below the chunk's first layer
-is skipped), with the tensor- and sequence-parallel collectives on that chain, and a fully
-checkpointed layer recomputes its forward in both passes. One CPU thread, 4 residual MLP
-blocks of width 512 on 1024 tokens: B 251 ms + W 484 ms against one backward of 487 ms
-(checkpointed: 386 + 626 against 628). The simulator prices W as the weight gradients alone
-(``weight_backward_s``), so it predicts a ZB-H1 step faster than this one runs.
-``torch.distributed.pipelining``'s
-``stage_backward_input``/``stage_backward_weight`` start W from intermediate gradients that B
-captured instead, but (torch 2.13, checked) they set ``.grad`` by hand, so no post-accumulate
-hook fires (the buckets below would not see W), and give a stage whose inputs need no
-gradient no weight gradient at all; they also ask for the parameters up front, where FSDP2's
-graph holds its unsharded parameters, not the module's. FSDP2's
-ZeRO-2/3 layers stay gathered from ``B`` to ``W`` (``data_parallel.gathered_after_backward``)
-and reduce-scatter in ``W``.
+chunk's input gradients and sends them at once; ``W`` the weight gradients, later. In a chunk
+of DDP and ZeRO-1 layers without full checkpointing, B keeps the gradient arriving at every
+point where a weight's branch leaves the activation chain and W runs only those branches
+(``split_backward``: gpt-tiny's 4 blocks on one CPU thread, B 1.6 ms and W 4.0 ms against a
+2.3 ms backward, W paying about 0.1 ms per branch pass, plus 1.4 ms to find the branches in
+the graph). Elsewhere W runs the chunk's backward again from the same outputs, restricted to
+the graph's other leaves (``pipeline.weight_leaves``): a fully checkpointed layer would
+recompute its forward once per branch pass, and FSDP2 reduce-scatters from a hook at a
+unit's input, which branch passes do not reach. FSDP2's ZeRO-2/3 layers stay gathered from
+``B`` to ``W`` (``data_parallel.gathered_after_backward``) and reduce-scatter in ``W``. The
+first virtual stage has no input gradient to send: its ``B`` only receives, its ``W`` runs
+the whole backward. ``torch.distributed.pipelining``'s ``stage_backward_weight`` also starts W
+from gradients B captured, but (torch 2.13, checked) sets ``.grad`` by hand, so no
+post-accumulate hook fires (the buckets below would not see W), and gives a stage whose
+inputs need no gradient no weight gradient at all.
 
 The data-parallel buckets of a chunk are armed before its last gradient-making action (its
 last ``B``, or its last ``W`` where the backward is split) and sum DDP and ZeRO-1 gradients
@@ -79,8 +75,10 @@ from partita.executor.pipeline import (
     recv_gradients,
     weight_leaves,
 )
-from partita.executor.setups import tied_stage_sets
+from partita.executor.setups import LayerSetup, check_vocab_sequence_parallel, tied_stage_sets
 from partita.executor.sharded_state import TrainState, canonical_names, torch_optimizers
+from partita.executor.split_backward import SplitBackward
+from partita.executor.stage import StageModel
 from partita.formats import Plan
 from partita.formats.schedules import Action, build_schedule, splits_backward
 from partita.models.api import (
@@ -126,10 +124,12 @@ class TrainResult:
     unit: str = "tokens"
 
 
-def check_supported(plan: Plan) -> None:
-    """Refuse what this executor does not run, naming the plan field."""
-    if plan.vocab.sp:
-        raise ValueError("vocab.sp: a sequence-parallel embedding and head are not supported yet")
+def check_supported(plan: Plan, family: str | None = None) -> None:
+    """Refuse what this executor does not run, naming the plan field; with the model's
+    ``family`` (its name), also what that family cannot run (``vocab.sp`` for ViT and Swin).
+    The launcher calls it before any process starts."""
+    if family is not None:
+        check_vocab_sequence_parallel(family, plan)
     check_nested(plan, {layer.tp for layer in plan.layers} | {plan.vocab.tp})
     pipeline = plan.pipeline
     try:
@@ -185,9 +185,9 @@ class Trainer:
     device: torch.device = field(default_factory=lambda: torch.device("cpu"))
 
     def __post_init__(self) -> None:
-        check_supported(self.plan)
         self.config = resolve_config(self.source)
         self.family = family_of(self.config)
+        check_supported(self.plan, self.family.name)
         model = build_empty(self.config)  # parameters on meta: each rank fills only its own
         # Read piece by piece as each rank fills its own (bytes_read: this rank's share).
         self.weights = (
@@ -226,6 +226,7 @@ class Trainer:
         )
         self.actions = schedule[self.stage]
         self.split = splits_backward(schedule)
+        self._split_weight_pass = _split_weight_pass(self.stage_model)
         self.arm_at = _last_gradient_actions(self.actions, split=self.split)
         self.last_virtual = pipeline.num_virtual_stages - 1
         self.last = self.stage == pp - 1  # holds the last virtual stage (the head)
@@ -266,7 +267,10 @@ class Trainer:
         return next(self._text)
 
     def _slice(self, batch: Activations, layout: Layout) -> Activations:
-        """This rank's part of a micro-batch under ``layout``, on the rank's device."""
+        """This rank's part of a micro-batch under ``layout``, on the rank's device: a slice
+        of the batch, whole along the sequence under every layout. Under ``vocab.sp`` too:
+        the embedding looks up every token (its vocab-parallel rows) before reduce-scattering
+        along the sequence, and the head gathers the sequence, so the labels are whole."""
         groups = layout.groups
         size = self.plan.micro_batch_size // groups.dp_size
         start = groups.dp_rank * size
@@ -381,18 +385,30 @@ class Trainer:
         if self._virtual(chunk) == 0:
             return
         wanted = [saved.inputs[k] for k in needing_grad(saved.inputs)]
-        grads: tuple[torch.Tensor | None, ...] = ()
-        if wanted:
+        grads: list[torch.Tensor | None] = []
+        if wanted and self._split_weight_pass[chunk]:
+            inputs = {id(x) for x in saved.inputs.values()}
+            weights = weight_leaves(saved.roots, exclude=inputs)
+            saved.split = SplitBackward(saved.roots, saved.grads, wanted, weights)
+            grads = saved.split.input_gradients()
+        elif wanted:
             with gathered_after_backward(self.stage_model):
-                grads = torch.autograd.grad(
-                    saved.roots, wanted, saved.grads, retain_graph=True, allow_unused=True
+                grads = list(
+                    torch.autograd.grad(
+                        saved.roots, wanted, saved.grads, retain_graph=True, allow_unused=True
+                    )
                 )
-        self._send_input_grads(list(grads), saved, chunk, transfers)
+        self._send_input_grads(grads, saved, chunk, transfers)
 
     def _backward_weight(self, saved: _Saved) -> None:
-        """``W`` of a split backward: the weight gradients, through the graph ``B`` kept
-        (only towards the leaves that are not the chunk's inputs)."""
+        """``W`` of a split backward: the weight gradients, from the gradients ``B`` kept at
+        the weight branches (``split_backward``), or, in a chunk with fully checkpointed or
+        FSDP layers, through the whole graph ``B`` kept (only towards the leaves that are not
+        the chunk's inputs)."""
         assert saved.roots is not None, "W before its B"
+        if saved.split is not None:
+            saved.split.weight_gradients()
+            return
         inputs = {id(x) for x in saved.inputs.values()}
         weights = weight_leaves(saved.roots, exclude=inputs)
         if weights:
@@ -532,6 +548,20 @@ class _Saved:
     outputs: object
     roots: list[torch.Tensor] | None = None
     grads: list[torch.Tensor] | None = None
+    split: SplitBackward | None = None
+
+
+def _split_weight_pass(stage: StageModel) -> list[bool]:
+    """Per chunk: whether W can start from the gradients B keeps (``split_backward``), or
+    must run the chunk's whole backward again: where a layer is fully checkpointed (W would
+    recompute it once per weight branch) or sharded by FSDP (whose reduce-scatter hook sits
+    at the layer's input, which W would not reach). The simulator prices W so
+    (``StageWork.whole_weight_pass``)."""
+
+    def whole(setup: LayerSetup) -> bool:
+        return setup.ckpt == "full" or (setup.dp in ("zero2", "zero3") and setup.groups.dp_size > 1)
+
+    return [not any(whole(stage.setups[i]) for i in chunk) for chunk in stage.chunks]
 
 
 def _last_gradient_actions(actions: tuple[Action, ...], *, split: bool) -> dict[int, int]:

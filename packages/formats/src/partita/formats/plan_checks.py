@@ -10,6 +10,12 @@ from partita.formats.errors import FormatError
 from partita.formats.model_description import LayerDescription, ModelDescription
 from partita.formats.plan import LayerStrategy, Plan
 
+# Families whose embedding and head cannot take a sequence split (``vocab.sp``), and why.
+NO_VOCAB_SEQUENCE_PARALLEL = {
+    "vit": "patch embedding and pooled head",
+    "swin": "patch embedding and pooled head",
+}
+
 
 def check_plan_structure(plan: Plan) -> None:
     """Checks that need nothing but the plan: degrees multiply out, stages cover the layers."""
@@ -132,6 +138,12 @@ def _check_against_model(plan: Plan, model: ModelDescription) -> None:
         if problem:
             raise FormatError(f"{problem} of layer {block.name!r}", path=f"layers[{index}].tp")
     vocab = plan.vocab
+    reason = NO_VOCAB_SEQUENCE_PARALLEL.get(model.family)
+    if vocab.sp and vocab.tp > 1 and reason is not None:
+        raise FormatError(
+            f"{model.family} models have no sequence-parallel embedding and head ({reason})",
+            path="vocab.sp",
+        )
     if vocab.tp > 1:
         outputs, what = (
             (model.vocab_size, "vocab_size")

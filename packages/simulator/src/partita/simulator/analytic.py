@@ -6,8 +6,9 @@ step takes ``M * max_k r_k`` plus the bubble: the other virtual stages' work, a 
 round (``(sum of every virtual stage's f + b - the slowest rank's) / v``). This is GPipe's and
 1F1B's ``sum_s(f_s + b_s) + (M - 1) max_s(f_s + b_s)`` when v = 1, and Megatron's interleaved
 bubble ``(p - 1) / v`` stage times when the stages are equal. A split backward (zero-bubble
-schedules) takes each stage's weight gradients out of the bubble twice: ZB-H1's
-``(p - 1)(F + B - W)`` against 1F1B's ``(p - 1)(F + B + W)`` (Qi et al. 2023). Added: the p2p
+schedules) takes each stage's W out of the bubble twice: ZB-H1's ``(p - 1)(F + B - W)``
+against 1F1B's ``(p - 1)(F + B + W)`` (Qi et al. 2023); where W runs the whole backward again
+(``StageWork.whole_weight_pass``) it also adds to every micro-batch. Added: the p2p
 transfers on the critical path (one forward and one backward per boundary, which the sends
 cannot hide since the receiver waits), the part of each rank's gradient sync that its last
 backward does not hide, the optimizer step and what follows it.
@@ -29,9 +30,9 @@ def iteration_time(
     chunks = num_chunks(schedule) if schedule is not None else 1
     split = splits_backward(schedule) if schedule is not None else False
     ranks = len(stages) // chunks
-    per_rank = [sum(_time(s) for s in stages[rank::ranks]) for rank in range(ranks)]
+    per_rank = [sum(_time(s, split) for s in stages[rank::ranks]) for rank in range(ranks)]
     slowest = max(range(ranks), key=lambda rank: per_rank[rank])
-    in_bubble = [_time(s) - (2 * _weights(s) if split else 0.0) for s in stages]
+    in_bubble = [_in_bubble(s) if split else _time(s, split) for s in stages]
     bubble = (sum(in_bubble) - sum(in_bubble[slowest::ranks])) / chunks
     pipeline = num_micro_batches * per_rank[slowest] + bubble
     transfers = sum(s.send_forward_s + s.send_backward_s for s in stages)
@@ -43,12 +44,27 @@ def iteration_time(
     return pipeline + transfers + tail
 
 
-def _time(stage: StageWork) -> float:
-    return stage.forward_s + stage.backward_s
+def _time(stage: StageWork, split: bool) -> float:
+    """Per micro-batch: forward and backward, or forward, B and W where the backward is split
+    (more than the backward where W runs it again: ``StageWork.whole_weight_pass``)."""
+    if not split:
+        return stage.forward_s + stage.backward_s
+    weights = sum(layer.weight_backward_s for layer in stage.layers)
+    return stage.forward_s + stage.backward_s - weights + _weight_pass(stage)
 
 
-def _weights(stage: StageWork) -> float:
-    return sum(layer.weight_backward_s for layer in stage.layers)
+def _in_bubble(stage: StageWork) -> float:
+    """A split backward's share of the bubble per stage: F + B - W, the waits its W passes
+    fill (Qi et al.), but never under B: the warm-up wait for the input-gradient chain
+    coming back, which no W of the stage can fill (a W larger than F + B, as where it runs
+    the whole backward again)."""
+    weights = sum(layer.weight_backward_s for layer in stage.layers)
+    input_pass = stage.backward_s - weights
+    return max(stage.forward_s + input_pass - _weight_pass(stage), input_pass)
+
+
+def _weight_pass(stage: StageWork) -> float:
+    return sum(stage.weight_pass_s(layer) for layer in stage.layers)
 
 
 def _exposed_sync(stage: StageWork) -> float:

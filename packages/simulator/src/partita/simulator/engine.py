@@ -204,15 +204,18 @@ class Engine:
             self._start_send(index, "B", m, stage, work.send_backward_s)
 
     def _weights(self, index: int, action: Action, *, final: bool) -> Process:
-        """A split backward's weight gradients; the micro-batch's activations go after it."""
+        """A split backward's weight gradients; the micro-batch's activations go after it. A
+        W that runs the chunk's whole backward again rises as a backward does."""
         state, chunk = self.states[index], action.chunk
         work = state.works[chunk]
         if not state.gradients_made[chunk]:
             state.gradients_made[chunk] = True
             self._memory(state, +late_gradients(work))
-        passes = [(layer.weight_backward_s, layer) for layer in reversed(work.layers)]
+        excess = state.later_excess[chunk] if work.whole_weight_pass else 0.0
+        self._memory(state, +excess)
+        passes = [(work.weight_pass_s(layer), layer) for layer in reversed(work.layers)]
         yield from self._layer_passes(index, action, passes, syncs=True, final=final)
-        self._memory(state, -work.activation_bytes)
+        self._memory(state, -excess - work.activation_bytes)
 
     def _layer_passes(
         self,

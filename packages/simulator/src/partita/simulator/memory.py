@@ -166,7 +166,8 @@ def points_peak(
         c = point.chunk
         live = sum(n * a for n, a in zip(point.live, activation, strict=True))
         made = sum(g for g, m in zip(late, point.made, strict=True) if m)
-        if point.kind != "B":
+        rises = point.kind == "B" or (point.kind == "W" and works[c].whole_weight_pass)
+        if not rises:
             here = MemoryBreakdown(parameters, held_grads + made, optimizer_states, live, 0.0)
         else:
             own = _backward_peak(works[c], in_flight=1, gradients_made=point.made[c] or split)

@@ -110,6 +110,14 @@ class StageWork:
     # keeps beyond what its layers' profiles count: (parameter, gradient, optimizer) bytes.
     tied_sync_s: float = 0.0
     tied_copy_bytes: tuple[float, float, float] = (0.0, 0.0, 0.0)
+    # Under a split backward, whether W runs this chunk's whole backward again (restricted to
+    # the weights) instead of the weight gradients alone: the executor does for a chunk with a
+    # fully checkpointed or an FSDP (ZeRO-2/3) layer (``partita.executor.split_backward``).
+    whole_weight_pass: bool = False
+
+    def weight_pass_s(self, layer: LayerWork) -> float:
+        """What a split backward's W runs for ``layer``."""
+        return layer.backward_s if self.whole_weight_pass else layer.weight_backward_s
 
     @property
     def tail_s(self) -> float:
@@ -301,7 +309,12 @@ class WorkloadBuilder:
             + self._ddp_reducer_latency(strategies)
             # once a step on each rank: counted with its first chunk
             + (self._step_end() if index < pipeline.degree else 0.0),
+            whole_weight_pass=any(self._needs_whole_weight_pass(s) for s in strategies),
         )
+
+    def _needs_whole_weight_pass(self, strategy: Strategy) -> bool:
+        fsdp = strategy.dp in ("zero2", "zero3") and self._placement("dp", strategy.tp).size > 1
+        return strategy.ckpt == "full" or fsdp
 
     def _fsdp_transient(
         self, strategy: Strategy, memory: LayerMemory, gathered: float, dp: int

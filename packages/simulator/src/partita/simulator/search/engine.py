@@ -5,13 +5,14 @@ strategy and stage partition, each stage's layers get the strategies (tensor and
 parallelism, data-parallel mode, recompute mode) that minimise the stage's compute time per
 micro-batch under the memory budget (``knapsack``), with the stage's activation memory
 multiplied by the micro-batches the schedule keeps in flight on it. The best plans by a proxy
-time are priced by the closed-form estimate. The best few 1F1B plans are then tried under the
-schedules that refine it: ZB-H1 (the same stages, the backward split) and interleaved 1F1B
-with 2 to 4 chunks per rank (the layers spread evenly over the virtual stages). Those change a
-stage's memory and bubble, not which strategies suit its layers, so they are priced as
-variants rather than searched as shapes (the estimate still refuses a variant that does not
-fit). The best few of all, plus the best uniform plan, are re-scored by the event simulation,
-whose verdict picks the winner.
+time are priced by the closed-form estimate. The best few are then tried with a
+sequence-parallel embedding and head (vocab SP, where their vocabulary is split), and the 1F1B
+ones under the schedules that refine it: ZB-H1 (the same stages, the backward split) and
+interleaved 1F1B with 2 to 4 chunks per rank (the layers spread evenly over the virtual
+stages). Those change a stage's memory, bubble or boundary traffic, not which strategies suit
+its layers, so they are priced as variants rather than searched as shapes (a variant that
+does not fit is dropped). The best few of all, plus the best uniform plan, are re-scored by
+the event simulation, whose verdict picks the winner.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from typing import TypeVar
 import numpy as np
 
 from partita.formats import (
+    FormatError,
     HardwareProfile,
     LayerDescription,
     LayerStrategy,
@@ -136,7 +138,7 @@ def _finish(
             least_memory_bytes=max(least.peak_memory_bytes) if least else None,
             least_memory_plan=least.plan if least else None,
         )
-    refined = [v for c in fitting[:RESCORED] for v in searcher.schedule_variants(c.plan)]
+    refined = [v for c in fitting[:RESCORED] for v in searcher.variants(c.plan)]
     fitting = sorted(
         fitting + [c for c in refined if max(c.peak_memory_bytes) <= problem.memory_bytes],
         key=lambda c: c.iteration_time_s,
@@ -303,10 +305,25 @@ class _Searcher:
             for variant in self._device_orders(plan)
         ]
 
-    def schedule_variants(self, plan: Plan) -> list[Candidate]:
-        """``plan`` (1F1B, pipelined) under ZB-H1 and under interleaved 1F1B (its blocks
-        spread evenly over ``chunks`` virtual stages per rank, for each chunk count the model
-        and micro-batches allow), as the space allows; priced by the estimate."""
+    def variants(self, plan: Plan) -> list[Candidate]:
+        """``plan`` refined as the space allows, priced by the estimate: with a
+        sequence-parallel embedding and head (vocab SP, where its vocabulary is split), and,
+        pipelined under 1F1B, under ZB-H1 and under interleaved 1F1B (its blocks spread
+        evenly over ``chunks`` virtual stages per rank, for each chunk count the model and
+        micro-batches allow)."""
+        variants = []
+        if self.problem.space.vocab_sp and plan.vocab.tp > 1 and not plan.vocab.sp:
+            variants.append(replace(plan, vocab=replace(plan.vocab, sp=True)))
+        variants += self._schedule_variants(plan)
+        priced = []
+        for variant in variants:
+            try:
+                priced.append(self._estimated(variant))
+            except FormatError:  # a refinement the model does not allow (vocab SP of a ViT)
+                continue
+        return priced
+
+    def _schedule_variants(self, plan: Plan) -> list[Plan]:
         pipeline, schedules = plan.pipeline, self.problem.space.schedules
         if pipeline.schedule != "1f1b" or pipeline.degree < 2:
             return []
@@ -327,7 +344,7 @@ class _Searcher:
                 for chunks in INTERLEAVED_CHUNKS
                 if pipeline.degree * chunks <= len(self.blocks)
             ]
-        return [self._estimated(variant) for variant in variants]
+        return variants
 
     def _device_orders(self, plan: Plan) -> list[Plan]:
         """The plan with tensor-parallel groups on consecutive devices (the default), and,

@@ -43,6 +43,11 @@ TECHNIQUES = (
         lambda space: replace(space, schedules=tuple(s for s in space.schedules if s != "zb-h1")),
     ),
     Technique(
+        "vocab SP",
+        lambda plan: plan.vocab.sp and plan.vocab.tp > 1,
+        lambda space: replace(space, vocab_sp=False),
+    ),
+    Technique(
         "selective recompute",
         lambda plan: any(layer.ckpt == "attention" for layer in plan.layers),
         lambda space: replace(
@@ -118,6 +123,8 @@ def _within_space(candidate: Candidate, space: SearchSpace) -> bool:
             return False
         if layer.tp > 1 and not space.allows_tp():
             return False
+    if plan.vocab.sp and plan.vocab.tp > 1 and not space.vocab_sp:
+        return False
     if plan.vocab.dp not in space.dp_modes() or (plan.vocab.tp > 1 and not space.allows_tp()):
         return False
     degree = plan.pipeline.degree

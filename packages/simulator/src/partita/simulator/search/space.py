@@ -26,6 +26,7 @@ class SearchSpace:
     schedules: tuple[str, ...] = DEFAULT_SCHEDULES
     max_pipeline_degree: int | None = None  # e.g. 1 for an executor without pipelines
     recompute: tuple[str, ...] = CKPT_MODES  # the layers' ``ckpt`` modes to try
+    vocab_sp: bool = True  # may the embedding and head split the sequence (``vocab.sp``)
 
     def __post_init__(self) -> None:
         if self.name not in SPACES:
