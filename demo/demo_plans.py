@@ -17,7 +17,11 @@ def describe_plan(plan: Plan) -> str:
     else:
         parts.append(f"layer-wise ({len(set(plan.layers))} strategies)")
     if plan.pipeline.degree > 1:
-        parts.append(f"pp{plan.pipeline.degree} {plan.pipeline.schedule}")
+        chunks = plan.pipeline.chunks
+        parts.append(
+            f"pp{plan.pipeline.degree} {plan.pipeline.schedule}"
+            + (f" ({chunks} chunks per rank)" if chunks > 1 else "")
+        )
     if plan.num_micro_batches > 1:
         parts.append(f"x{plan.num_micro_batches} micro-batches")
     if plan.vocab.tp > 1:
@@ -32,8 +36,8 @@ def _strategy(layer: LayerStrategy) -> str:
     if layer.sp != "none":
         words.append(f"sp {layer.sp}")
     words.append(layer.dp)
-    if layer.ckpt:
-        words.append("ckpt")
+    if layer.ckpt != "none":
+        words.append("ckpt" if layer.ckpt == "full" else "ckpt-attention")
     return " ".join(words)
 
 

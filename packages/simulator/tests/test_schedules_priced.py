@@ -183,3 +183,48 @@ def test_zb_h1_prices_the_executors_whole_w_pass_where_it_runs_one() -> None:
     assert zb.iteration_time_s > one_f.iteration_time_s
     assert zb.stages[0].busy_s == pytest.approx(one_f.stages[0].busy_s + 8 * 4 * 2.0)
     assert _run(4, 8, "zb-h1").iteration_time_s < _run(4, 8, "1f1b").iteration_time_s
+
+
+def test_a_split_backward_holds_the_gradients_b_keeps_until_w() -> None:
+    # Between a micro-batch's B and its W the executor keeps the gradients at the weight
+    # branches (gpt-tiny from the spec sheet, 2 stages, 4 micro-batches): ZB-H1's last stage
+    # holds as many activations as 1F1B's first, plus those gradients; none where W runs the
+    # whole backward again.
+    from partita.formats import PipelineConfig, Plan
+    from partita.simulator.model_source import load_model_description
+    from partita.simulator.simulation import build_workload
+    from partita.simulator.specsheet import (
+        hardware_profile_from_spec,
+        load_cluster_spec,
+        model_profile_from_description,
+    )
+
+    model = load_model_description("gpt-tiny")
+    spec = load_cluster_spec("h100-sxm").with_changes(devices_per_node=2)
+    hardware = hardware_profile_from_spec(spec)
+    profile = model_profile_from_description(model, spec, dtype="bf16", tp_degrees=(1,))
+
+    def priced(schedule: str, ckpt: str):  # type: ignore[no-untyped-def]
+        plan = Plan(
+            world_size=2,
+            mesh_axis_order=("pp", "dp", "tp"),
+            global_batch_size=4,
+            num_micro_batches=4,
+            pipeline=PipelineConfig(degree=2, schedule=schedule, stage_num_layers=(2, 2)),  # type: ignore[arg-type]
+            layers=tuple(LayerStrategy(ckpt=ckpt) for _ in range(4)),  # type: ignore[arg-type]
+            precision="bf16",
+        )
+        stages, _ = build_workload(plan, hardware=hardware, model_profile=profile, model=model)
+        result = simulate(plan, hardware=hardware, model_profile=profile, model=model)
+        return stages, result
+
+    stages, zb = priced("zb-h1", "none")
+    kept = stages[1].split_kept_bytes
+    assert kept > 0.1 * stages[1].activation_bytes  # the weight products' outputs
+    _, one_f = priced("1f1b", "none")
+    # The last stage holds 2 micro-batches' activations (1F1B: 1), and after its second B
+    # both micro-batches' kept gradients (F0 B0 F1 B1 W0 ...), its peak here.
+    extra = zb.stages[1].memory.activations - one_f.stages[1].memory.activations
+    assert extra == pytest.approx(stages[1].activation_bytes + 2 * kept)
+    whole_stages, _ = priced("zb-h1", "full")
+    assert whole_stages[1].split_kept_bytes == 0.0

@@ -195,7 +195,7 @@ class Engine:
         ]
         yield from self._layer_passes(index, action, passes, syncs=not self.split, final=final)
         if self.split:
-            self._memory(state, -excess)
+            self._memory(state, work.split_kept_bytes - excess)
         else:
             made = 0.0 if made_before else late_gradients(work)
             state.gradients_made[chunk] = True
@@ -215,7 +215,7 @@ class Engine:
         self._memory(state, +excess)
         passes = [(work.weight_pass_s(layer), layer) for layer in reversed(work.layers)]
         yield from self._layer_passes(index, action, passes, syncs=True, final=final)
-        self._memory(state, -excess - work.activation_bytes)
+        self._memory(state, -excess - work.activation_bytes - work.split_kept_bytes)
 
     def _layer_passes(
         self,

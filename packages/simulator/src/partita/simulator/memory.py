@@ -95,34 +95,43 @@ class Point:
     """A moment of a rank's step that may hold its peak: after a forward (``F``), inside a
     backward (``B``: the chunk's backward excess on top), or as a W pass makes the gradients
     (``W``). ``live`` counts the micro-batches holding activations per chunk, ``made``
-    whether each chunk's gradients exist (before a B, after a W)."""
+    whether each chunk's gradients exist (before a B, after a W), ``between`` the
+    micro-batches past their B and before their W (holding the gradients B kept for W)."""
 
     kind: str
     chunk: int
     live: tuple[int, ...]
     made: tuple[bool, ...]
+    between: tuple[int, ...] = ()
 
 
 def memory_points(actions: Sequence[Action], chunks: int, *, split: bool) -> tuple[Point, ...]:
     """The distinct moments of ``actions`` that may hold the rank's peak (a steady state
     repeats a few), replayed as the engine replays them."""
-    live, made = [0] * chunks, [False] * chunks
+    live, made, between = [0] * chunks, [False] * chunks, [0] * chunks
     points: dict[Point, None] = {}
+
+    def point(kind: str, c: int) -> None:
+        points[Point(kind, c, tuple(live), tuple(made), tuple(between))] = None
+
     for action in actions:
         c = action.chunk
         if action.kind == "F":
             live[c] += 1
-            points[Point("F", c, tuple(live), tuple(made))] = None
+            point("F", c)
         elif action.kind == "B":
-            points[Point("B", c, tuple(live), tuple(made))] = None
-            if not split:
+            point("B", c)
+            if split:
+                between[c] += 1
+            else:
                 made[c] = True
                 live[c] -= 1
-                points[Point("F", c, tuple(live), tuple(made))] = None
+            point("F", c)
         else:
             made[c] = True
-            points[Point("W", c, tuple(live), tuple(made))] = None
+            point("W", c)
             live[c] -= 1
+            between[c] -= 1
     return tuple(points)
 
 
@@ -161,10 +170,12 @@ def points_peak(
     held_grads = sum(h[2] for h in held)
     late = [late_gradients(w) for w in works]
     activation = [w.activation_bytes for w in works]
+    kept = [w.split_kept_bytes for w in works]
     best: MemoryBreakdown | None = None
     for point in points:
         c = point.chunk
         live = sum(n * a for n, a in zip(point.live, activation, strict=True))
+        live += sum(n * k for n, k in zip(point.between, kept, strict=False))
         made = sum(g for g, m in zip(late, point.made, strict=True) if m)
         rises = point.kind == "B" or (point.kind == "W" and works[c].whole_weight_pass)
         if not rises:

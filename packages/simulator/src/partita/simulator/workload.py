@@ -90,6 +90,9 @@ class LayerWork:
     # Of backward_s, the weight gradients: what a split backward (zero-bubble schedules)
     # runs in its W pass; the rest, with any recomputation, is its B pass.
     weight_backward_s: float = 0.0
+    # The gradients of the weight products' outputs, one micro-batch, one device: what a
+    # split backward's B keeps for W.
+    branch_gradient_bytes: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -118,6 +121,15 @@ class StageWork:
     def weight_pass_s(self, layer: LayerWork) -> float:
         """What a split backward's W runs for ``layer``."""
         return layer.backward_s if self.whole_weight_pass else layer.weight_backward_s
+
+    @property
+    def split_kept_bytes(self) -> float:
+        """What one micro-batch holds between its B and its W beyond its activations: the
+        gradients B keeps where each weight's branch leaves the chain (none where W runs the
+        whole backward again)."""
+        if self.whole_weight_pass:
+            return 0.0
+        return sum(layer.branch_gradient_bytes for layer in self.layers)
 
     @property
     def tail_s(self) -> float:
@@ -574,8 +586,19 @@ class WorkloadBuilder:
             forward_gather_s=forward_gather,
             backward_gather_s=backward_gather,
             weight_backward_s=min(weight_backward, backward),
+            branch_gradient_bytes=self._branch_gradients(layer) * batch,
         )
         return self._finite(work, memory)
+
+    def _branch_gradients(self, layer: LayerDescription) -> float:
+        """Bytes per sample of the gradients arriving at the layer's weight products: one
+        per output element of each, in the compute precision. From the FLOPs: a product of
+        a ``[tokens, k]`` input by a ``[k, n]`` weight costs ``2 tokens k n`` and outputs
+        ``tokens n``; dividing the weights' FLOPs by ``2 hidden`` counts every product as if
+        ``k`` were the hidden size, which over-counts the ones that narrow the FFN back (never
+        under: this is memory), and is not split by tensor parallelism for the same reason."""
+        weights = max(0.0, layer.forward_flops_per_sample - layer.attention_flops_per_sample)
+        return weights / (2 * layer.hidden_size) * self.element_bytes
 
     def _weight_backward(self, layer: LayerDescription, times: LayerTimes) -> float:
         """The weight-gradient part of the layer's backward compute: measured, or its share
