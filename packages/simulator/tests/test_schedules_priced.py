@@ -13,8 +13,14 @@ import dataclasses
 import pytest
 import synthetic as syn
 
-from partita.formats import LayerStrategy
-from partita.simulator.simulation import estimate, simulate
+from partita.formats import LayerStrategy, PipelineConfig, Plan, VocabStrategy
+from partita.simulator.model_source import load_model_description
+from partita.simulator.simulation import build_workload, estimate, simulate
+from partita.simulator.specsheet import (
+    hardware_profile_from_spec,
+    load_cluster_spec,
+    model_profile_from_description,
+)
 
 MiB = syn.MiB
 BLOCKS_PER_RANK = 4
@@ -38,6 +44,17 @@ def _run(p: int, m: int, schedule: str, chunks: int = 1, **strategy: object):  #
     assert seconds == pytest.approx(result.iteration_time_s)
     assert [m.total for m in memory] == pytest.approx(list(result.peak_memory_bytes))
     return result
+
+
+def _gpt_tiny_priced(plan: Plan):  # type: ignore[no-untyped-def]
+    """(the virtual stages' work, the simulation) of ``plan`` for gpt-tiny on 2 H100s of
+    the spec sheet, in bf16."""
+    model = load_model_description("gpt-tiny")
+    spec = load_cluster_spec("h100-sxm").with_changes(devices_per_node=2)
+    hardware = hardware_profile_from_spec(spec)
+    profile = model_profile_from_description(model, spec, dtype="bf16", tp_degrees=(1, 2))
+    stages, _ = build_workload(plan, hardware=hardware, model_profile=profile, model=model)
+    return stages, simulate(plan, hardware=hardware, model_profile=profile, model=model)
 
 
 def _bubble(result) -> float:  # type: ignore[no-untyped-def]
@@ -138,20 +155,6 @@ def test_vocab_sp_prices_the_embedding_and_head_exchanges_megatron_sp_style() ->
     # gpt-tiny on 2 devices, blocks under tp 2 Megatron-SP: with vocab SP the embedding
     # reduce-scatters its output instead of all-reducing it (about half the bytes), and the
     # first block receives its sequence shard as is (no gather at the boundary in backward).
-    from partita.formats import PipelineConfig, Plan, VocabStrategy
-    from partita.simulator.model_source import load_model_description
-    from partita.simulator.simulation import build_workload
-    from partita.simulator.specsheet import (
-        hardware_profile_from_spec,
-        load_cluster_spec,
-        model_profile_from_description,
-    )
-
-    model = load_model_description("gpt-tiny")
-    spec = load_cluster_spec("h100-sxm").with_changes(devices_per_node=2)
-    hardware = hardware_profile_from_spec(spec)
-    profile = model_profile_from_description(model, spec, dtype="bf16", tp_degrees=(1, 2))
-
     def priced(sp: bool):  # type: ignore[no-untyped-def]
         plan = Plan(
             world_size=2,
@@ -163,8 +166,7 @@ def test_vocab_sp_prices_the_embedding_and_head_exchanges_megatron_sp_style() ->
             vocab=VocabStrategy(tp=2, sp=sp),
             precision="bf16",
         )
-        (stage,), _ = build_workload(plan, hardware=hardware, model_profile=profile, model=model)
-        result = simulate(plan, hardware=hardware, model_profile=profile, model=model)
+        (stage,), result = _gpt_tiny_priced(plan)
         return {w.name: w for w in stage.layers}, result.iteration_time_s
 
     plain, plain_s = priced(False)
@@ -190,20 +192,6 @@ def test_a_split_backward_holds_the_gradients_b_keeps_until_w() -> None:
     # branches (gpt-tiny from the spec sheet, 2 stages, 4 micro-batches): ZB-H1's last stage
     # holds as many activations as 1F1B's first, plus those gradients; none where W runs the
     # whole backward again.
-    from partita.formats import PipelineConfig, Plan
-    from partita.simulator.model_source import load_model_description
-    from partita.simulator.simulation import build_workload
-    from partita.simulator.specsheet import (
-        hardware_profile_from_spec,
-        load_cluster_spec,
-        model_profile_from_description,
-    )
-
-    model = load_model_description("gpt-tiny")
-    spec = load_cluster_spec("h100-sxm").with_changes(devices_per_node=2)
-    hardware = hardware_profile_from_spec(spec)
-    profile = model_profile_from_description(model, spec, dtype="bf16", tp_degrees=(1,))
-
     def priced(schedule: str, ckpt: str):  # type: ignore[no-untyped-def]
         plan = Plan(
             world_size=2,
@@ -214,9 +202,7 @@ def test_a_split_backward_holds_the_gradients_b_keeps_until_w() -> None:
             layers=tuple(LayerStrategy(ckpt=ckpt) for _ in range(4)),  # type: ignore[arg-type]
             precision="bf16",
         )
-        stages, _ = build_workload(plan, hardware=hardware, model_profile=profile, model=model)
-        result = simulate(plan, hardware=hardware, model_profile=profile, model=model)
-        return stages, result
+        return _gpt_tiny_priced(plan)
 
     stages, zb = priced("zb-h1", "none")
     kept = stages[1].split_kept_bytes

@@ -102,7 +102,7 @@ class Point:
     chunk: int
     live: tuple[int, ...]
     made: tuple[bool, ...]
-    between: tuple[int, ...] = ()
+    between: tuple[int, ...]
 
 
 def memory_points(actions: Sequence[Action], chunks: int, *, split: bool) -> tuple[Point, ...]:
@@ -171,17 +171,22 @@ def points_peak(
     late = [late_gradients(w) for w in works]
     activation = [w.activation_bytes for w in works]
     kept = [w.split_kept_bytes for w in works]
+    backward = {  # one backward's own breakdown, by chunk and whether its gradients exist
+        (c, made): _backward_peak(work, in_flight=1, gradients_made=made)
+        for c, work in enumerate(works)
+        for made in (False, True)
+    }
     best: MemoryBreakdown | None = None
     for point in points:
         c = point.chunk
         live = sum(n * a for n, a in zip(point.live, activation, strict=True))
-        live += sum(n * k for n, k in zip(point.between, kept, strict=False))
+        live += sum(n * k for n, k in zip(point.between, kept, strict=True))
         made = sum(g for g, m in zip(late, point.made, strict=True) if m)
         rises = point.kind == "B" or (point.kind == "W" and works[c].whole_weight_pass)
         if not rises:
             here = MemoryBreakdown(parameters, held_grads + made, optimizer_states, live, 0.0)
         else:
-            own = _backward_peak(works[c], in_flight=1, gradients_made=point.made[c] or split)
+            own = backward[(c, point.made[c] or split)]
             # ``own`` counts its chunk's held and (made or being made) gradients, and one
             # micro-batch's activations as its backward has them at the peak.
             others = made - (late[c] if point.made[c] else 0.0)

@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING
 
 from partita.formats.cli import EXIT_OK, Command
 from partita.formats.common import CKPT_MODES, SCHEDULES
-from partita.simulator.search.space import DEFAULT_SCHEDULES
+from partita.simulator.search import DEFAULT_SCHEDULES
 
 if TYPE_CHECKING:
     from partita.formats import ModelDescription

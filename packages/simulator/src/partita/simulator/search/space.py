@@ -6,13 +6,10 @@ from dataclasses import dataclass
 
 from partita.formats import LayerDescription, ModelProfile
 from partita.formats.common import CKPT_MODES, DP_MODES, SCHEDULES
+from partita.simulator.search import DEFAULT_SCHEDULES
 from partita.simulator.workload import Strategy
 
 SPACES = ("full", "uniform", "3d", "nosp", "dp", "zero3")
-# Schedules searched unless asked otherwise. ZB-H1 is priced as its paper runs it (W: the
-# weight gradients alone), but Partita's executor runs its W as a second backward through the
-# layers (docs/executor.md), slower than 1F1B: searched only on request (``--schedules``).
-DEFAULT_SCHEDULES = ("gpipe", "1f1b", "interleaved-1f1b")
 
 
 @dataclass(frozen=True)
