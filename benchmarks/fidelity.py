@@ -273,6 +273,13 @@ def uniform_plans(world: int, model: ModelDescription) -> list[tuple[str, Plan]]
         plan = make_plan(world=world, layers=(layer,) * n, vocab=vocab)
         if runnable(plan, model):
             plans.append((strategy_name(layer), plan))
+        if layer.sp == "megatron" and layer.ckpt == "none":
+            # The embedding and head split along the sequence too (vocab.sp), as Megatron-SP
+            # runs them: its blocks' all-gather/reduce-scatter pairs reach the ends.
+            split = VocabStrategy(tp=layer.tp, sp=True, dp=layer.dp)
+            plan = make_plan(world=world, layers=(layer,) * n, vocab=split)
+            if runnable(plan, model):
+                plans.append((f"{strategy_name(layer)}-vocab-sp", plan))
     return plans
 
 
@@ -322,7 +329,7 @@ def layerwise_plans(world: int, model: ModelDescription, *, count: int) -> list[
 
 QUICK_UNIFORM = {
     "ddp", "zero1", "zero2", "zero3", "ddp-ckpt", "ddp-ckpt-attention", "tp2-ddp",
-    "tp2-megatron-ddp", "tp2-ulysses-ddp", "tp2-zero3",
+    "tp2-megatron-ddp", "tp2-ulysses-ddp", "tp2-zero3", "tp2-megatron-ddp-vocab-sp",
 }  # fmt: skip
 
 
@@ -332,7 +339,8 @@ def all_plans(world: int, model: ModelDescription, *, quick: bool) -> list[tuple
     if quick:
         uniform = [(name, plan) for name, plan in uniform if name in QUICK_UNIFORM]
         quick_pipelines = (
-            "pp2-1f1b-x2", "pp2-gpipe-x4", "pp2-zb-h1-x4", "pp2-interleaved-1f1b2-x2",
+            "pp2-1f1b-x2", "pp2-gpipe-x4", "pp2-zb-h1-x4", "pp2-zb-h1-x2",
+            "pp2-interleaved-1f1b2-x2",
         )  # fmt: skip
         pipelines = [(n, p) for n, p in pipelines if n in quick_pipelines]
     layerwise = layerwise_plans(world, model, count=1 if quick else NUM_RANDOM_LAYERWISE)

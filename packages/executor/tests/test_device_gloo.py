@@ -1,7 +1,8 @@
 """Every plan kind on gloo with the default device set to ``meta`` after the first step (so a
 tensor made without naming the rank's device fails the step), and under bf16 and fp16 against
-one process under the same precision: DDP, ZeRO-1/2/3, TP, Megatron SP, Ulysses,
-checkpointing, GPipe, 1F1B and a layer-wise plan on GPT, a T5 pipeline, and a GPipe pipeline
+one process under the same precision: DDP, ZeRO-1/2/3, TP, Megatron SP, Ulysses, vocab SP,
+full and selective (attention) checkpointing, GPipe, 1F1B, interleaved 1F1B, ZB-H1 and a
+layer-wise plan on GPT, a T5 pipeline, and a GPipe pipeline
 of each other family (LLaMA, BERT, ViT, Swin).
 
 fp32 cases must equal one process as tightly as the equality suite (losses rtol 1e-5,
@@ -71,6 +72,21 @@ def _plans() -> dict[str, tuple[str, Plan]]:
         "1f1b-pp2-m4": (
             gpt,
             make_plan(gpt, world=WORLD, pp=2, schedule="1f1b", micro_batches=4),  # type: ignore[dict-item]
+        ),
+        "ckpt-attention": (gpt, _uniform(gpt, LayerStrategy(ckpt="attention"), VocabStrategy())),
+        "vocab-sp2": (
+            gpt,
+            _uniform(gpt, LayerStrategy(tp=2, sp="megatron"), VocabStrategy(tp=2, sp=True)),
+        ),
+        "interleaved-pp2-c2-m4": (
+            gpt,
+            make_plan(  # type: ignore[dict-item]
+                gpt, world=WORLD, pp=2, schedule="interleaved-1f1b", chunks=2, micro_batches=4
+            ),
+        ),
+        "zb-h1-pp2-m4": (
+            gpt,
+            make_plan(gpt, world=WORLD, pp=2, schedule="zb-h1", micro_batches=4),  # type: ignore[dict-item]
         ),
         "layerwise": (gpt, make_plan(gpt, world=WORLD, layers=layerwise)),  # type: ignore[dict-item]
         "t5-1f1b-pp2": (

@@ -482,3 +482,24 @@ def test_a_configuration_the_executor_refuses_is_left_out_and_named(tmp_path: Pa
     assert "swin_patch_merging tp 8 megatron" in profile.tools["refused"]
     stage2 = profile.layer_type("swin_block_stage2")
     assert stage2 is not None and (8, "megatron") in {(m.tp, m.sp) for m in stage2.memory}
+
+
+@pytest.mark.parametrize(
+    ("world", "tp", "cores", "measuring"),
+    [
+        (4, 1, None, 4),  # a GPU per rank: every group measures at once
+        (4, 2, None, 4),
+        (3, 2, None, 2),  # the rank left over waits
+        (4, 1, 2, 2),  # 4 ranks on 2 cores: as many as the cores hold
+        (4, 2, 2, 2),
+        (4, 4, 2, 4),  # rank 0's group measures even where it oversubscribes
+        (8, 2, 5, 4),  # whole groups only
+        (2, 1, 2, 2),  # not oversubscribed: all
+    ],
+)
+def test_on_a_shared_cpu_host_only_the_groups_the_cores_hold_measure_at_once(
+    world: int, tp: int, cores: int | None, measuring: int
+) -> None:
+    from partita.profiler.model_measure import measuring_ranks
+
+    assert measuring_ranks(world=world, tp=tp, cores=cores) == measuring

@@ -29,8 +29,11 @@ NO_SLOWDOWN = OverlapSlowdown()
 DEFAULT_STRATEGY = LayerStrategy()
 
 
-def description(num_blocks: int, *, flops_per_sample: float = 1.0) -> ModelDescription:
-    """Blocks only (no embedding or head), so each stage's work is exactly its blocks."""
+def description(
+    num_blocks: int, *, flops_per_sample: float = 1.0, output_bytes: float | None = None
+) -> ModelDescription:
+    """Blocks only (no embedding or head), so each stage's work is exactly its blocks.
+    ``output_bytes``: what a block passes on per sample (default: its hidden states)."""
     block = dict(
         kind="block",
         layer_type="block",
@@ -43,7 +46,7 @@ def description(num_blocks: int, *, flops_per_sample: float = 1.0) -> ModelDescr
         forward_flops_per_sample=flops_per_sample,
         backward_flops_per_sample=2 * flops_per_sample,
         activation_bytes_per_sample=1.0,
-        output_bytes_per_sample=float(SEQ * HIDDEN * 4),
+        output_bytes_per_sample=float(SEQ * HIDDEN * 4) if output_bytes is None else output_bytes,
     )
     layers = tuple(LayerDescription(name=f"blocks.{i}", **block) for i in range(num_blocks))  # type: ignore[arg-type]
     return ModelDescription(

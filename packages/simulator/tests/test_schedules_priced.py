@@ -26,8 +26,10 @@ MiB = syn.MiB
 BLOCKS_PER_RANK = 4
 
 
-def _run(p: int, m: int, schedule: str, chunks: int = 1, **strategy: object):  # type: ignore[no-untyped-def]
-    model = syn.description(p * BLOCKS_PER_RANK)
+def _priced(
+    p: int, m: int, schedule: str, chunks: int = 1, *, sent: float | None = None, **strategy: object
+):  # type: ignore[no-untyped-def]
+    model = syn.description(p * BLOCKS_PER_RANK, output_bytes=sent)
     profile = syn.model_profile()
     hardware = syn.hardware(world=p)
     plan = syn.plan(
@@ -44,6 +46,9 @@ def _run(p: int, m: int, schedule: str, chunks: int = 1, **strategy: object):  #
     assert seconds == pytest.approx(result.iteration_time_s)
     assert [m.total for m in memory] == pytest.approx(list(result.peak_memory_bytes))
     return result
+
+
+_run = _priced
 
 
 def _gpt_tiny_priced(plan: Plan):  # type: ignore[no-untyped-def]
@@ -79,6 +84,11 @@ def test_bubbles_match_the_closed_forms(p: int, m: int) -> None:
 
 @pytest.mark.parametrize(("p", "m"), [(2, 4), (4, 8), (4, 16)])
 def test_memory_follows_the_micro_batches_each_schedule_keeps(p: int, m: int) -> None:
+    # Nothing passed between the stages: the activations are the blocks' alone (what a stage
+    # receives is held too: the next test).
+    def _run(p: int, m: int, schedule: str, chunks: int = 1):  # type: ignore[no-untyped-def]
+        return _priced(p, m, schedule, chunks, sent=0.0)
+
     static = _run(p, m, "1f1b").stages[0].memory.parameters  # the same under every schedule
     per_block = MiB  # activations of one block, one micro-batch
     stage = BLOCKS_PER_RANK * per_block
@@ -97,6 +107,18 @@ def test_memory_follows_the_micro_batches_each_schedule_keeps(p: int, m: int) ->
             min(m * chunks, 2 * (p - r - 1) + (chunks - 1) * p + 1) * chunk for r in range(p)
         ]
         assert activations(_run(p, m, "interleaved-1f1b", chunks)) == pytest.approx(expected)
+
+
+def test_a_stage_holds_what_it_received_until_its_backward() -> None:
+    # The input a stage receives is no layer's output here, so no profile counts it: 1F1B's
+    # rank r keeps p - r of them, each a micro-batch of the previous stage's hidden states.
+    p, m = 4, 8
+    received = syn.SEQ * syn.HIDDEN * 4.0
+    with_input = _priced(p, m, "1f1b")
+    without = _priced(p, m, "1f1b", sent=0.0)
+    extra = [a.memory.activations - b.memory.activations
+             for a, b in zip(with_input.stages, without.stages, strict=True)]  # fmt: skip
+    assert extra == pytest.approx([0.0] + [(p - r) * received for r in range(1, p)])
 
 
 def test_w_passes_run_the_weight_gradients_and_make_the_gradients() -> None:

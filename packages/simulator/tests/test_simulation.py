@@ -49,11 +49,13 @@ def test_peak_activations_follow_micro_batches_in_flight(
     result = _run(
         syn.plan(world=4, stages=(1, 1, 1, 1), micro_batches=8, global_batch=8, schedule=schedule)
     )
-    assert [s.memory.activations / syn.MiB for s in result.stages] == expected
-    for stage, in_flight in zip(result.stages, expected, strict=True):
-        assert max(b for _, b in stage.memory_timeline) == pytest.approx(
-            16000 + in_flight * syn.MiB
-        )
+    # A micro-batch holds its blocks' activations and, past the first stage, the input the
+    # stage received (one sample of hidden states).
+    received = syn.SEQ * syn.HIDDEN * 4
+    held = [(syn.MiB + (received if s else 0)) * n for s, n in enumerate(expected)]
+    assert [s.memory.activations for s in result.stages] == held
+    for stage, total in zip(result.stages, held, strict=True):
+        assert max(b for _, b in stage.memory_timeline) == pytest.approx(16000 + total)
 
 
 def _dp_plan():  # type: ignore[no-untyped-def]

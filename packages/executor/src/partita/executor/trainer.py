@@ -336,8 +336,8 @@ class Trainer:
         with self._autocast():
             outputs = model(inputs, chunk)
             if virtual < self.last_virtual:
-                transfers.send_activations(outputs, self._peer(virtual + 1))
-                return _Saved(inputs, outputs), torch.zeros(
+                token = transfers.send_activations(outputs, self._peer(virtual + 1))
+                return _Saved(inputs, outputs, sent=token), torch.zeros(
                     (), dtype=torch.float64, device=self.device
                 )
             local = self._slice(micro, model.output_layouts[chunk])
@@ -347,7 +347,7 @@ class Trainer:
         return _Saved(inputs, scaled), scaled.detach().to(torch.float64)
 
     def _output_grads(
-        self, saved: _Saved, chunk: int
+        self, saved: _Saved, chunk: int, transfers: Transfers
     ) -> tuple[list[torch.Tensor], list[torch.Tensor] | None]:
         """What the backward of ``saved`` starts from: the weighted (and scaled) loss on the
         last virtual stage, else the outputs that need a gradient and their gradients,
@@ -356,7 +356,10 @@ class Trainer:
         if isinstance(outputs, torch.Tensor):
             return [outputs if self.scaler is None else self.scaler.scaled(outputs)], None
         tensors = [outputs[k] for k in needing_grad(outputs)]
-        return tensors, recv_gradients(tensors, self._peer(self._virtual(chunk) + 1))
+        grads = recv_gradients(tensors, self._peer(self._virtual(chunk) + 1))
+        if saved.sent is not None:  # the next stage answered: it has the activations
+            transfers.release(saved.sent)
+        return tensors, grads
 
     def _send_input_grads(
         self, grads: list[torch.Tensor | None], saved: _Saved, chunk: int, transfers: Transfers
@@ -370,7 +373,7 @@ class Trainer:
 
     def _backward(self, saved: _Saved, chunk: int, transfers: Transfers) -> None:
         """The whole backward of one micro-batch on one chunk (no ``W`` in the schedule)."""
-        roots, grads = self._output_grads(saved, chunk)
+        roots, grads = self._output_grads(saved, chunk, transfers)
         torch.autograd.backward(roots, grads)
         inputs = saved.inputs
         self._send_input_grads(
@@ -381,7 +384,7 @@ class Trainer:
         """``B`` of a split backward: only the gradients of the chunk's inputs, sent back at
         once; the graph is kept for ``W``. The first virtual stage has no input gradient to
         compute (W runs its whole backward)."""
-        saved.roots, saved.grads = self._output_grads(saved, chunk)
+        saved.roots, saved.grads = self._output_grads(saved, chunk, transfers)
         if self._virtual(chunk) == 0:
             return
         wanted = [saved.inputs[k] for k in needing_grad(saved.inputs)]
@@ -546,6 +549,7 @@ class _Saved:
 
     inputs: Activations
     outputs: object
+    sent: int | None = None  # the token of the sends of ``outputs`` (``Transfers``)
     roots: list[torch.Tensor] | None = None
     grads: list[torch.Tensor] | None = None
     split: SplitBackward | None = None

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import os
 import statistics
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -84,11 +85,20 @@ class RankGroups:
     as every rank computes at once in training (on shared cores, a rank measured alone runs
     faster than it trains: 1.17x here for a matmul); rank 0's group is recorded. Every rank
     must ask for the same degrees in the same order; ranks left over (``tp`` not dividing the
-    world) get ``None`` and wait at a barrier until the groups are done."""
+    world) get ``None`` and wait at a barrier until the groups are done.
 
-    def __init__(self) -> None:
+    Where the ranks outnumber ``cores`` (gloo ranks sharing a CPU host), only the groups that
+    fit in the cores measure and the rest wait at the barrier. With every rank busy, a timed
+    layer ran at one or two times its speed by how the other ranks' phases happened to fall
+    (world 4 on 2 cores: a block's backward 1.3 ms in one round, 2.5 ms in the next), while a
+    training rank's compute fills the other ranks' waits, and the step came out as the
+    uncontended layer times predicted (fidelity, docs/simulator.md). ``cores`` None: no
+    limit (a GPU per rank)."""
+
+    def __init__(self, cores: int | None = None) -> None:
         self.rank = dist.get_rank()
         self.writer = self.rank == 0
+        self.cores = cores
         self._groups: dict[int, dist.ProcessGroup | None] = {}
 
     def origin(self, tp: int) -> str:
@@ -99,7 +109,8 @@ class RankGroups:
         if tp > dist.get_world_size():
             raise ValueError(f"tp {tp} needs {tp} ranks, the job has {dist.get_world_size()}")
         by_size = {size: self._group(size) for size in (1, tp)}
-        mine = by_size[tp]
+        measuring = measuring_ranks(world=dist.get_world_size(), tp=tp, cores=self.cores)
+        mine = by_size[tp] if self.rank < measuring else None
         yield None if mine is None else by_size  # type: ignore[misc]
         dist.barrier()
 
@@ -115,6 +126,25 @@ class RankGroups:
                     mine = created
             self._groups[size] = mine
         return self._groups[size]
+
+
+def measuring_ranks(*, world: int, tp: int, cores: int | None) -> int:
+    """How many ranks (the first ones, in whole groups of ``tp``) measure a degree at once: all
+    that form whole groups, or as many as ``cores`` holds, but always rank 0's group."""
+    whole = world - world % tp
+    if cores is None or cores >= whole:
+        return whole
+    return max(tp, cores - cores % tp)
+
+
+def host_cores(device: torch.device) -> int | None:
+    """The cores this process may run on where ranks share them (a CPU device), else None."""
+    if device.type != "cpu":
+        return None
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        return os.cpu_count()
 
 
 # --- the measured layer and its input, as the executor runs them -----------------------------

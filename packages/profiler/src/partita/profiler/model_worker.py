@@ -1,7 +1,8 @@
 """One torchrun rank of ``partita profile model --nproc N``: real tensor-parallel groups.
 
-Started by ``model_command`` through the executor's ``launch``; every rank measures each
-configuration its group belongs to (ranks 0..tp-1), rank 0 writes the file and prints.
+Started by ``model_command`` through the executor's ``launch``; the ranks measure each
+configuration in groups of tp (on a CPU host only as many ranks as it has cores; the rest
+wait), rank 0 writes the file and prints.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ def main(argv: list[str] | None = None) -> int:
 
     from partita.executor.worker import device_and_backend
     from partita.profiler import model_command
-    from partita.profiler.model_measure import RankGroups
+    from partita.profiler.model_measure import RankGroups, host_cores
     from partita.profiler.model_run import profile_model
     from partita.profiler.model_summary import summary
 
@@ -30,7 +31,7 @@ def main(argv: list[str] | None = None) -> int:
     args.nproc = dist.get_world_size()
     try:
         settings = model_command.settings_from(args, device=device)
-        groups = RankGroups()
+        groups = RankGroups(cores=host_cores(device))
         profile = profile_model(settings, groups)
         if groups.writer and not args.quiet:
             print(summary(profile))

@@ -117,6 +117,9 @@ class StageWork:
     # the weights) instead of the weight gradients alone: the executor does for a chunk with a
     # fully checkpointed or an FSDP (ZeRO-2/3) layer (``partita.executor.split_backward``).
     whole_weight_pass: bool = False
+    # The activations received from the previous virtual stage, one micro-batch: held until
+    # this stage's backward of it.
+    received_bytes: float = 0.0
 
     def weight_pass_s(self, layer: LayerWork) -> float:
         """What a split backward's W runs for ``layer``."""
@@ -147,7 +150,9 @@ class StageWork:
 
     @property
     def activation_bytes(self) -> float:
-        return sum(layer.activation_bytes for layer in self.layers)
+        """Kept per micro-batch in flight: the layers' activations and the input received
+        from the previous virtual stage (no layer here made it, so no profile counts it)."""
+        return sum(layer.activation_bytes for layer in self.layers) + self.received_bytes
 
 
 def layer_signature(layer: LayerDescription) -> tuple[object, ...]:
@@ -228,7 +233,10 @@ class WorkloadBuilder:
 
     def build(self) -> list[StageWork]:
         stages = stage_layers(self.plan, self.model)
-        works = [self._stage(index, layers) for index, layers in enumerate(stages)]
+        works = [
+            self._stage(index, layers, sender=stages[index - 1][-1] if index else None)
+            for index, layers in enumerate(stages)
+        ]
         return self._with_tied_table(works, stages)
 
     def _with_tied_table(
@@ -294,7 +302,13 @@ class WorkloadBuilder:
         sync = self.cost.hardware.sync
         return 1.0 + sync.compute_fraction if sync and self.plan.world_size > 1 else 1.0
 
-    def _stage(self, index: int, layers: list[tuple[LayerDescription, Strategy]]) -> StageWork:
+    def _stage(
+        self,
+        index: int,
+        layers: list[tuple[LayerDescription, Strategy]],
+        *,
+        sender: tuple[LayerDescription, Strategy] | None,
+    ) -> StageWork:
         works = []
         previous: Strategy | None = None
         for layer, strategy in layers:
@@ -322,6 +336,7 @@ class WorkloadBuilder:
             # once a step on each rank: counted with its first chunk
             + (self._step_end() if index < pipeline.degree else 0.0),
             whole_weight_pass=any(self._needs_whole_weight_pass(s) for s in strategies),
+            received_bytes=self._boundary_bytes(*sender) if sender else 0.0,
         )
 
     def _needs_whole_weight_pass(self, strategy: Strategy) -> bool:
@@ -456,6 +471,10 @@ class WorkloadBuilder:
         return layer.seq_len * layer.hidden_size * self.element_bytes * self._local_batch(strategy)
 
     def _p2p(self, layer: LayerDescription, strategy: Strategy) -> float:
+        return self._p2p_message(self._boundary_bytes(layer, strategy), strategy)
+
+    def _boundary_bytes(self, layer: LayerDescription, strategy: Strategy) -> float:
+        """What ``layer``, the last of a virtual stage, sends the next one per micro-batch."""
         scale = self.element_bytes / self.model.activation_bytes_per_element
         nbytes = layer.output_bytes_per_sample * scale * self._local_batch(strategy)
         if overflows(nbytes):
@@ -466,7 +485,7 @@ class WorkloadBuilder:
             )
         if strategy.sp != "none":
             nbytes /= strategy.tp  # the sequence stays split across the group
-        return self._p2p_message(nbytes, strategy)
+        return nbytes
 
     def _p2p_message(self, nbytes: float, strategy: Strategy) -> float:
         pp = self._placement("pp", strategy.tp)
