@@ -45,6 +45,18 @@ MYPY = "mypy>=2.4,<3"
 PYTEST = "pytest>=8"
 HYPOTHESIS = "hypothesis>=6"
 PYTEST_BENCHMARK = "pytest-benchmark>=4"
+# The report's browser test drives the system's Chromium (never `playwright install`, which
+# downloads a browser of its own).
+PLAYWRIGHT = "playwright>=1.40,<2"
+CHROMIUM_PACKAGE = "chromium"
+# The trainers whose own parsers check what `partita export-plan` writes
+# (integration_tests/test_trainer_parsers.py): installed without their dependencies, which
+# would pull another torch, datasets and triton; what their config code imports comes first.
+TRAINER_PARSER_DEPS = (
+    "tyro>=1.0,<2", "docstring-parser", "typeguard", "hjson", "psutil", "einops", "msgpack",
+    "ninja", "pydantic>=2", "py-cpuinfo", "tqdm", "setuptools", "wheel",
+)  # fmt: skip
+TRAINER_PARSERS = ("torchtitan==0.2.2", "deepspeed==0.19.8")
 
 TYPECHECKED_PACKAGES = ("formats", "simulator")
 
@@ -192,7 +204,15 @@ def tests(session: nox.Session, suite: str) -> None:
     """A package's tests, in a venv with only it and its in-repo deps; or the integration suite."""
     _check_python(session)
     if suite == INTEGRATION:
-        _install(session, *_install_specs(session, PACKAGES), PYTEST, HYPOTHESIS)
+        _install(session, *_install_specs(session, PACKAGES), PYTEST, HYPOTHESIS, PLAYWRIGHT)
+        _install(session, *TRAINER_PARSER_DEPS)
+        # DeepSpeed ships an sdist whose setup imports torch: build it against this venv's
+        # torch (no isolated build env, which would fetch another) and none of its C++ ops.
+        session.install(
+            "-c", CONSTRAINTS, "--no-deps", "--no-build-isolation", *TRAINER_PARSERS,
+            env={"DS_BUILD_OPS": "0"},
+        )  # fmt: skip
+        _ensure_chromium(session)
         test_dir = "integration_tests"
     else:
         _install(session, *_install_specs(session, [suite], extra="test"))
@@ -206,6 +226,29 @@ def tests(session: nox.Session, suite: str) -> None:
         *session.posargs,
         env=TEST_ENV,
     )
+
+
+def _ensure_chromium(session: nox.Session) -> None:
+    """The OS's Chromium for the report's browser test, installed with apt-get where it is
+    missing and this is a root Debian/Ubuntu; elsewhere the test skips and says why."""
+    import os
+
+    if shutil.which("chromium") or shutil.which("chromium-browser"):
+        return
+    if not shutil.which("apt-get") or not hasattr(os, "geteuid") or os.geteuid() != 0:
+        session.warn(
+            "chromium not found and cannot be installed here (needs apt-get as root): the "
+            f"report's browser test will skip; install it with `apt-get install {CHROMIUM_PACKAGE}`"
+        )
+        return
+    env = {"DEBIAN_FRONTEND": "noninteractive"}
+    session.run("apt-get", "update", "-qq", external=True, env=env, success_codes=[0, 100])
+    session.run(
+        "apt-get", "install", "-y", "-qq", "--no-install-recommends", CHROMIUM_PACKAGE,
+        external=True, env=env, success_codes=[0, 100],
+    )  # fmt: skip
+    if not shutil.which("chromium"):
+        session.warn("apt-get could not install chromium: the report's browser test will skip")
 
 
 @nox.session(python=None)

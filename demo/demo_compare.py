@@ -134,6 +134,7 @@ _ARTIFACTS = {
     "comparison.json": "the table above, as numbers",
     "summary.txt": "this summary (what the demo printed last)",
     "steps.jsonl": "one line per training step, written as it trained",
+    "report.html": "the report: plan, timeline, memory, search, predicted vs measured (offline)",
 }
 # Folders listed as one line each: what is inside belongs together.
 _FOLDERS = {
@@ -166,6 +167,8 @@ def artifact_lines(folder: Path) -> list[str]:
         what = _ARTIFACTS.get(path.name, "")
         if relative.parts[0] == "logs":
             what = "output of one stage"
+        elif path.name.endswith(".search.json"):
+            what = "that search's best plan, runners-up and baselines (partita plan --search-out)"
         elif path.name.startswith("baseline-"):
             what = "a baseline candidate (partita plan --space ...)"
         elif path.parent.name == "train" and path.name == "plan.json":

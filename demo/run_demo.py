@@ -113,7 +113,9 @@ def search(
             str(GLOBAL_BATCH), "--memory-gb", f"{budget_gb:.6g}", "--space", space]  # fmt: skip
     if max_pp is not None:
         args += ["--max-pipeline-degree", str(max_pp)]
-    result = try_stage(title, [*args, "--out", str(out)], log=run.log(out.stem))
+    search_out = out.with_name(f"{out.stem}.search.json")
+    args += ["--out", str(out), "--search-out", str(search_out)]
+    result = try_stage(title, args, log=run.log(out.stem))
     if result.returncode == EXIT_BAD_INPUT:
         return None, result.last_line.removeprefix("partita plan: error: ")
     return load(out, Plan), ""
@@ -223,6 +225,21 @@ def simulate_and_train(run: Run, role: str, plan_file: Path) -> None:
         )  # fmt: skip
 
 
+def write_report(run: Run, searched_file: Path) -> Path:
+    """One offline HTML page: the searched plan layer by layer, its simulated timeline and
+    memory, the search's runners-up, and both trainings predicted against measured."""
+    out = run.folder / "report.html"
+    search = searched_file.with_name(f"{searched_file.stem}.search.json")
+    stage(
+        "write the report (plan, timeline, memory, search, predicted vs measured)",
+        ["report", str(run.folder / "searched" / "train"),
+         "--run", str(run.folder / "baseline" / "train"), "--search", str(search),
+         *run.profiles, "--title", f"Partita demo: {MODEL_NAME}", "--out", str(out)],
+        log=run.log("report"),
+    )  # fmt: skip
+    return out
+
+
 def machine_note() -> str:
     cores = _cores()
     load = ", ".join(f"{x:.1f}" for x in os.getloadavg())
@@ -317,7 +334,9 @@ def main(argv: list[str] | None = None) -> int:
         _, baseline_file = baseline_plan(run, searched, budget_gb)
         simulate_and_train(run, "searched", searched_file)
         simulate_and_train(run, "baseline", baseline_file)
+        report = write_report(run, searched_file)
         compare(run, budget_gb, time.monotonic() - started)
+        print(f"report: {report} (open in a browser; works offline)")
     except StageFailed as failure:
         print(str(failure), file=sys.stderr)
         return 1

@@ -32,7 +32,7 @@ PACKAGE_NAMES = sorted(p.parent.name for p in PACKAGES_DIR.glob("*/pyproject.tom
 ALLOWED_IMPORTS: dict[str, frozenset[str]] = {
     "formats": frozenset({"partita.formats"}),
     "simulator": frozenset(
-        {"partita.formats", "partita.simulator", "numpy", "simpy", "matplotlib"}
+        {"partita.formats", "partita.simulator", "numpy", "simpy", "matplotlib", "plotly"}
     ),
     "models": frozenset(
         {

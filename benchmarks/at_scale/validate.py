@@ -128,7 +128,9 @@ def build_case(row: dict[str, Any]) -> Case:
         approximations.append("selective layer = every 2nd block checkpointed")
         every_other, ckpt = True, "full"
     elif ckpt == "selective":
-        approximations.append("selective op checkpointing priced as none (not expressible yet)")
+        approximations.append(
+            "selective op checkpointing priced as none (its op policy is not a plan's ckpt mode)"
+        )
         ckpt = "none"
     dp_mode = DP_MODES[parallel.get("dp_mode") or "ddp"]
     global_batch = parallel.get("global_batch_size") or (parallel["local_batch_size"] * dp)
@@ -140,7 +142,7 @@ def build_case(row: dict[str, Any]) -> Case:
     if micro is None:
         micro = global_batch // dp
     if "interleaved" in str(parallel.get("pp_schedule") or "") and pp > 1:
-        approximations.append("interleaved 1F1B priced as 1F1B (not expressible yet)")
+        approximations.append("interleaved 1F1B priced as 1F1B (virtual stages not stated)")
     strategy = f"tp={tp},pp={pp},dp={dp_mode},ckpt={ckpt},mb={micro}"
     plan = uniform_plan(
         strategy, model, world_size=gpus, global_batch=global_batch, precision="bf16"

@@ -13,7 +13,11 @@ from partita.simulator.search import DEFAULT_SCHEDULES
 
 if TYPE_CHECKING:
     from partita.formats import ModelDescription
+    from partita.formats.common import Precision
     from partita.simulator.profile_inputs import Profiles
+    from partita.simulator.search.engine import SearchProblem
+    from partita.simulator.search.planner import PlanningResult
+    from partita.simulator.search.space import SearchSpace
 
 
 def _add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -71,6 +75,12 @@ def _add_arguments(parser: argparse.ArgumentParser) -> None:
         "--cluster, also predict it",
     )
     parser.add_argument("--out", required=True, metavar="FILE", help="where to write the plan")
+    parser.add_argument(
+        "--search-out",
+        metavar="FILE",
+        help="also write the best plan, runners-up, baselines and what each technique bought "
+        "as JSON (partita.search_results; `partita report --search` shows it)",
+    )
 
 
 def _run(args: argparse.Namespace) -> int:
@@ -78,7 +88,6 @@ def _run(args: argparse.Namespace) -> int:
     from partita.formats.summaries import summarize
     from partita.simulator.model_source import load_model_description
     from partita.simulator.profile_inputs import load_profiles
-    from partita.simulator.search.engine import SearchProblem
     from partita.simulator.search.planner import plan_search
     from partita.simulator.search.space import SearchSpace
     from partita.simulator.search_report import search_summary
@@ -103,23 +112,19 @@ def _run(args: argparse.Namespace) -> int:
         return _write_uniform(args, model, world_size, profiles)
     assert profiles is not None
     hardware, model_profile = profiles.hardware, profiles.model_profile
-    memory_bytes = (
-        args.memory_gb * 2**30 if args.memory_gb is not None else hardware.device.memory_bytes
-    )
-    problem = SearchProblem(
-        hardware=hardware,
-        model_profile=model_profile,
+    problem = search_problem(
         model=model,
+        profiles=profiles,
         world_size=world_size,
-        memory_bytes=memory_bytes,
         global_batch=args.global_batch,
+        memory_gb=args.memory_gb,
+        precision=args.precision,
         space=SearchSpace(
             name=args.space,
             schedules=_listed(args.schedules, "--schedules"),
             max_pipeline_degree=args.max_pipeline_degree,
             recompute=_listed(args.recompute, "--recompute"),
         ),
-        precision=args.precision or model_profile.dtype,
     )
     print(f"searching {model.name} on {world_size} devices from {profiles.origin}")
     result = plan_search(problem)
@@ -137,7 +142,52 @@ def _run(args: argparse.Namespace) -> int:
     print(summarize(plan, source=str(path)))
     print()
     print(search_summary(result, budget_bytes=problem.memory_bytes))
+    if args.search_out:
+        _write_search_results(args.search_out, result, budget_bytes=problem.memory_bytes)
     return EXIT_OK
+
+
+def _write_search_results(out: str, result: PlanningResult, *, budget_bytes: float) -> None:
+    import json
+    from pathlib import Path
+
+    from partita.simulator.html_report_inputs import search_results_document
+
+    document = search_results_document(result, budget_bytes=budget_bytes)
+    try:
+        Path(out).write_text(json.dumps(document, indent=2) + "\n")
+    except OSError as error:
+        raise ValueError(f"--search-out {out}: cannot write ({error.strerror or error})") from None
+    print(f"search results: {out}")
+
+
+def search_problem(
+    *,
+    model: ModelDescription,
+    profiles: Profiles,
+    world_size: int,
+    global_batch: int,
+    memory_gb: float | None,
+    precision: Precision | None,
+    space: SearchSpace | None = None,
+) -> SearchProblem:
+    """The search ``partita plan`` runs (also ``import-plan --search``): the device's memory
+    unless ``memory_gb`` says less or more, the profile's precision unless given."""
+    from partita.simulator.search.engine import SearchProblem
+    from partita.simulator.search.space import SearchSpace
+
+    hardware = profiles.hardware
+    memory_bytes = memory_gb * 2**30 if memory_gb is not None else hardware.device.memory_bytes
+    return SearchProblem(
+        hardware=hardware,
+        model_profile=profiles.model_profile,
+        model=model,
+        world_size=world_size,
+        memory_bytes=memory_bytes,
+        global_batch=global_batch,
+        space=space or SearchSpace(name="full"),
+        precision=precision or profiles.model_profile.dtype,
+    )
 
 
 def _write_uniform(
