@@ -237,13 +237,35 @@ class _Options:
     transient: np.ndarray  # bytes
     sync: np.ndarray  # gradient collectives, s
     weight: np.ndarray  # the backward's weight gradients (a split backward's W pass), s
+    late: np.ndarray  # of ``static``, the gradients the backward makes (not DDP's buckets)
 
     @functools.cached_property
     def positions(self) -> dict[Strategy, int]:
         return {strategy: i for i, strategy in enumerate(self.strategies)}
 
-    def memory(self, in_flight: int) -> np.ndarray:
-        memory: np.ndarray = self.static + in_flight * self.activation
+    def static_at(self, first: bool) -> np.ndarray:
+        """What a block holds beside its micro-batches' activations at the stage's peak.
+
+        Where every micro-batch is in flight before the stage's first backward (``first``:
+        GPipe, one micro-batch), the peak is inside that backward: layer j holds its
+        activation until its backward and its gradient from then on, so at most the larger
+        of the two, and the layer being run both (``transient_at``); later backwards hold
+        fewer micro-batches. Elsewhere a later backward holds every gradient and as many
+        micro-batches: both counted whole."""
+        if not first:
+            return self.static
+        held: np.ndarray = self.static - self.late + np.maximum(self.activation, self.late)
+        beside: np.ndarray = held - self.activation
+        return beside
+
+    def transient_at(self, first: bool) -> np.ndarray:
+        if not first:
+            return self.transient
+        bound: np.ndarray = self.transient + np.minimum(self.activation, self.late)
+        return bound
+
+    def memory(self, in_flight: int, first: bool = False) -> np.ndarray:
+        memory: np.ndarray = self.static_at(first) + in_flight * self.activation
         return memory
 
     @functools.cached_property
@@ -256,7 +278,17 @@ class _Options:
         """Indices of the strategies no other one beats or ties on time, parameter and
         activation memory and transient memory at once (first of equals kept): the only
         ones a stage's choice can need, whatever its micro-batches in flight."""
-        costs = np.stack([self.ranked_time, self.static, self.activation, self.transient], 1)
+        costs = np.stack(
+            [
+                self.ranked_time,
+                self.static,
+                self.activation,
+                self.transient,
+                self.static_at(True),
+                self.transient_at(True),
+            ],
+            1,
+        )
         no_worse = (costs[:, None, :] <= costs[None, :, :]).all(axis=2)  # [i, j]: i <= j
         better = no_worse & ~no_worse.T
         ties = no_worse & no_worse.T & np.tri(len(costs), k=-1, dtype=bool).T  # i before j
@@ -321,7 +353,37 @@ class _Searcher:
                 priced.append(self._estimated(variant))
             except FormatError:  # a refinement the model does not allow (vocab SP of a ViT)
                 continue
+        trimmed = self._recompute_trimmed(plan)
+        if trimmed is not None:
+            priced.append(trimmed)
         return priced
+
+    def _recompute_trimmed(self, plan: Plan) -> Candidate | None:
+        """``plan`` with as many of its recomputing blocks as still fit keeping everything
+        instead, the last first; None where none can. The stage choice prices memory with a
+        bound that holds wherever a block sits; the estimate knows where the peak falls, so
+        a plan chosen under the bound often has room left (llama2-7b on 8 GPUs at 36 GiB: 14
+        blocks recomputed at 30.8 GiB, where 9 fit)."""
+        recomputing = [i for i, layer in enumerate(plan.layers) if layer.ckpt != "none"]
+        space = self.problem.space
+        if not recomputing or not space.per_layer or "none" not in space.recompute:
+            return None  # (a space of one strategy for every block keeps it)
+
+        def relaxed(count: int) -> Plan:
+            layers = list(plan.layers)
+            for index in recomputing[len(recomputing) - count :]:
+                layers[index] = replace(layers[index], ckpt="none")
+            return replace(plan, layers=tuple(layers))
+
+        best, low, high = None, 1, len(recomputing)
+        while low <= high:  # memory grows with every block relaxed: the most that fit
+            middle = (low + high) // 2
+            candidate = self._estimated(relaxed(middle))
+            if max(candidate.peak_memory_bytes) <= self.problem.memory_bytes:
+                best, low = candidate, middle + 1
+            else:
+                high = middle - 1
+        return best
 
     def _schedule_variants(self, plan: Plan) -> list[Plan]:
         pipeline, schedules = plan.pipeline, self.problem.space.schedules
@@ -427,6 +489,7 @@ class _Searcher:
             transient=np.array([w.transient_bytes for w in works]),
             sync=np.array([sum(t for _, t in w.grad_sync) for w in works]),
             weight=np.array([w.weight_backward_s for w in works]),
+            late=np.array([0.0 if w.grads_held else w.grad_bytes for w in works]),
         )
 
     def _pipeline_degrees(self) -> list[int]:
@@ -532,6 +595,7 @@ class _Searcher:
         for block, signature in enumerate(shape.signatures):
             counts[stage_of[block], kinds.index(signature)] += 1
         flights = np.array(in_flights, dtype=float)
+        firsts = _first_backward_peaks(template, in_flights)
 
         def held_costs(vocab: dict[str, LayerWork]) -> tuple[np.ndarray, ...]:
             held = [self._vocab_held(stage, len(sizes), vocab) for stage in range(len(sizes))]
@@ -561,13 +625,16 @@ class _Searcher:
             picks = [o.positions[strategy] for o in options]
             per_kind = np.array(
                 [
-                    (o.time[p], o.static[p], o.activation[p], o.transient[p], o.weight[p])
+                    (o.time[p], o.static[p], o.activation[p], o.transient[p], o.weight[p],
+                     o.static_at(True)[p], o.transient_at(True)[p])
                     for o, p in zip(options, picks, strict=True)
                 ]
-            )
+            )  # fmt: skip
             per_micro_batch = counts @ per_kind[:, 0] + held_time
-            transient = np.maximum((present * per_kind[:, 3]).max(axis=1), held_transient)
-            peaks = counts @ per_kind[:, 1] + flights * (counts @ per_kind[:, 2]) + held_memory
+            static = np.where(firsts, counts @ per_kind[:, 5], counts @ per_kind[:, 1])
+            own = np.where(firsts[:, None], per_kind[None, :, 6], per_kind[None, :, 3])
+            transient = np.maximum((present * own).max(axis=1), held_transient)
+            peaks = static + flights * (counts @ per_kind[:, 2]) + held_memory
             peak = float((peaks + transient).max())
             weights = counts @ per_kind[:, 4] + held_weight
             proxy = _pipeline_proxy(
@@ -587,17 +654,21 @@ class _Searcher:
     def _layerwise(self, shape: _Shape, sizes: tuple[int, ...]) -> tuple[Plan, float, float] | None:
         template = shape.template
         in_flights = _in_flight(template.pipeline.schedule, len(sizes), template.num_micro_batches)
+        firsts = _first_backward_peaks(template, in_flights)
         indices: list[int] = []
         start = 0
         for stage, count in enumerate(sizes):
-            in_flight = in_flights[stage]
+            in_flight, first = in_flights[stage], bool(firsts[stage])
             reserve = self._stage_reserve(stage, len(sizes), shape.vocab, in_flight)
             tables = [shape.options[sig] for sig in shape.signatures[start : start + count]]
             # Partitions and schedules repeat stage contents. Keyed by the tables' ids, which
             # stay unique because the cache keeps the tables alive.
-            key = (tuple(map(id, tables)), in_flight, self.problem.memory_bytes - reserve)
+            key = (tuple(map(id, tables)), in_flight, first, self.problem.memory_bytes - reserve)
             if key not in self._choices:
-                self._choices[key] = (tables, _stage_choice(tables, in_flight, key[2]))
+                self._choices[key] = (
+                    tables,
+                    _stage_choice(tables, in_flight, key[3], first=first),
+                )
             picks = self._choices[key][1]
             if picks is None:
                 return None
@@ -611,10 +682,11 @@ class _Searcher:
         """The plan, its proxy time (pipeline of per-layer compute) and its exact peak memory."""
         template = shape.template
         in_flights = _in_flight(template.pipeline.schedule, len(sizes), template.num_micro_batches)
+        firsts = _first_backward_peaks(template, in_flights)
         tables = [shape.options[sig] for sig in shape.signatures]
         per_micro_batch, weights, peaks, start = [], [], [], 0
         for stage, count in enumerate(sizes):
-            in_flight = in_flights[stage]
+            in_flight, first = in_flights[stage], bool(firsts[stage])
             held = self._vocab_held(stage, len(sizes), shape.vocab)
             chosen = [(tables[i], indices[i]) for i in range(start, start + count)]
             per_micro_batch.append(
@@ -625,10 +697,11 @@ class _Searcher:
                 sum(float(t.weight[c]) for t, c in chosen) + sum(w.weight_backward_s for w in held)
             )
             peaks.append(
-                sum(float(t.memory(in_flight)[c]) for t, c in chosen)
+                sum(float(t.memory(in_flight, first)[c]) for t, c in chosen)
                 + sum(_memory(w, in_flight) for w in held)
                 + max(
-                    [float(t.transient[c]) for t, c in chosen] + [w.transient_bytes for w in held]
+                    [float(t.transient_at(first)[c]) for t, c in chosen]
+                    + [w.transient_bytes for w in held]
                 )
             )
             start += count
@@ -678,20 +751,30 @@ def _in_flight(schedule: str, num_stages: int, num_micro_batches: int) -> tuple[
     return tuple(max_in_flight(actions) for actions in stages)
 
 
-def _stage_choice(tables: list[_Options], in_flight: int, budget: float) -> list[int] | None:
+def _first_backward_peaks(template: Plan, in_flights: tuple[int, ...]) -> np.ndarray:
+    """Per stage, whether its peak is inside its first backward (:meth:`_Options.static_at`):
+    every micro-batch in flight before it, and no split backward (W frees and makes later)."""
+    if template.pipeline.schedule not in ("gpipe", "1f1b"):
+        return np.zeros(len(in_flights), dtype=bool)
+    return np.array([f >= template.num_micro_batches for f in in_flights], dtype=bool)
+
+
+def _stage_choice(
+    tables: list[_Options], in_flight: int, budget: float, *, first: bool = False
+) -> list[int] | None:
     """Per-block strategy indices minimising the stage's compute time within ``budget``; the
     largest transient buffer is reserved once the choice shows which it is. Strategies that
     another beats on every count are left out of the choice."""
     kept = [t.undominated for t in tables]
     times = [t.ranked_time[k] for t, k in zip(tables, kept, strict=True)]
-    memories = [t.memory(in_flight)[k] for t, k in zip(tables, kept, strict=True)]
+    memories = [t.memory(in_flight, first)[k] for t, k in zip(tables, kept, strict=True)]
     reserve = 0.0
     for _ in range(3):
         picks = cheapest_assignment(times, memories, budget_bytes=budget - reserve)
         if picks is None:
             return None
         picks = [int(k[p]) for k, p in zip(kept, picks, strict=True)]
-        transient = max(float(t.transient[p]) for t, p in zip(tables, picks, strict=True))
+        transient = max(float(t.transient_at(first)[p]) for t, p in zip(tables, picks, strict=True))
         if transient <= reserve:
             return picks
         reserve = transient
