@@ -124,7 +124,7 @@ def _candidates(
     plan: Plan, model: ModelDescription, trainer: ModuleType, *, source: str
 ) -> list[Candidate]:
     """Each distinct block strategy on every block, moved to what ``trainer`` expresses."""
-    from partita.simulator.interop.uniform import layer_strategies, uniform_of
+    from partita.simulator.interop.uniform import describe, layer_strategies, uniform_of
 
     try:
         exact = [uniform_of(plan)]
@@ -138,7 +138,7 @@ def _candidates(
         for strategy, blocks in counts.items():
             uniform = _uniform_for(plan, strategy)
             if uniform is not None:
-                note = f"every block {_strategy_text(strategy)} (the plan is layer-wise)"
+                note = f"every block {describe(strategy)} (the plan is layer-wise)"
                 seeds.append((uniform, blocks, (note,)))
     out: dict[str, Candidate] = {}
     refusals: list[str] = []
@@ -381,13 +381,6 @@ def _emit(text: str, out: str | None, what: str) -> None:
     except OSError as error:
         raise ValueError(f"--out {out}: cannot write ({error.strerror or error})") from None
     print(f"wrote {what}: {path}")
-
-
-def _strategy_text(strategy: object) -> str:
-    from partita.formats import LayerStrategy
-
-    assert isinstance(strategy, LayerStrategy)
-    return f"tp {strategy.tp}, sp {strategy.sp}, dp {strategy.dp}, ckpt {strategy.ckpt}"
 
 
 def _ms(result: SimulationResult) -> str:

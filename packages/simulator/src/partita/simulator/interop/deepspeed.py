@@ -30,10 +30,10 @@ from typing import Any
 
 from partita.formats import ModelDescription
 from partita.simulator.interop.uniform import (
+    NO_PIPELINE,
     Rule,
     Uniform,
     nearest_by_rules,
-    single_stage_schedule,
     unmet,
 )
 
@@ -94,12 +94,7 @@ _RULES = (
         fix=lambda u: replace(u, vocab_sp=False),
         note="AutoTP has no sequence parallelism",
     ),
-    Rule(
-        applies=single_stage_schedule,
-        what=lambda u: f"schedule {u.schedule} without a pipeline",
-        fix=lambda u: replace(u, schedule="1f1b", chunks=1),
-        note="no pipeline",
-    ),
+    NO_PIPELINE,
 )
 
 

@@ -47,10 +47,10 @@ from dataclasses import dataclass, field, replace
 from partita.formats import ModelDescription
 from partita.formats.common import Ckpt, DpMode, Precision, SpMode
 from partita.simulator.interop.uniform import (
+    NO_PIPELINE,
     Rule,
     Uniform,
     nearest_by_rules,
-    single_stage_schedule,
     sp_off_without_tp,
     unmet,
 )
@@ -101,12 +101,7 @@ _RULES = (
         fix=lambda u: replace(u, vocab_sp=_vocab_sp(u)),
         note="the embedding and head follow --sequence-parallel",
     ),
-    Rule(
-        applies=single_stage_schedule,
-        what=lambda u: f"schedule {u.schedule} without a pipeline",
-        fix=lambda u: replace(u, schedule="1f1b", chunks=1),
-        note="no pipeline",
-    ),
+    NO_PIPELINE,
     Rule(
         applies=lambda u: u.schedule == "gpipe",
         what=lambda u: "the GPipe schedule (Megatron-LM runs 1F1B)",

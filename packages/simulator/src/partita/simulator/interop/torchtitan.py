@@ -49,10 +49,10 @@ from typing import Any
 from partita.formats import ModelDescription
 from partita.formats.common import Ckpt, DpMode, Precision, Schedule
 from partita.simulator.interop.uniform import (
+    NO_PIPELINE,
     Rule,
     Uniform,
     nearest_by_rules,
-    single_stage_schedule,
     unmet,
 )
 
@@ -122,12 +122,7 @@ _RULES = (
         fix=lambda u: replace(u, vocab_sp=_vocab_sp(u)),
         note="the embedding and head follow tensor parallelism",
     ),
-    Rule(
-        applies=single_stage_schedule,
-        what=lambda u: f"schedule {u.schedule} without a pipeline",
-        fix=lambda u: replace(u, schedule="1f1b", chunks=1),
-        note="no pipeline",
-    ),
+    NO_PIPELINE,
     Rule(
         applies=lambda u: u.schedule == "zb-h1",
         what=lambda u: "ZB-H1 (TorchTitan's zero-bubble schedules run two or more stages per rank)",

@@ -269,3 +269,12 @@ def sp_off_without_tp(u: Uniform) -> bool:
 def single_stage_schedule(u: Uniform) -> bool:
     """A pipeline schedule other than the plain one stated without a pipeline."""
     return u.pp == 1 and (u.schedule != "1f1b" or u.chunks != 1)
+
+
+# Every trainer states no schedule without a pipeline.
+NO_PIPELINE = Rule(
+    applies=single_stage_schedule,
+    what=lambda u: f"schedule {u.schedule} without a pipeline",
+    fix=lambda u: dataclasses.replace(u, schedule="1f1b", chunks=1),
+    note="no pipeline",
+)

@@ -595,7 +595,9 @@ class _Searcher:
         for block, signature in enumerate(shape.signatures):
             counts[stage_of[block], kinds.index(signature)] += 1
         flights = np.array(in_flights, dtype=float)
-        firsts = _first_backward_peaks(template, in_flights)
+        firsts = _first_backward_peaks(
+            template.pipeline.schedule, len(sizes), template.num_micro_batches
+        )
 
         def held_costs(vocab: dict[str, LayerWork]) -> tuple[np.ndarray, ...]:
             held = [self._vocab_held(stage, len(sizes), vocab) for stage in range(len(sizes))]
@@ -654,7 +656,9 @@ class _Searcher:
     def _layerwise(self, shape: _Shape, sizes: tuple[int, ...]) -> tuple[Plan, float, float] | None:
         template = shape.template
         in_flights = _in_flight(template.pipeline.schedule, len(sizes), template.num_micro_batches)
-        firsts = _first_backward_peaks(template, in_flights)
+        firsts = _first_backward_peaks(
+            template.pipeline.schedule, len(sizes), template.num_micro_batches
+        )
         indices: list[int] = []
         start = 0
         for stage, count in enumerate(sizes):
@@ -682,7 +686,9 @@ class _Searcher:
         """The plan, its proxy time (pipeline of per-layer compute) and its exact peak memory."""
         template = shape.template
         in_flights = _in_flight(template.pipeline.schedule, len(sizes), template.num_micro_batches)
-        firsts = _first_backward_peaks(template, in_flights)
+        firsts = _first_backward_peaks(
+            template.pipeline.schedule, len(sizes), template.num_micro_batches
+        )
         tables = [shape.options[sig] for sig in shape.signatures]
         per_micro_batch, weights, peaks, start = [], [], [], 0
         for stage, count in enumerate(sizes):
@@ -751,12 +757,15 @@ def _in_flight(schedule: str, num_stages: int, num_micro_batches: int) -> tuple[
     return tuple(max_in_flight(actions) for actions in stages)
 
 
-def _first_backward_peaks(template: Plan, in_flights: tuple[int, ...]) -> np.ndarray:
+@functools.cache
+def _first_backward_peaks(schedule: str, num_stages: int, num_micro_batches: int) -> np.ndarray:
     """Per stage, whether its peak is inside its first backward (:meth:`_Options.static_at`):
     every micro-batch in flight before it, and no split backward (W frees and makes later)."""
-    if template.pipeline.schedule not in ("gpipe", "1f1b"):
-        return np.zeros(len(in_flights), dtype=bool)
-    return np.array([f >= template.num_micro_batches for f in in_flights], dtype=bool)
+    in_flights = _in_flight(schedule, num_stages, num_micro_batches)
+    plain = schedule in ("gpipe", "1f1b")
+    flags = np.array([plain and f >= num_micro_batches for f in in_flights], dtype=bool)
+    flags.setflags(write=False)  # shared by every caller through the cache
+    return flags
 
 
 def _stage_choice(
