@@ -178,6 +178,7 @@ def test_bad_input_is_one_line(tmp_path: Path, args: tuple[str, ...], message: s
     assert result.returncode == 2
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and message in lines[0], result.stderr
+    assert not (tmp_path / "x.json").exists()  # refused before anything is written
 
 
 def test_every_block_keeps_the_strategy_the_trainer_was_given(tmp_path: Path) -> None:

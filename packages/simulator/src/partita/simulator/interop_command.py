@@ -262,12 +262,13 @@ def _run_import(args: argparse.Namespace) -> int:
             tools={args.source: trainer.VERSION},
         ),
     )
+    # Every input is checked before the plan is written: a refusal leaves --out as it was.
+    profiles = _optional_profiles(args, model, plan)
+    if profiles is None and args.search:
+        raise ValueError("--search needs --cluster, or --hardware with --model-profile")
     saved = save(plan, args.out)
     print(summarize(plan, source=str(saved)))
-    profiles = _optional_profiles(args, model, plan)
     if profiles is None:
-        if args.search:
-            raise ValueError("--search needs --cluster, or --hardware with --model-profile")
         print("(not predicted: give --cluster or --hardware with --model-profile)")
         return EXIT_OK
     current = _simulated(plan, model, profiles)
