@@ -250,7 +250,7 @@ def strategy_name(layer: LayerStrategy) -> str:
         words.append(layer.sp)
     words.append(layer.dp)
     if layer.ckpt != "none":
-        words.append("ckpt" if layer.ckpt == "full" else "ckpt-attention")
+        words.append("ckpt" if layer.ckpt == "full" else f"ckpt-{layer.ckpt}")
     return "-".join(words)
 
 
@@ -330,6 +330,7 @@ def layerwise_plans(world: int, model: ModelDescription, *, count: int) -> list[
 QUICK_UNIFORM = {
     "ddp", "zero1", "zero2", "zero3", "ddp-ckpt", "ddp-ckpt-attention", "tp2-ddp",
     "tp2-megatron-ddp", "tp2-ulysses-ddp", "tp2-zero3", "tp2-megatron-ddp-vocab-sp",
+    "ddp-ckpt-selective-op", "tp2-megatron-zero3-ckpt-selective-op",
 }  # fmt: skip
 
 

@@ -37,7 +37,7 @@ def _strategy(layer: LayerStrategy) -> str:
         words.append(f"sp {layer.sp}")
     words.append(layer.dp)
     if layer.ckpt != "none":
-        words.append("ckpt" if layer.ckpt == "full" else "ckpt-attention")
+        words.append("ckpt" if layer.ckpt == "full" else f"ckpt-{layer.ckpt}")
     return " ".join(words)
 
 

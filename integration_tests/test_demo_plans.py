@@ -33,11 +33,12 @@ def test_plan_names_tell_recompute_modes_and_chunks_apart() -> None:
     )
     names = {
         ckpt: demo.describe_plan(replace(plan, layers=(LayerStrategy(ckpt=ckpt),) * 4))
-        for ckpt in ("none", "attention", "full")
+        for ckpt in ("none", "attention", "selective-op", "full")
     }
     assert names == {
         "none": "ddp, x2 micro-batches",
         "attention": "ddp ckpt-attention, x2 micro-batches",
+        "selective-op": "ddp ckpt-selective-op, x2 micro-batches",
         "full": "ddp ckpt, x2 micro-batches",
     }
     interleaved = replace(

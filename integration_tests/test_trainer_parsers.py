@@ -64,7 +64,7 @@ def _settings(trainer: types.ModuleType) -> list[Uniform]:
         (1, 2, 4),
         (1, 2, 4),
         ("ddp", "zero1", "zero2", "zero3"),
-        ("none", "attention", "full"),
+        ("none", "attention", "selective-op", "full"),
         ("fp32", "bf16", "fp16"),
         (False, True),
     ):

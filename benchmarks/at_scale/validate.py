@@ -127,11 +127,8 @@ def build_case(row: dict[str, Any]) -> Case:
     if ckpt == "selective" and parallel.get("selective_ac_option") == "layer":
         approximations.append("selective layer = every 2nd block checkpointed")
         every_other, ckpt = True, "full"
-    elif ckpt == "selective":
-        approximations.append(
-            "selective op checkpointing priced as none (its op policy is not a plan's ckpt mode)"
-        )
-        ckpt = "none"
+    elif ckpt == "selective":  # TorchTitan's "op" policy: the plan's own ckpt mode
+        ckpt = "selective-op"
     dp_mode = DP_MODES[parallel.get("dp_mode") or "ddp"]
     global_batch = parallel.get("global_batch_size") or (parallel["local_batch_size"] * dp)
     micro = parallel.get("micro_batch_size")
@@ -221,8 +218,10 @@ def _strategy_line(plan: Plan) -> str:
     dp = plan.world_size // (layer.tp * plan.pipeline.degree)
     mb = plan.global_batch_size // (dp * plan.num_micro_batches)
     checkpointed = sum(x.recomputes for x in plan.layers)
-    ckpt = {0: "", len(plan.layers): " ckpt"}.get(
-        checkpointed, f" ckpt {checkpointed}/{len(plan.layers)}"
+    modes = {x.ckpt for x in plan.layers} - {"none"}
+    mode = "full" if modes == {"full"} else "/".join(sorted(modes))
+    ckpt = {0: "", len(plan.layers): f" ckpt {mode}"}.get(
+        checkpointed, f" ckpt {mode} {checkpointed}/{len(plan.layers)}"
     )
     return (
         f"tp{layer.tp} pp{plan.pipeline.degree} dp{dp} {layer.dp}"

@@ -1,9 +1,9 @@
 """Every plan kind on gloo with the default device set to ``meta`` after the first step (so a
 tensor made without naming the rank's device fails the step), and under bf16 and fp16 against
 one process under the same precision: DDP, ZeRO-1/2/3, TP, Megatron SP, Ulysses, vocab SP,
-full and selective (attention) checkpointing, GPipe, 1F1B, interleaved 1F1B, ZB-H1 and a
-layer-wise plan on GPT, a T5 pipeline, and a GPipe pipeline
-of each other family (LLaMA, BERT, ViT, Swin).
+full, selective (attention) and selective-op checkpointing (the last also under Megatron SP),
+GPipe, 1F1B, interleaved 1F1B, ZB-H1 and a layer-wise plan on GPT, a T5 pipeline, and a GPipe
+pipeline of each other family (LLaMA, BERT, ViT, Swin).
 
 fp32 cases must equal one process as tightly as the equality suite (losses rtol 1e-5,
 parameters ``allclose(1e-5, 1e-5)``). Mixed precision cannot: a sharded matmul rounds its
@@ -74,6 +74,14 @@ def _plans() -> dict[str, tuple[str, Plan]]:
             make_plan(gpt, world=WORLD, pp=2, schedule="1f1b", micro_batches=4),  # type: ignore[dict-item]
         ),
         "ckpt-attention": (gpt, _uniform(gpt, LayerStrategy(ckpt="attention"), VocabStrategy())),
+        "ckpt-selective-op": (
+            gpt,
+            _uniform(gpt, LayerStrategy(ckpt="selective-op"), VocabStrategy()),
+        ),
+        "ckpt-selective-op-megatron-sp2": (
+            gpt,
+            _uniform(gpt, LayerStrategy(tp=2, sp="megatron", ckpt="selective-op"), VocabStrategy()),
+        ),
         "vocab-sp2": (
             gpt,
             _uniform(gpt, LayerStrategy(tp=2, sp="megatron"), VocabStrategy(tp=2, sp=True)),

@@ -67,7 +67,10 @@ STRATEGIES: dict[str, dict[str, Strategy]] = {
         "ulysses{n}": lambda n: LayerStrategy(tp=n, sp="ulysses"),
         "ulysses2-ddp": _fixed(LayerStrategy(tp=2, sp="ulysses")),
     },
-    "ckpt": {"ckpt": _fixed(LayerStrategy(ckpt="full"))},
+    "ckpt": {
+        "ckpt": _fixed(LayerStrategy(ckpt="full")),
+        "selective-op": _fixed(LayerStrategy(ckpt="selective-op")),
+    },
 }
 # Mixed precision, for every family: (precision, strategy).
 MIXED = {"bf16": LayerStrategy(tp=2), "fp16": LayerStrategy(dp="zero3")}

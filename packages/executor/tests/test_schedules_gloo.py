@@ -15,6 +15,10 @@ Cases (global batch 8; ``STEPS`` AdamW steps, lr 1e-3, eps 1e-6; the comparison 
 - ``families/``: BERT, ViT and Swin under 1F1B and GPipe on 2 and 4 stages (BERT and ViT with
   4 blocks for 4 stages: their tiny presets have 2 and 3);
 - ``attention-ckpt/``: ``ckpt`` "attention" under tensor parallelism and Ulysses, no pipeline;
+- ``selective-op/``: ``ckpt`` "selective-op" under DDP, Megatron-SP, ZeRO-3 (2 data-parallel
+  ranks), a 2-stage 1F1B pipeline, a layer-wise plan mixing it with "full" and "attention"
+  under tp, both sequence parallelisms and ZeRO, and ZB-H1 (whose W recomputes the layer a
+  second time);
 - ``checkpoint/``: a checkpoint saved under an interleaved plan resumed under a plain one and
   in one plain process, and one saved under a plain plan resumed under an interleaved one
   (``checkpoint_worker``: 4 steps, saved after 2).
@@ -75,6 +79,8 @@ def _zb(world: int, **settings: object) -> dict[str, object]:
 
 
 CKPT4 = tuple(L(ckpt=c) for c in ("full", "attention", "none", "attention"))  # type: ignore[arg-type]
+SEL = (L(ckpt="selective-op"),)
+CKPT4_SEL = tuple(L(ckpt=c) for c in ("attention", "selective-op", "none", "selective-op"))  # type: ignore[arg-type]
 WORLD2 = [
     _case("interleaved/gpt8/c4-m4", GPT8, **_interleaved(2, 4, pp=2, micro_batches=4)),
     _case(
@@ -126,6 +132,45 @@ WORLD2 = [
         "t5-tiny",
         world=2,
         layers=tuple(L(tp=2, sp="ulysses", ckpt="attention") for _ in range(5)),
+    ),
+    _case("selective-op/gpt-tiny/ddp2", "gpt-tiny", world=2, micro_batches=2, layers=SEL * 4),
+    _case(
+        "selective-op/llama-tiny/megatron-sp2",
+        "llama-tiny",
+        world=2,
+        layers=tuple(L(tp=2, sp="megatron", ckpt="selective-op") for _ in range(2)),
+    ),
+    _case(
+        "selective-op/t5-tiny/zero3",
+        "t5-tiny",
+        world=2,
+        layers=tuple(L(dp="zero3", ckpt="selective-op") for _ in range(5)),
+        vocab=VocabStrategy(dp="zero3"),
+    ),
+    _case(
+        "selective-op/llama4/1f1b-pp2-m4",
+        LLAMA4,
+        world=2,
+        pp=2,
+        schedule="1f1b",
+        micro_batches=4,
+        layers=SEL * 4,
+    ),
+    _case(
+        "selective-op/gpt-tiny/layerwise",
+        "gpt-tiny",
+        world=2,
+        micro_batches=2,
+        layers=(
+            L(tp=2, sp="ulysses", ckpt="selective-op"),
+            L(dp="zero3", ckpt="full"),
+            L(tp=2, sp="megatron", ckpt="attention"),
+            L(dp="zero1", ckpt="selective-op"),
+        ),
+    ),
+    # The second stage's W runs its whole backward again: the layer is recomputed twice.
+    _case(
+        "selective-op/gpt-tiny/zb-m4", "gpt-tiny", **_zb(2, pp=2, micro_batches=4, layers=CKPT4_SEL)
     ),
 ]
 MIX4 = (
@@ -274,7 +319,7 @@ def test_case_grid() -> None:
     schedules = {(p["pipeline"]["schedule"], p["pipeline"]["chunks"]) for p in plans}
     assert {("interleaved-1f1b", 2), ("interleaved-1f1b", 4), ("zb-h1", 1)} <= schedules
     layers = [layer for p in plans for layer in p["layers"]]
-    assert {layer["ckpt"] for layer in layers} == {"none", "attention", "full"}
+    assert {layer["ckpt"] for layer in layers} == {"none", "attention", "selective-op", "full"}
     assert {layer["dp"] for layer in layers} == {"ddp", "zero1", "zero2", "zero3"}
     assert {layer["sp"] for layer in layers} == {"none", "megatron", "ulysses"}
     families = {resolve_config(c["model"]).model_type for w in CASES for c in CASES[w]}

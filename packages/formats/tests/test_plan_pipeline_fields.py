@@ -79,7 +79,9 @@ def test_zb_h1_plan_loads_and_ckpt_modes_are_named() -> None:
     plan = _load(document)
     assert plan.layers[0].ckpt == "attention" and plan.layers[0].recomputes
     assert not LayerStrategy().recomputes
-    with pytest.raises(ValueError, match="ckpt: expected one of none, attention, full, got True"):
+    with pytest.raises(
+        ValueError, match="ckpt: expected one of none, attention, selective-op, full, got True"
+    ):
         LayerStrategy(ckpt=True)  # type: ignore[arg-type]
 
 

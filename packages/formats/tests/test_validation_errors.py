@@ -71,7 +71,8 @@ FIELD_CASES = [
     (
         "plan.json",
         _set(("layers", 2, "ckpt"), 1),
-        "plan.json: layers[2].ckpt: expected 'none' or 'attention' or 'full', got 1",
+        "plan.json: layers[2].ckpt: expected 'none' or 'attention' or 'selective-op' or 'full', "
+        "got 1",
     ),
     (
         "hardware_profile.json",

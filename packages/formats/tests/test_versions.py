@@ -51,7 +51,9 @@ def test_a_bool_ckpt_in_a_version_3_plan_is_refused_naming_the_modes(data_dir: P
     document = json.loads((data_dir / "plan_v2.json").read_text())
     document["version"] = 3
     with pytest.raises(
-        FormatError, match=r"layers\[0\]\.ckpt: expected 'none' or 'attention' or 'full', got true"
+        FormatError,
+        match=r"layers\[0\]\.ckpt: expected 'none' or 'attention' or 'selective-op' or 'full', "
+        r"got true",
     ):
         loads(json.dumps(document), Plan, source="new.json")
 
@@ -151,7 +153,7 @@ def test_migrated_plan_is_validated_like_a_current_one(data_dir: Path) -> None:
         loads(json.dumps(document), Plan, source="old.json")
     message = str(error.value)
     assert message.startswith("old.json: layers[0].tp: tp 3 does not divide")
-    assert message.endswith("(in the version 3 form of this version 1 file)")
+    assert message.endswith("(in the version 4 form of this version 1 file)")
 
 
 def test_version_1_layer_with_both_old_and_new_keys_is_refused(data_dir: Path) -> None:
@@ -187,3 +189,26 @@ def test_a_file_of_another_format_is_refused_by_name() -> None:
     assert str(error.value) == (
         "r.json: format: expected a partita.plan file, got partita.run_report"
     )
+
+
+def test_plan_version_3_loads_as_version_4(data_dir: Path) -> None:
+    old = json.loads((data_dir / "plan_v3.json").read_text())
+    assert old["version"] == 3
+    plan = load(data_dir / "plan_v3.json", Plan)
+    assert [layer.ckpt for layer in plan.layers] == [layer["ckpt"] for layer in old["layers"]]
+    # Version 4 added a ckpt mode: a version 3 reader could not have read it.
+    newer = json.loads(json.dumps(old))
+    newer["version"] = 4
+    newer["layers"][0]["ckpt"] = "selective-op"
+    assert loads(json.dumps(newer), Plan).layers[0].ckpt == "selective-op"
+
+
+def test_model_profile_version_4_loads_without_selective_costs(data_dir: Path) -> None:
+    old = json.loads((data_dir / "model_profile_v4.json").read_text())
+    assert old["version"] == 4
+    profile = load(data_dir / "model_profile_v4.json", ModelProfile)
+    timings = [t for lt in profile.layer_types for t in lt.timings]
+    memory = [m for lt in profile.layer_types for m in lt.memory]
+    assert timings and memory
+    assert all(t.selective_recompute_s is None and t.selective_forward_s is None for t in timings)
+    assert all(m.selective_saved_bytes_per_sample is None for m in memory)

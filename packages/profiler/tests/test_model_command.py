@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from partita.executor.setups import SEQUENCE_PARALLEL_MODES
-from partita.formats import ModelProfile, load
+from partita.formats import LayerMemory, ModelProfile, load
 from partita.formats.cli import main
 from partita.models.api import build_model, describe_model
 from partita.profiler.model_cases import layer_cases
@@ -179,6 +179,42 @@ def test_blocks_record_the_attention_core_and_the_weight_gradients(
         assert other is not None
         assert all(t.attention_forward_s is None for t in other.timings)
         assert all(m.attention_saved_bytes_per_sample is None for m in other.memory)
+
+
+def _check_selective_op(block_memory: LayerMemory) -> None:
+    """What ``ckpt: selective-op`` keeps lies between full checkpointing and none."""
+    kept = block_memory.selective_saved_bytes_per_sample
+    assert kept is not None
+    assert block_memory.checkpoint_activation_bytes_per_sample < kept
+    assert kept < block_memory.activation_bytes_per_sample
+
+
+def test_blocks_record_what_selective_op_keeps_and_runs_again(
+    gpt_runs: tuple[ModelProfile, ModelProfile],
+) -> None:
+    # gpt-tiny's block runs six matmuls (q, k, v, out, fc, proj) and SDPA: the policy keeps
+    # q, v, fc (the 1st, 3rd, 5th) and the kernel's output and softmax statistics, each
+    # split by tp (under Ulysses the projections' sequence and the kernel's heads are split,
+    # the same bytes); the rest is recomputed. Checkpointed, the block keeps its output too.
+    profile = gpt_runs[0]
+    block = profile.layer_type("gpt_block")
+    assert block is not None
+    for memory in block.memory:
+        _check_selective_op(memory)
+        matmuls = SEQ * (64 + 64 + 256) * FP32
+        kernel = SEQ * 64 * FP32 + 4 * SEQ * FP32
+        assert memory.selective_saved_bytes_per_sample == pytest.approx(
+            memory.checkpoint_activation_bytes_per_sample + (matmuls + kernel) / memory.tp
+        )
+    for timing in block.timings:
+        assert timing.selective_recompute_s is not None and timing.selective_recompute_s > 0
+        assert timing.selective_forward_s is not None and timing.selective_forward_s > 0
+    for name in ("gpt_embedding", "gpt_head"):  # not checkpointed by the executor
+        other = profile.layer_type(name)
+        assert other is not None
+        assert all(t.selective_recompute_s is None for t in other.timings)
+        assert all(t.selective_forward_s is None for t in other.timings)
+        assert all(m.selective_saved_bytes_per_sample is None for m in other.memory)
 
 
 VOCAB = 512
@@ -360,6 +396,10 @@ def test_a_second_family_llama(tmp_path: Path) -> None:
         whole = next(m for m in entry.memory if m.tp == 1)
         assert whole.param_bytes == layer.params * FP32
         assert whole.origin == "measured_tp_groups"  # one micro-batch size: nothing fitted
+        if layer.kind == "block":
+            for memory in entry.memory:
+                _check_selective_op(memory)
+            assert all((t.selective_recompute_s or 0) > 0 for t in entry.timings)
     document = json.loads(out.read_text())
     assert document["tools"]["memory"].startswith("cpu-profiler-allocation-events")
 

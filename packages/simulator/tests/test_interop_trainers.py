@@ -68,7 +68,7 @@ MEGATRON_FLAGS = {
 }
 
 PRECISIONS = ("fp32", "bf16", "fp16")
-CKPTS = ("none", "attention", "full")
+CKPTS = ("none", "attention", "selective-op", "full")
 DP_MODES = ("ddp", "zero1", "zero2", "zero3")
 
 
@@ -222,6 +222,29 @@ def test_nearest_lists_what_changed() -> None:
     near, changes = deepspeed.nearest(u)
     assert (near.tp, near.pp, near.sp, near.micro_batch_size) == (2, 1, "none", 2)
     assert any(c.startswith("pp 2 -> 1") for c in changes)
+
+
+def test_each_trainer_gets_its_own_sub_block_recomputation() -> None:
+    u = Uniform(
+        world_size=8,
+        global_batch_size=16,
+        micro_batch_size=2,
+        precision="bf16",
+        ckpt="selective-op",
+    )
+    # TorchTitan's "op" policy is selective-op itself; Megatron-LM has no such module list.
+    assert torchtitan.nearest(u) == (u, [])
+    near, changes = megatron.nearest(u)
+    assert near.ckpt == "full"
+    assert changes == [
+        "ckpt selective-op -> full (whole blocks recomputed: they keep less than "
+        "selective-op, so the plan still fits)"
+    ]
+    attention = dataclasses.replace(u, ckpt="attention")
+    assert megatron.nearest(attention) == (attention, [])
+    near, changes = torchtitan.nearest(attention)
+    assert near.ckpt == "selective-op"
+    assert changes[0].startswith("ckpt attention -> selective-op (TorchTitan's op-level")
 
 
 def test_nearest_is_expressible_for_every_setting() -> None:
@@ -529,7 +552,7 @@ def test_torchtitan_export_names_the_flavor_and_the_stages() -> None:
         pp=4,
         sp="megatron",
         dp="zero3",
-        ckpt="attention",
+        ckpt="selective-op",
         schedule="interleaved-1f1b",
         chunks=2,
         vocab_sp=True,
@@ -560,7 +583,7 @@ def test_torchtitan_llama3_8b_config() -> None:
         micro_batch_size=1,
         precision="bf16",
         dp="zero3",
-        ckpt="attention",
+        ckpt="selective-op",
     )
     with pytest.raises(ValueError) as error:
         torchtitan.import_config(text, world_size=None, source="llama3_8b.toml")

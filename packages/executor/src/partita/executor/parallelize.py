@@ -17,7 +17,8 @@ in this order (each step reads each layer's ``setups.LayerSetup``):
    the one-process model holds (``partita.models.init.Materializer``), or, starting from
    pretrained weights, with that piece of the checkpoint (``partita.models.weights``: only
    its bytes are read where the tensor is a rename); nothing else is ever allocated;
-5. full activation checkpointing (``StageModel.forward`` wraps the layers whose setup asks);
+5. full and selective-op activation checkpointing (``StageModel.forward`` wraps the layers
+   whose setup asks);
 6. data parallelism: FSDP2 on each ZeRO-2/3 layer right after it is materialised
    (``data_parallel.shard_layer``), so at most one layer's tensor-parallel shard is whole at a
    time; the gradients of DDP and ZeRO-1 layers are summed in buckets that overlap the

@@ -53,7 +53,7 @@ class LayerSetup:
     tp: int
     sp: str
     dp: str
-    ckpt: str  # "none", "attention" or "full" (``recompute``)
+    ckpt: str  # "none", "attention", "selective-op" or "full" (``recompute``)
     groups: LayerGroups
 
 

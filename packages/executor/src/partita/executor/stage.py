@@ -2,9 +2,10 @@
 
 The layers keep the one-process model's parameter names (``layers.<index>.…``). Between two
 layers with different layouts the activations are redistributed (``layout.redistribute``);
-a layer whose setup asks for full checkpointing runs under ``torch.utils.checkpoint``
-(``recompute``). A chunk's output stays in its last layer's layout; the next virtual stage's
-rank with the same local index receives it and redistributes it to its first layer's layout.
+a layer whose setup asks for ``full`` or ``selective-op`` checkpointing runs under
+``torch.utils.checkpoint`` (``recompute``). A chunk's output stays in its last layer's
+layout; the next virtual stage's rank with the same local index receives it and redistributes
+it to its first layer's layout.
 A whole-model plan is one stage holding every layer.
 
 Under an interleaved schedule a rank holds several *chunks* (virtual stages, each a run of

@@ -17,20 +17,20 @@ schedule (``partita.formats`` tests it), so blocking receives match them without
 
 Where the schedule has ``W`` actions (ZB-H1), the backward is split: ``B`` computes only the
 chunk's input gradients and sends them at once; ``W`` the weight gradients, later. In a chunk
-of DDP and ZeRO-1 layers without full checkpointing, B keeps the gradient arriving at every
-point where a weight's branch leaves the activation chain and W runs only those branches
-(``split_backward``: gpt-tiny's 4 blocks on one CPU thread, B 1.6 ms and W 4.0 ms against a
-2.3 ms backward, W paying about 0.1 ms per branch pass, plus 1.4 ms to find the branches in
-the graph). Elsewhere W runs the chunk's backward again from the same outputs, restricted to
-the graph's other leaves (``pipeline.weight_leaves``): a fully checkpointed layer would
-recompute its forward once per branch pass, and FSDP2 reduce-scatters from a hook at a
-unit's input, which branch passes do not reach. FSDP2's ZeRO-2/3 layers stay gathered from
-``B`` to ``W`` (``data_parallel.gathered_after_backward``) and reduce-scatter in ``W``. The
-first virtual stage has no input gradient to send: its ``B`` only receives, its ``W`` runs
+of DDP and ZeRO-1 layers without ``full`` or ``selective-op`` checkpointing, B keeps the
+gradient arriving at every point where a weight's branch leaves the activation chain and W runs
+only those branches (``split_backward``: gpt-tiny's 4 blocks on one CPU thread, B 1.6 ms and
+W 4.0 ms against a 2.3 ms backward, W paying about 0.1 ms per branch pass, plus 1.4 ms to find
+the branches in the graph). Elsewhere W runs the chunk's backward again from the same outputs,
+restricted to the graph's other leaves (``pipeline.weight_leaves``): a layer checkpointed whole
+or op by op would recompute its forward once per branch pass, and FSDP2 reduce-scatters from a
+hook at a unit's input, which branch passes do not reach. FSDP2's ZeRO-2/3 layers stay gathered
+from ``B`` to ``W`` (``data_parallel.gathered_after_backward``) and reduce-scatter in ``W``.
+The first virtual stage has no input gradient to send: its ``B`` only receives, its ``W`` runs
 the whole backward. ``torch.distributed.pipelining``'s ``stage_backward_weight`` also starts W
 from gradients B captured, but (torch 2.13, checked) sets ``.grad`` by hand, so no
-post-accumulate hook fires (the buckets below would not see W), and gives a stage whose
-inputs need no gradient no weight gradient at all.
+post-accumulate hook fires (the buckets below would not see W), and gives a stage whose inputs
+need no gradient no weight gradient at all.
 
 The data-parallel buckets of a chunk are armed before its last gradient-making action (its
 last ``B``, or its last ``W`` where the backward is split) and sum DDP and ZeRO-1 gradients
@@ -405,9 +405,9 @@ class Trainer:
 
     def _backward_weight(self, saved: _Saved) -> None:
         """``W`` of a split backward: the weight gradients, from the gradients ``B`` kept at
-        the weight branches (``split_backward``), or, in a chunk with fully checkpointed or
-        FSDP layers, through the whole graph ``B`` kept (only towards the leaves that are not
-        the chunk's inputs)."""
+        the weight branches (``split_backward``), or, in a chunk with checkpointed (``full``,
+        ``selective-op``) or FSDP layers, through the whole graph ``B`` kept (only towards the
+        leaves that are not the chunk's inputs)."""
         assert saved.roots is not None, "W before its B"
         if saved.split is not None:
             saved.split.weight_gradients()
@@ -557,13 +557,16 @@ class _Saved:
 
 def _split_weight_pass(stage: StageModel) -> list[bool]:
     """Per chunk: whether W can start from the gradients B keeps (``split_backward``), or
-    must run the chunk's whole backward again: where a layer is fully checkpointed (W would
-    recompute it once per weight branch) or sharded by FSDP (whose reduce-scatter hook sits
-    at the layer's input, which W would not reach). The simulator prices W so
-    (``StageWork.whole_weight_pass``)."""
+    must run the chunk's whole backward again: where a layer runs under checkpointing,
+    ``full`` or ``selective-op`` (W would recompute it once per weight branch: each branch pass
+    is a graph task of its own, and a checkpoint's recomputed tensors last one task), or is
+    sharded by FSDP (whose reduce-scatter hook sits at the layer's input, which W would not
+    reach). ``attention`` keeps the split: the core it recomputes holds no weight. The
+    simulator prices W so (``StageWork.whole_weight_pass``)."""
 
     def whole(setup: LayerSetup) -> bool:
-        return setup.ckpt == "full" or (setup.dp in ("zero2", "zero3") and setup.groups.dp_size > 1)
+        checkpointed = setup.ckpt in ("full", "selective-op")
+        return checkpointed or (setup.dp in ("zero2", "zero3") and setup.groups.dp_size > 1)
 
     return [not any(whole(stage.setups[i]) for i in chunk) for chunk in stage.chunks]
 

@@ -9,8 +9,10 @@ DpMode = Literal["ddp", "zero1", "zero2", "zero3"]
 Precision = Literal["fp32", "bf16", "fp16"]
 Schedule = Literal["gpipe", "1f1b", "interleaved-1f1b", "zb-h1"]
 # Activation checkpointing of a block: none, the attention core only (recomputed in the
-# backward, the rest kept: Megatron's "selective"), or the whole block.
-Ckpt = Literal["none", "attention", "full"]
+# backward, the rest kept: Megatron's "selective"), every second matrix multiplication and
+# all the elementwise work (the other matmuls' and the attention kernel's outputs kept:
+# TorchTitan's "selective op"), or the whole block. Ordered from the most kept to the least.
+Ckpt = Literal["none", "attention", "selective-op", "full"]
 MeshAxis = Literal["pp", "dp", "tp"]
 Family = Literal["gpt", "llama", "bert", "t5", "vit", "swin"]
 LayerKind = Literal["embedding", "block", "head"]

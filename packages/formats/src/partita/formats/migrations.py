@@ -66,12 +66,14 @@ def checkpoint_v1_to_v2(body: dict[str, Any]) -> dict[str, Any]:
 
 def added_optional_fields(body: dict[str, Any]) -> dict[str, Any]:
     """A version that only added fields with defaults (and values to a field's choices): the
-    older body is read unchanged. Hardware profile v1 -> v2: ``optimizer``; model profile v1
-    -> v2: ``param_tensors`` and ``backward_peak_bytes_per_sample`` of memory entries; model
-    profile v2 -> v3: ``attention``; model profile v3 -> v4: ``attention_forward_s`` and
-    ``weight_backward_s`` of timings, ``attention_saved_bytes_per_sample`` of memory
-    entries; run report v1 -> v2: ``settings``, ``resumed_from_step``, ``num_nodes`` and the
-    status ``running``; run report v2 -> v3: ``attention``; run report
-    v3 -> v4: the status ``interrupted``; run report v4 -> v5 and checkpoint manifest v2 -> v3:
+    older body is read unchanged. Hardware profile v1 -> v2: ``optimizer``; model profile v1 -> v2:
+    ``param_tensors`` and ``backward_peak_bytes_per_sample`` of memory entries; model profile v2
+    -> v3: ``attention``; model profile v3 -> v4: ``attention_forward_s`` and
+    ``weight_backward_s`` of timings, ``attention_saved_bytes_per_sample`` of memory entries;
+    model profile v4 -> v5: ``selective_forward_s`` and ``selective_recompute_s`` of timings and
+    ``selective_saved_bytes_per_sample`` of memory entries; plan v3 -> v4: the ``ckpt`` mode
+    ``selective-op``; run report v1 -> v2: ``settings``, ``resumed_from_step``, ``num_nodes``
+    and the status ``running``; run report v2 -> v3: ``attention``; run report v3 -> v4: the
+    status ``interrupted``; run report v4 -> v5 and checkpoint manifest v2 -> v3:
     ``settings.init``; model description v1 -> v2: ``loss_bytes_per_sample`` of layers."""
     return body

@@ -22,7 +22,7 @@ from partita.formats.common import AttentionKernel, Precision, SpMode
 from partita.formats.schema import at_least, count_from
 
 FORMAT = "partita.model_profile"
-VERSION = 4
+VERSION = 5
 
 Origin = Literal[
     "measured_tp_groups",  # measured with real tensor-parallel process groups
@@ -53,6 +53,11 @@ class LayerTiming:
     # gradients (a split backward's W pass); None when not measured. Added in version 4.
     attention_forward_s: float | None = field(default=None, metadata=at_least(0))
     weight_backward_s: float | None = field(default=None, metadata=at_least(0))
+    # Under ``ckpt: selective-op``: the forward (its policy sees every op: slower than
+    # forward_s where ops are small), and the forward work the backward runs again (every
+    # second matmul and the elementwise ops); None when not measured. Added in version 5.
+    selective_forward_s: float | None = field(default=None, metadata=at_least(0))
+    selective_recompute_s: float | None = field(default=None, metadata=at_least(0))
 
 
 @dataclass(frozen=True)
@@ -75,6 +80,11 @@ class LayerMemory:
     # its inputs (the scores of an eager kernel; a fused kernel's softmax statistics): what
     # ``ckpt: attention`` frees. None when not measured. Added in version 4.
     attention_saved_bytes_per_sample: float | None = field(default=None, metadata=at_least(0))
+    # What the layer keeps for its backward under ``ckpt: selective-op``, per sample: as
+    # checkpoint_activation_bytes_per_sample its output (its input is the layer before's),
+    # plus the outputs of every other matmul and of the attention kernel. None when not
+    # measured. Added in version 5.
+    selective_saved_bytes_per_sample: float | None = field(default=None, metadata=at_least(0))
 
 
 @dataclass(frozen=True)

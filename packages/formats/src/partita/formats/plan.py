@@ -3,7 +3,8 @@
 Per block layer: ``tp`` is the size of the layer's model-parallel group inside its pipeline
 stage (tensor parallel for ``sp`` "none" and "megatron", the Ulysses group for "ulysses"); the
 rest of the stage's devices form the layer's data-parallel group, run in mode ``dp``;
-``ckpt`` recomputes nothing, the attention core or the whole block in the backward. The
+``ckpt`` recomputes nothing, the attention core, every other matmul and the elementwise work
+(``selective-op``) or the whole block in the backward. The
 embedding and head follow ``vocab``.
 
 ``pipeline.stage_num_layers`` gives each virtual stage a run of consecutive block layers, in
@@ -21,7 +22,7 @@ from partita.formats.common import CKPT_MODES, Ckpt, DpMode, MeshAxis, Precision
 from partita.formats.schema import at_least, count_from
 
 FORMAT = "partita.plan"
-VERSION = 3
+VERSION = 4
 
 
 @dataclass(frozen=True)

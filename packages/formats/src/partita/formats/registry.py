@@ -55,6 +55,7 @@ SPECS: tuple[FormatSpec, ...] = (
             1: migrations.added_optional_fields,
             2: migrations.added_optional_fields,
             3: migrations.added_optional_fields,
+            4: migrations.added_optional_fields,
         },
         check=check_model_profile,
     ),
@@ -71,7 +72,11 @@ SPECS: tuple[FormatSpec, ...] = (
         plan.VERSION,
         plan.Plan,
         "plan",
-        migrations={1: migrations.plan_v1_to_v2, 2: migrations.plan_v2_to_v3},
+        migrations={
+            1: migrations.plan_v1_to_v2,
+            2: migrations.plan_v2_to_v3,
+            3: migrations.added_optional_fields,
+        },
         check=check_plan_structure,
     ),
     FormatSpec(

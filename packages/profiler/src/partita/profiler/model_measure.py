@@ -33,7 +33,7 @@ from torch.utils.checkpoint import checkpoint
 
 from partita.executor.groups import LayerGroups
 from partita.executor.memory import PeakMemory
-from partita.executor.recompute import recomputed
+from partita.executor.recompute import recomputed, run_layer
 from partita.executor.setups import VOCAB_LAYERS, layer_setups
 from partita.formats import LayerStrategy, PipelineConfig, Plan, VocabStrategy
 from partita.models.attention import Attends, AttentionCore
@@ -456,6 +456,60 @@ def time_attention_cores(
     return trimmed_mean(per_forward)
 
 
+class _Spanned(nn.Module):
+    """``layer`` whose calls are timed: a span per call, the forward's first, then each
+    recomputation (non-reentrant checkpointing calls the function again in the backward)."""
+
+    def __init__(self, layer: nn.Module, clock: _Clock) -> None:
+        super().__init__()
+        self.layer, self.clock = layer, clock
+        self.spans: list[tuple[object, object]] = []
+
+    def forward(self, acts: Activations) -> Activations:
+        start = self.clock.now()
+        try:
+            return self.layer(acts)  # type: ignore[no-any-return]
+        finally:  # a recomputation stops early (an exception) once it has what backward needs
+            self.spans.append((start, self.clock.now()))
+
+
+@dataclass(frozen=True)
+class SelectiveTimes:
+    forward_s: float  # the forward under the mode's policy
+    recompute_s: float  # what the backward runs again
+
+
+def time_selective(
+    layer: nn.Module, inputs: Activations, *, warmup: int, repeats: int, device: torch.device
+) -> SelectiveTimes:
+    """Seconds of ``ckpt: selective-op``'s forward, and of the forward work it runs again per
+    backward: the layer is run forward and backward as the executor runs it under that mode
+    (``run_layer``); the first call is the forward, and the span of the recomputation inside
+    the backward is timed (from the call to where the recomputation stops, the ops the policy
+    kept read from its cache); trimmed means over ``repeats``. Timed directly rather than as
+    the difference of two backwards, whose scatter is larger than the difference on small
+    layers."""
+    clock = _Clock(device)
+    spanned = _Spanned(layer, clock)
+    grads: list[torch.Tensor] | None = None
+    per_forward, per_backward = [], []
+    for step in range(warmup + repeats):
+        spanned.spans.clear()
+        _clear_grads(layer, inputs)
+        outputs = _differentiable(run_layer(spanned, inputs, "selective-op"))
+        if grads is None:
+            generator = torch.Generator(device=device).manual_seed(0)
+            grads = [_random_like(t, generator) for t in outputs]
+        torch.autograd.backward(outputs, grads)
+        del outputs
+        if step >= warmup:
+            (start, end), *recomputations = spanned.spans  # the first call is the forward
+            per_forward.append(clock.seconds(start, end))
+            per_backward.append(sum(clock.seconds(a, b) for a, b in recomputations))
+    _clear_grads(layer, inputs)
+    return SelectiveTimes(trimmed_mean(per_forward), trimmed_mean(per_backward))
+
+
 def _random_like(tensor: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
     return torch.randn(tensor.shape, generator=generator, dtype=tensor.dtype, device=tensor.device)
 
@@ -479,15 +533,29 @@ class PassMemory:
     # The same as retained_bytes with the attention cores checkpointed (``ckpt: attention``);
     # None where the layer has no attention.
     attention_retained_bytes: int | None = None
+    # The same under ``ckpt: selective-op``: what its policy keeps (in the checkpoint's cache)
+    # and the output; None where not measured (``selective`` False).
+    selective_retained_bytes: int | None = None
 
 
-def measure_memory(layer: nn.Module, inputs: Activations, *, device: torch.device) -> PassMemory:
-    """Bytes of one micro-batch (call after a warm-up run, so lazy buffers exist)."""
-    retained = _retained(layer, inputs, device=device, checkpointed=False)
-    kept = _retained(layer, inputs, device=device, checkpointed=True)
+def measure_memory(
+    layer: nn.Module, inputs: Activations, *, device: torch.device, selective: bool = False
+) -> PassMemory:
+    """Bytes of one micro-batch (call after a warm-up run, so lazy buffers exist);
+    ``selective``: also under ``ckpt: selective-op`` (blocks, which the executor checkpoints).
+
+    Every count is the allocator's (``PeakMemory``): what was allocated in the forward and is
+    still live after it, however it is held, by autograd's saved tensors or by a selective
+    checkpoint's own cache of the outputs its policy keeps, which saved-tensor hooks do not
+    see. The layer's inputs, allocated before, are not counted (they are the previous layer's
+    output); a checkpoint keeps them by reference."""
+    retained = _retained(layer, inputs, device=device, ckpt="none")
+    kept = _retained(layer, inputs, device=device, ckpt="full")
     with attention_cores_wrapped(layer, recomputed) as cores:
-        selective = _retained(layer, inputs, device=device, checkpointed=False) if cores else None
-    return PassMemory(retained, kept, _peak(layer, inputs, device=device), selective)
+        attention = _retained(layer, inputs, device=device, ckpt="none") if cores else None
+    op_kept = _retained(layer, inputs, device=device, ckpt="selective-op") if selective else None
+    peak = _peak(layer, inputs, device=device)
+    return PassMemory(retained, kept, peak, attention, op_kept)
 
 
 def _allocated(device: torch.device) -> int:
@@ -495,13 +563,13 @@ def _allocated(device: torch.device) -> int:
     return torch.cuda.memory_allocated(device) if device.type == "cuda" else 0
 
 
-def _retained(
-    layer: nn.Module, inputs: Activations, *, device: torch.device, checkpointed: bool
-) -> int:
+def _retained(layer: nn.Module, inputs: Activations, *, device: torch.device, ckpt: str) -> int:
+    """Bytes allocated by a forward under ``ckpt`` (the executor's ``run_layer``) and live
+    after it."""
     _clear_grads(layer, inputs)
     before = _allocated(device)
     with PeakMemory(device) as memory:
-        outputs = checkpoint(layer, inputs, use_reentrant=False) if checkpointed else layer(inputs)
+        outputs = run_layer(layer, inputs, ckpt)
     del outputs
     return memory.current_bytes - before
 

@@ -32,6 +32,14 @@ in pairs (a split backward's W pass). A block's memory entry also has
 ``attention_saved_bytes_per_sample``: what its forward keeps less what it keeps with the
 attention cores checkpointed.
 
+``ckpt: selective-op`` (the executor's ``run_layer``: a checkpoint whose policy keeps every
+other matmul's output and the attention kernel's) is measured on blocks too:
+``selective_recompute_s``, the span of the recomputation inside a backward under that mode,
+timed like the passes; ``selective_saved_bytes_per_sample``, counted like the activations
+(allocated in the forward and live after it, the output included): the outputs the policy
+keeps, held in the checkpoint's own cache, and the output, so between
+``checkpoint_activation_bytes_per_sample`` and ``activation_bytes_per_sample``.
+
 The head layer type is measured with the loss that follows it (as the executor runs them):
 its times and memory hold the loss's forward and backward and what it saves (GPT's log-
 softmax over the vocabulary, the size of the logits).
@@ -212,6 +220,8 @@ def _median_timing(entries: Sequence[LayerTiming]) -> LayerTiming:
         checkpoint_backward_s=median([e.checkpoint_backward_s for e in entries]),
         attention_forward_s=median([e.attention_forward_s for e in entries]),
         weight_backward_s=median([e.weight_backward_s for e in entries]),
+        selective_forward_s=median([e.selective_forward_s for e in entries]),
+        selective_recompute_s=median([e.selective_recompute_s for e in entries]),
     )
 
 
@@ -313,7 +323,8 @@ def _measure_config(
                 for _ in settings.micro_batches:
                     progress.update(what, f"not run: {error}")
                 return Refused(str(error))
-            memory = measure.measure_memory(layer, acts, device=settings.device)
+            block = case.layer.kind == "block"  # the executor checkpoints blocks only
+            memory = measure.measure_memory(layer, acts, device=settings.device, selective=block)
             _check_limit(
                 settings, what=f"{what} micro-batch {batch}", need=sum(static) + memory.peak_bytes
             )
@@ -325,7 +336,7 @@ def _measure_config(
                 device=settings.device,
             )
             checkpointed = split = None
-            if case.layer.kind == "block":  # the executor checkpoints blocks only
+            if block:
                 timing = dict(warmup=settings.warmup, repeats=settings.repeats)
                 checkpointed = measure.time_passes(
                     measure.Checkpointed(layer), acts, device=settings.device, **timing
@@ -337,6 +348,7 @@ def _measure_config(
                     weight_backward_s=measure.time_weight_backward(
                         layer, acts, device=settings.device, **timing
                     ),
+                    selective=measure.time_selective(layer, acts, device=settings.device, **timing),
                 )
             timings.append(_timing(case, config, batch, times, origin, checkpointed, split))
             retained[batch] = (
@@ -346,6 +358,7 @@ def _measure_config(
                 memory.retained_bytes - memory.attention_retained_bytes
                 if memory.attention_retained_bytes is not None
                 else None,
+                memory.selective_retained_bytes,
             )
             progress.update(f"{what} mb {batch}", _times_text(times))
     return timings, _memory(case, config, static, retained, origin, tensors=len(params))
@@ -371,6 +384,7 @@ def _check_limit(settings: Settings, *, what: str, need: int) -> None:
 class _Split:
     attention_forward_s: float | None  # None: the layer has no attention core
     weight_backward_s: float  # the weights' gradients, part of the backward
+    selective: measure.SelectiveTimes | None = None  # under ``ckpt: selective-op``
 
 
 def _timing(
@@ -396,6 +410,12 @@ def _timing(
         attention_forward_s=None if split is None else split.attention_forward_s,
         # Timed in runs of their own, W and the backward scatter apart: W is kept within it.
         weight_backward_s=None if split is None else min(times.backward_s, split.weight_backward_s),
+        selective_forward_s=None
+        if split is None or not split.selective
+        else split.selective.forward_s,
+        selective_recompute_s=None
+        if split is None or not split.selective
+        else split.selective.recompute_s,
     )
 
 
@@ -410,7 +430,7 @@ def _memory(
     case: LayerCase,
     config: Config,
     static: tuple[int, int, int],
-    retained: dict[int, tuple[int, int, int, int | None]],
+    retained: dict[int, tuple[int, int, int, int | None, int | None]],
     origin: str,
     *,
     tensors: int,
@@ -422,6 +442,11 @@ def _memory(
         None
         if any(kept[3] is None for kept in retained.values())
         else per_sample({b: int(kept[3] or 0) for b, kept in retained.items()})
+    )
+    selective_saved = (
+        None
+        if any(kept[4] is None for kept in retained.values())
+        else per_sample({b: int(kept[4] or 0) for b, kept in retained.items()})
     )
     return LayerMemory(
         tp=config.tp,
@@ -436,6 +461,7 @@ def _memory(
         param_tensors=tensors,
         backward_peak_bytes_per_sample=backward,
         attention_saved_bytes_per_sample=attention_saved,
+        selective_saved_bytes_per_sample=selective_saved,
     )
 
 

@@ -37,6 +37,7 @@ from dataclasses import dataclass
 
 from partita.formats import LayerDescription
 from partita.formats.common import SpMode
+from partita.simulator.selective_op import recomputed_matmuls
 
 # A dimension of this size reaches half the GEMM kernels' best rate, one much larger all of
 # it: tiles of 128 x 128 (or 64 wide) leave a small dimension's remainder idle.
@@ -85,15 +86,42 @@ class ComputeModel:
             kernel = layer.attention_kernel_flops_per_sample * batch / tp
             attention_forward = kernel / (self.peak_flops_per_s * self.attention)
             attention_backward = ATTENTION_BACKWARD_FACTOR * attention_forward
-        memory_forward = memory_backward = 0.0
-        if self.memory_bandwidth_bytes_per_s:
-            rate = self.memory_bandwidth_bytes_per_s * self.memory
-            moved = activation_bytes * batch
-            memory_forward = MEMORY_TRAFFIC_FORWARD * moved / rate
-            memory_backward = MEMORY_TRAFFIC_BACKWARD * moved / rate
+        moved = activation_bytes * batch
+        memory_forward = self._streaming(MEMORY_TRAFFIC_FORWARD * moved)
+        memory_backward = self._streaming(MEMORY_TRAFFIC_BACKWARD * moved)
         forward = gemm + attention_forward + memory_forward + self.overhead_s
         backward = 2 * gemm + attention_backward + memory_backward + self.overhead_s
         return forward, backward
+
+    def selective_recompute_seconds(
+        self,
+        layer: LayerDescription,
+        *,
+        tp: int,
+        sp: SpMode,
+        batch: int,
+        activation_bytes: float,
+    ) -> float:
+        """What ``ckpt: selective-op`` runs again in the backward (``selective_op``): every
+        other matmul, and all the memory-bound work of the forward."""
+        tokens = batch * layer.seq_len
+        seconds = self.overhead_s
+        for matmul in recomputed_matmuls(layer):
+            flops = 2 * matmul.inner * matmul.width * tokens / tp
+            if sp == "ulysses":
+                m, n, k = tokens / tp, matmul.width, matmul.inner
+            elif matmul.splits_output:
+                m, n, k = tokens, matmul.width / tp, matmul.inner
+            else:
+                m, n, k = tokens, matmul.width, matmul.inner / tp
+            seconds += self._roofline(flops, m=m, n=n, k=k)
+        return seconds + self._streaming(MEMORY_TRAFFIC_FORWARD * activation_bytes * batch)
+
+    def _streaming(self, nbytes: float) -> float:
+        """Seconds of memory-bound work moving ``nbytes`` (0 where it is not priced)."""
+        if not self.memory_bandwidth_bytes_per_s:
+            return 0.0
+        return nbytes / (self.memory_bandwidth_bytes_per_s * self.memory)
 
     def _materialised(self, layer: LayerDescription, *, tp: int, batch: int) -> tuple[float, float]:
         """(forward, backward) seconds of an attention whose scores are written to memory:

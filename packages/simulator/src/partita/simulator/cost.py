@@ -70,6 +70,9 @@ class LayerTimes:
     # the profile has them (``workload`` estimates them otherwise).
     attention_forward_s: float | None = None
     weight_backward_s: float | None = None
+    # Under ``ckpt: selective-op``: its forward, and what its backward runs again.
+    selective_forward_s: float | None = None
+    selective_recompute_s: float | None = None
 
 
 @dataclass
@@ -118,6 +121,8 @@ class CostModel:
             checkpoint_backward_s=where_measured("checkpoint_backward_s"),
             attention_forward_s=where_measured("attention_forward_s"),
             weight_backward_s=where_measured("weight_backward_s"),
+            selective_forward_s=where_measured("selective_forward_s"),
+            selective_recompute_s=where_measured("selective_recompute_s"),
         )
 
     def _fitted(self, points: list[LayerTiming], name: str, micro_batch: float) -> float:

@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING
 
 from partita.formats.cli import EXIT_OK, Command
 from partita.formats.common import CKPT_MODES, SCHEDULES
-from partita.simulator.search import DEFAULT_SCHEDULES
+from partita.simulator.search import DEFAULT_RECOMPUTE, DEFAULT_SCHEDULES
 
 if TYPE_CHECKING:
     from partita.formats import ModelDescription
@@ -48,8 +48,9 @@ def _add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--recompute",
-        default=",".join(CKPT_MODES),
-        help="activation recompute modes the layers may take (default: all, %(default)s)",
+        default=",".join(DEFAULT_RECOMPUTE),
+        help=f"activation recompute modes the layers may take, of {', '.join(CKPT_MODES)} "
+        "(default: %(default)s; selective-op on request: docs/simulator.md)",
     )
     parser.add_argument(
         "--space",

@@ -110,5 +110,5 @@ def _strategy(layer: LayerStrategy) -> str:
         parts.append(layer.sp)
     parts.append(layer.dp)
     if layer.ckpt != "none":
-        parts.append("ckpt" if layer.ckpt == "full" else "ckpt-attention")
+        parts.append("ckpt" if layer.ckpt == "full" else f"ckpt-{layer.ckpt}")
     return " ".join(parts)

@@ -70,6 +70,7 @@ from partita.formats.common import (
 )
 from partita.formats.hardware_profile import CollectiveOp, Placement, Scope
 from partita.simulator.compute_model import EFFICIENCY_KEYS, ComputeModel
+from partita.simulator.selective_op import saved_elements_per_sample
 
 # Estimates, not spec-sheet values: nothing public states how much slower a matmul runs while
 # NCCL kernels share the SMs and memory; these are in the range profilers see on GPUs.
@@ -434,9 +435,9 @@ def _scopes(
 def _ring_entry(
     spec: ClusterSpec, *, op: CollectiveOp, group_size: int, placement: Placement, scope: Scope
 ) -> CollectiveProfile:
-    # A ring that crosses nodes advances at the pace of its slowest hop: the NIC.
     if scope == "inter_node":
-        link, step = spec.inter_node_bandwidth_bytes_per_s, spec.inter_node_latency_s
+        link, step = _inter_node_link(spec, group_size=group_size, placement=placement)
+        step = spec.inter_node_latency_s
     else:
         link, step = spec.intra_node_bandwidth_bytes_per_s, spec.intra_node_latency_s
     latency_s, bandwidth = ring_cost(op, group_size, link_bandwidth=link, step_latency_s=step)
@@ -449,6 +450,27 @@ def _ring_entry(
         bandwidth_bytes_per_s=bandwidth,
         origin="spec_sheet",
     )
+
+
+def _inter_node_link(
+    spec: ClusterSpec, *, group_size: int, placement: Placement
+) -> tuple[float, float]:
+    """Bandwidth of a ring that crosses nodes: the slower of a device's own link in the node
+    and the NICs its node lends the ring.
+
+    Every hop of a ring carries the same bytes, and the collective library runs one ring per
+    NIC (NCCL's channels, one per rail) so that a node's share leaves through all of its
+    members' NICs at once. A consecutive group spanning nodes holds whole nodes: each node
+    lends ``devices_per_node`` NICs (FSDP over 64 GPUs on 8 DGX nodes leaves each node at 8 x
+    200 Gb/s). A strided group's members per node depend on its stride, which a profile entry
+    does not record: one NIC, the bound for the widest stride (a data-parallel group strided
+    by a node-wide tensor-parallel group has one member per node).
+    """
+    nics = 1
+    if placement == "consecutive" and group_size >= spec.devices_per_node:
+        nics = spec.devices_per_node
+    link = min(spec.intra_node_bandwidth_bytes_per_s, nics * spec.inter_node_bandwidth_bytes_per_s)
+    return float(link), float(spec.inter_node_latency_s)
 
 
 def ring_cost(
@@ -527,7 +549,17 @@ def model_profile_from_description(
                         batch=batch,
                         activation_bytes=entry.activation_bytes_per_sample,
                     )
-                    timings.append(_timing(layer, tp, sp, batch, forward, backward))
+                    timing = _timing(layer, tp, sp, batch, forward, backward)
+                    if entry.selective_saved_bytes_per_sample is not None:
+                        again = model.selective_recompute_seconds(
+                            layer,
+                            tp=tp,
+                            sp=sp,
+                            batch=batch,
+                            activation_bytes=entry.activation_bytes_per_sample,
+                        )
+                        timing = dataclasses.replace(timing, selective_recompute_s=again)
+                    timings.append(timing)
         layer_types.append(
             LayerTypeProfile(layer_type=layer_type, timings=tuple(timings), memory=tuple(memory))
         )
@@ -659,6 +691,9 @@ def _memory(
     # vocabulary (a head's tp is its vocab tp); backward holds two more of it at its peak
     # (the softmax's gradient and the logits').
     loss = layer.loss_bytes_per_sample / tp
+    selective = saved_elements_per_sample(layer, tp=tp, sp=sp)
+    if selective is not None:  # in the compute precision, never above what none keeps
+        selective = min(activations, selective * BYTES_PER_ELEMENT[dtype])
     return LayerMemory(
         tp=tp,
         sp=sp,
@@ -670,6 +705,7 @@ def _memory(
         checkpoint_activation_bytes_per_sample=float(checkpoint),
         backward_peak_bytes_per_sample=float(2 * loss),
         origin="analytic",
+        selective_saved_bytes_per_sample=None if selective is None else float(selective),
     )
 
 

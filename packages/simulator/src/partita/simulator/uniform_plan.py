@@ -7,9 +7,10 @@ the head) so it can be simulated and compared with a searched plan, without list
 identical layers by hand.
 
 Keys (all optional): ``tp`` (1), ``pp`` (1), ``sp`` (``none``, ``megatron``, ``ulysses``),
-``dp`` (``ddp``, ``zero1``, ``zero2``, ``zero3``), ``ckpt`` (``none``, ``attention`` or
-``full``; also ``false``/``true``), ``mb`` (micro-batch size per data-parallel rank; default:
-one micro-batch per pipeline stage, or the whole local batch without a pipeline),
+``dp`` (``ddp``, ``zero1``, ``zero2``, ``zero3``), ``ckpt`` (``none``, ``attention``,
+``selective-op`` or ``full``; also ``false``/``true``), ``mb`` (micro-batch size per
+data-parallel rank; default: one micro-batch per pipeline stage, or the whole local batch
+without a pipeline),
 ``schedule`` (``1f1b``, ``gpipe``, ``interleaved-1f1b`` or ``zb-h1``), ``chunks`` (virtual
 stages per rank under ``interleaved-1f1b``; default 2 there, else 1), ``vocab_tp``
 (default: ``tp`` where it divides the vocabulary, else 1), ``vocab_dp`` (default: ``dp``).
@@ -36,7 +37,7 @@ _CHOICES = {
     "dp": ("ddp", "zero1", "zero2", "zero3"),
     "vocab_dp": ("ddp", "zero1", "zero2", "zero3"),
     "schedule": ("1f1b", "gpipe", "interleaved-1f1b", "zb-h1"),
-    "ckpt": ("none", "attention", "full", "false", "true"),
+    "ckpt": ("none", "attention", "selective-op", "full", "false", "true"),
 }
 _COUNTS = ("tp", "pp", "mb", "vocab_tp", "chunks")
 _CKPT_SPELLINGS = {"true": "full", "false": "none"}  # as plan files before version 3

@@ -25,6 +25,7 @@ from typing import TypeVar
 
 from partita.formats import LayerDescription, LayerMemory, LayerStrategy, ModelDescription, Plan
 from partita.formats.common import BYTES_PER_ELEMENT, DDP_BUCKET_BYTES
+from partita.simulator import selective_op
 from partita.simulator.cost import (
     CostModel,
     LayerTimes,
@@ -341,7 +342,8 @@ class WorkloadBuilder:
 
     def _needs_whole_weight_pass(self, strategy: Strategy) -> bool:
         fsdp = strategy.dp in ("zero2", "zero3") and self._placement("dp", strategy.tp).size > 1
-        return strategy.ckpt == "full" or fsdp
+        # A checkpointed layer's W would recompute it once per weight branch.
+        return strategy.ckpt in ("full", "selective-op") or fsdp
 
     def _fsdp_transient(
         self, strategy: Strategy, memory: LayerMemory, gathered: float, dp: int
@@ -544,6 +546,10 @@ class WorkloadBuilder:
             backward += times.forward_s + tp_comm
         elif strategy.ckpt == "attention":  # ... or only the attention core's
             backward += self._attention_forward(layer, times)
+        elif strategy.ckpt == "selective-op":  # ... or every other matmul and the rest
+            if times.selective_forward_s is not None:  # its policy sees every op
+                forward = times.selective_forward_s + tp_comm + into_forward
+            backward += self._selective_recompute(layer, times) + tp_comm
         dp = dp_group.size
         forward_gather = backward_gather = 0.0
         if strategy.dp in ("zero2", "zero3") and dp > 1:  # FSDP units
@@ -571,6 +577,9 @@ class WorkloadBuilder:
                 memory.checkpoint_activation_bytes_per_sample * batch,
                 full_activations,
             )
+        elif strategy.ckpt == "selective-op":
+            kept = min(full_activations, self._selective_saved(layer, strategy, memory) * batch)
+            recomputed = full_activations - kept
         elif strategy.ckpt == "attention":
             recomputed = min(
                 full_activations, self._attention_saved(layer, strategy, memory) * batch
@@ -639,6 +648,32 @@ class WorkloadBuilder:
             return 0.0
         core = layer.attention_kernel_flops_per_sample or layer.attention_flops_per_sample
         return times.forward_s * min(1.0, core / layer.forward_flops_per_sample)
+
+    def _selective_recompute(self, layer: LayerDescription, times: LayerTimes) -> float:
+        """The forward work ``ckpt: selective-op`` runs again: measured (or priced by the
+        spec-sheet compute model), else the forward's time in the share of its FLOPs the
+        recomputed matmuls make up (profiles before version 5: the elementwise work it also
+        reruns is not known apart, so this is a lower bound)."""
+        if times.selective_recompute_s is not None:
+            return times.selective_recompute_s
+        return times.forward_s * selective_op.recomputed_flops_share(layer)
+
+    def _selective_saved(
+        self, layer: LayerDescription, strategy: Strategy, memory: LayerMemory
+    ) -> float:
+        """Bytes per sample a layer keeps under ``ckpt: selective-op``: measured, or its
+        input, kept matmul outputs and attention outputs by shape (``selective_op``); what
+        ``none`` keeps where the layer's matmuls are not known."""
+        if memory.selective_saved_bytes_per_sample is not None:
+            return memory.selective_saved_bytes_per_sample
+        elements = selective_op.saved_elements_per_sample(
+            layer,
+            tp=strategy.tp,
+            sp=strategy.sp,  # type: ignore[arg-type]
+        )
+        if elements is None:
+            return memory.activation_bytes_per_sample
+        return elements * self.element_bytes
 
     def _attention_saved(
         self, layer: LayerDescription, strategy: Strategy, memory: LayerMemory
@@ -798,6 +833,8 @@ def _scaled(times: LayerTimes, scale: float) -> LayerTimes:
         checkpoint_backward_s=times_scale(times.checkpoint_backward_s),
         attention_forward_s=times_scale(times.attention_forward_s),
         weight_backward_s=times_scale(times.weight_backward_s),
+        selective_forward_s=times_scale(times.selective_forward_s),
+        selective_recompute_s=times_scale(times.selective_recompute_s),
     )
 
 

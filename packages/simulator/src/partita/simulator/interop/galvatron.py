@@ -434,12 +434,13 @@ def unsupported(plan: Plan) -> list[str]:
             f"pipeline.schedule {plan.pipeline.schedule}: Galvatron runs gpipe and "
             "pipedream_flush (1F1B) only"
         )
-    attention = [i for i, layer in enumerate(plan.layers) if layer.ckpt == "attention"]
-    if attention:
-        problems.append(
-            f"layers {_spans(attention)}: ckpt attention (selective recompute); Galvatron "
-            "recomputes whole layers only"
-        )
+    for mode in ("attention", "selective-op"):
+        partial = [i for i, layer in enumerate(plan.layers) if layer.ckpt == mode]
+        if partial:
+            problems.append(
+                f"layers {_spans(partial)}: ckpt {mode} (selective recompute); Galvatron "
+                "recomputes whole layers only"
+            )
     modes = _dp_modes(plan)
     zero1 = sorted(where for where, mode in modes.items() if mode == "zero1")
     if zero1:

@@ -18,7 +18,8 @@ The flags are those of ``megatron/training/arguments.py`` in NVIDIA/Megatron-LM 
   ``--use-torch-fsdp2`` (ZeRO-3; ZeRO-2 with ``--torch-fsdp2-no-reshard-after-forward``).
 - ``ckpt attention``: ``--recompute-granularity selective`` (the attention core, Megatron's
   default ``--recompute-modules core_attn``); ``full``: ``--recompute-granularity full
-  --recompute-method uniform --recompute-num-layers 1``.
+  --recompute-method uniform --recompute-num-layers 1``; ``selective-op`` has no Megatron-LM
+  equivalent and becomes ``full``.
 - batch: ``--micro-batch-size`` (per data-parallel rank) and ``--global-batch-size``;
   precision ``--bf16`` / ``--fp16`` (fp32: neither).
 
@@ -119,6 +120,15 @@ _RULES = (
         what=lambda u: f"{u.dp} with pipeline parallelism (Megatron FSDP runs without a pipeline)",
         fix=lambda u: replace(u, dp="zero1"),
         note="distributed optimizer; Megatron FSDP runs without a pipeline",
+    ),
+    Rule(
+        applies=lambda u: u.ckpt == "selective-op",
+        what=lambda u: (
+            "ckpt selective-op (Megatron-LM recomputes the attention core, listed modules "
+            "or whole blocks, not every other matmul)"
+        ),
+        fix=lambda u: replace(u, ckpt="full"),
+        note="whole blocks recomputed: they keep less than selective-op, so the plan still fits",
     ),
 )
 

@@ -27,11 +27,12 @@ How a :class:`Uniform` maps (``models/llama3/infra/parallelize.py``,
 - precision: ``[training] mixed_precision_param`` "bfloat16" / "float32", applied by FSDP,
   or by autocast only without tensor and pipeline parallelism (otherwise TorchTitan trains
   in float32); no fp16. ``dtype = "bfloat16"`` (all-bfloat16 training) is read as bf16.
-- ``ckpt``: ``[activation_checkpoint] mode`` "none" / "full"; ``attention`` is mode
-  "selective" with ``selective_ac_option = "op"``, TorchTitan's only sub-block mode: it keeps
-  the outputs of matmuls and attention per its op list and recomputes the rest, close to but
-  not the same tensors as recomputing the attention core. An integer option recomputes every
-  n-th block (TorchTitan's default, "2"): layer-wise, read only for n = 1, every block.
+- ``ckpt``: ``[activation_checkpoint] mode`` "none" / "full"; ``selective-op`` is mode
+  "selective" with ``selective_ac_option = "op"`` (the same policy: every other matmul's and
+  the attention kernel's outputs kept, the rest recomputed). ``attention`` has no TorchTitan
+  equivalent and becomes ``selective-op``, its only sub-block mode. An integer option
+  recomputes every n-th block (TorchTitan's default, "2"): layer-wise, read only for n = 1,
+  every block.
 - model: ``[model] name`` / ``flavor`` where a TorchTitan llama3 flavor has the model's
   sizes, else a placeholder flavor named after the model, to register.
 
@@ -154,6 +155,12 @@ _RULES = (
         note="TorchTitan trains in bfloat16 or float32",
     ),
     Rule(
+        applies=lambda u: u.ckpt == "attention",
+        what=lambda u: "ckpt attention (TorchTitan recomputes by ops or whole blocks)",
+        fix=lambda u: replace(u, ckpt="selective-op"),
+        note="TorchTitan's op-level selective checkpointing, its only sub-block mode",
+    ),
+    Rule(
         applies=lambda u: u.precision != "fp32" and not _mixed_precision_runs(u),
         what=lambda u: (
             "mixed precision with tensor or pipeline parallelism but no FSDP "
@@ -252,7 +259,7 @@ def _module_names(stage_blocks: tuple[int, ...]) -> list[list[str]]:
 
 
 def _activation_checkpoint(u: Uniform) -> Iterator[tuple[str, Any]]:
-    if u.ckpt == "attention":
+    if u.ckpt == "selective-op":
         yield "mode", "selective"
         yield "selective_ac_option", "op"
     else:
@@ -510,7 +517,7 @@ def _ckpt(keys: _Keys) -> Ckpt:
         )
     option = keys.text("activation_checkpoint", "selective_ac_option", "2")
     if option == "op":
-        return "attention"
+        return "selective-op"
     if option == "1":
         return "full"
     raise ValueError(

@@ -5,3 +5,6 @@
 # of Partita's executor's weight passes, which make it slower than 1F1B there
 # (docs/executor.md): searched only on request (``--schedules``).
 DEFAULT_SCHEDULES = ("gpipe", "1f1b", "interleaved-1f1b")
+# selective-op is searched on request (``--recompute``): it makes the search a fifth slower,
+# and the profiles that measure it (model profile v5) are new.
+DEFAULT_RECOMPUTE = ("none", "attention", "full")

@@ -54,6 +54,14 @@ TECHNIQUES = (
             space, recompute=tuple(m for m in space.recompute if m != "attention") or ("none",)
         ),
     ),
+    Technique(
+        "op-level selective recompute",
+        lambda plan: any(layer.ckpt == "selective-op" for layer in plan.layers),
+        lambda space: replace(
+            space,
+            recompute=tuple(m for m in space.recompute if m != "selective-op") or ("none",),
+        ),
+    ),
 )
 
 

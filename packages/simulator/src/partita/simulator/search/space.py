@@ -6,7 +6,7 @@ from dataclasses import dataclass
 
 from partita.formats import LayerDescription, ModelProfile
 from partita.formats.common import CKPT_MODES, DP_MODES, SCHEDULES
-from partita.simulator.search import DEFAULT_SCHEDULES
+from partita.simulator.search import DEFAULT_RECOMPUTE, DEFAULT_SCHEDULES
 from partita.simulator.workload import Strategy
 
 SPACES = ("full", "uniform", "3d", "nosp", "dp", "zero3")
@@ -22,7 +22,7 @@ class SearchSpace:
     name: str = "full"
     schedules: tuple[str, ...] = DEFAULT_SCHEDULES
     max_pipeline_degree: int | None = None  # e.g. 1 for an executor without pipelines
-    recompute: tuple[str, ...] = CKPT_MODES  # the layers' ``ckpt`` modes to try
+    recompute: tuple[str, ...] = DEFAULT_RECOMPUTE  # the layers' ``ckpt`` modes to try
     vocab_sp: bool = True  # may the embedding and head split the sequence (``vocab.sp``)
 
     def __post_init__(self) -> None:
@@ -94,6 +94,8 @@ def layer_candidates(
             for ckpt in space.ckpt_modes():
                 if ckpt == "attention" and not layer.attention_flops_per_sample:
                     continue  # nothing to recompute: the same as "none"
+                if ckpt == "selective-op" and layer.kind != "block":
+                    continue  # the executor checkpoints blocks only
                 candidates.append(Strategy(tp=tp, sp=sp, dp=dp, ckpt=ckpt))
     return candidates
 
