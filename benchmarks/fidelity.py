@@ -914,13 +914,17 @@ def main(argv: list[str] | None = None) -> int:
         predict_from_profiles(cases, taken + ([("after", after)] if after is not None else []))
     summaries = [world_summary(cases, w, cores) for w in worlds if any(c.world == w for c in cases)]
     elapsed = time.monotonic() - started
+    trained = {"steps": steps, "passes": args.passes, "quick": args.quick}
+    if args.rescore is not None:  # how that run trained, not this command's defaults
+        earlier = args.rescore / "fidelity.json"
+        if earlier.exists():
+            recorded = json.loads(earlier.read_text())
+            trained = {key: recorded.get(key, value) for key, value in trained.items()}
     document = {
         "model": args.model,
         "global_batch_size": GLOBAL_BATCH,
-        "steps": steps,
-        "passes": args.passes,
+        **trained,
         "warmup_steps_left_out": WARMUP_STEPS,
-        "quick": args.quick,
         "cores": cores,
         "load_average": os.getloadavg(),
         "wall_s": round(elapsed, 1),

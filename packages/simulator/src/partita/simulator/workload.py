@@ -94,6 +94,9 @@ class LayerWork:
     # The gradients of the weight products' outputs, one micro-batch, one device: what a
     # split backward's B keeps for W.
     branch_gradient_bytes: float = 0.0
+    # Of grad_bytes, a tied vocabulary table's whole gradient, which FSDP leaves to the
+    # executor (``_fsdp_and_table``).
+    table_grad_bytes: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -317,6 +320,7 @@ class WorkloadBuilder:
             previous = strategy
         strategies = [strategy for _, strategy in layers]
         works = self._bucketed(self._prefetched(works), strategies)
+        works = self._table_gradient_from_first_backward(works)
         last_layer, last_strategy = layers[-1]
         first_layer, first_strategy = layers[0]
         pipeline = self.plan.pipeline
@@ -339,6 +343,25 @@ class WorkloadBuilder:
             whole_weight_pass=any(self._needs_whole_weight_pass(s) for s in strategies),
             received_bytes=self._boundary_bytes(*sender) if sender else 0.0,
         )
+
+    def _table_gradient_from_first_backward(self, works: list[LayerWork]) -> list[LayerWork]:
+        """A tied table's whole gradient (FSDP leaves it to the executor, and it is counted
+        with the table's first holder) is made by the first backward that reaches the table:
+        where a stage holds the head as well as the embedding, the head's, at the start of
+        the backward, not the embedding's at its end. It moves to the stage's last holder."""
+        holders = [i for i, w in enumerate(works) if w.name in self.model.shared_vocabulary]
+        owner = next((i for i in holders if works[i].table_grad_bytes), None)
+        if owner is None or holders[-1] == owner:
+            return works
+        last, moved = holders[-1], works[owner].table_grad_bytes
+        out = list(works)
+        out[owner] = replace(
+            works[owner], grad_bytes=works[owner].grad_bytes - moved, table_grad_bytes=0.0
+        )
+        out[last] = replace(
+            works[last], grad_bytes=works[last].grad_bytes + moved, table_grad_bytes=moved
+        )
+        return out
 
     def _needs_whole_weight_pass(self, strategy: Strategy) -> bool:
         fsdp = strategy.dp in ("zero2", "zero3") and self._placement("dp", strategy.tp).size > 1
@@ -615,6 +638,7 @@ class WorkloadBuilder:
             backward_gather_s=backward_gather,
             weight_backward_s=min(weight_backward, backward),
             branch_gradient_bytes=self._branch_gradients(layer) * batch,
+            table_grad_bytes=table_grads,
         )
         return self._finite(work, memory)
 
