@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import copy
 import functools
+import sys
 from typing import Any
 
 import torch
@@ -56,6 +57,18 @@ _ATTENTION_KERNELS = (
 )
 
 
+def _kept_kernels() -> frozenset[Any]:
+    """The attention kernels whose outputs the policy keeps, looked up once, and once more
+    when flash-attn is imported (the executor imports it at its first attention call, after
+    the first layer's checkpoint contexts exist)."""
+    return _kernels_kept("flash_attn" in sys.modules)
+
+
+@functools.cache
+def _kernels_kept(flash_attn_imported: bool) -> frozenset[Any]:
+    return frozenset((*_ATTENTION_KERNELS, *(_flash_attn_kernels() if flash_attn_imported else ())))
+
+
 def _flash_attn_kernels() -> tuple[Any, ...]:
     """flash-attn's forward ops where the package registered them (GPU installs)."""
     namespace = torch.ops.flash_attn
@@ -73,7 +86,7 @@ def selective_op_contexts() -> tuple[Any, Any]:
     policy decides in the forward (torch 2.13 asks it there only; a torch that asks again in
     the recomputation counts the matmuls apart there, so both keep the same ones)."""
     counts = {False: 0, True: 0}
-    kept_kernels = frozenset((*_ATTENTION_KERNELS, *_flash_attn_kernels()))
+    kept_kernels = _kept_kernels()
 
     def policy(ctx: Any, op: Any, *args: Any, **kwargs: Any) -> CheckpointPolicy:
         if op in _MATMULS:

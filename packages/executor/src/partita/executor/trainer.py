@@ -80,6 +80,7 @@ from partita.executor.sharded_state import TrainState, canonical_names, torch_op
 from partita.executor.split_backward import SplitBackward
 from partita.executor.stage import StageModel
 from partita.formats import Plan
+from partita.formats.common import WHOLE_LAYER_CKPT_MODES
 from partita.formats.schedules import Action, build_schedule, splits_backward
 from partita.models.api import (
     ModelSource,
@@ -565,7 +566,7 @@ def _split_weight_pass(stage: StageModel) -> list[bool]:
     simulator prices W so (``StageWork.whole_weight_pass``)."""
 
     def whole(setup: LayerSetup) -> bool:
-        checkpointed = setup.ckpt in ("full", "selective-op")
+        checkpointed = setup.ckpt in WHOLE_LAYER_CKPT_MODES
         return checkpointed or (setup.dp in ("zero2", "zero3") and setup.groups.dp_size > 1)
 
     return [not any(whole(stage.setups[i]) for i in chunk) for chunk in stage.chunks]

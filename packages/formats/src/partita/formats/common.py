@@ -25,6 +25,10 @@ DP_MODES: tuple[str, ...] = get_args(DpMode)
 PRECISIONS: tuple[str, ...] = get_args(Precision)
 SCHEDULES: tuple[str, ...] = get_args(Schedule)
 CKPT_MODES: tuple[str, ...] = get_args(Ckpt)
+# The modes that run the whole layer under checkpointing: it is recomputed once per backward
+# pass through it, so a split backward's W would recompute it again for every weight branch
+# (the executor and the simulator then run and price W as the chunk's whole backward).
+WHOLE_LAYER_CKPT_MODES: tuple[str, ...] = ("selective-op", "full")
 MESH_AXES: tuple[str, ...] = get_args(MeshAxis)
 FAMILIES: tuple[str, ...] = get_args(Family)
 ATTENTION_KERNELS: tuple[str, ...] = tuple(k for k in get_args(AttentionKernel) if k)

@@ -438,16 +438,14 @@ def _memory(
     full = per_sample({b: kept[0] for b, kept in retained.items()})
     checkpointed = per_sample({b: kept[1] for b, kept in retained.items()})
     backward = per_sample({b: kept[2] for b, kept in retained.items()})
-    attention_saved = (
-        None
-        if any(kept[3] is None for kept in retained.values())
-        else per_sample({b: int(kept[3] or 0) for b, kept in retained.items()})
-    )
-    selective_saved = (
-        None
-        if any(kept[4] is None for kept in retained.values())
-        else per_sample({b: int(kept[4] or 0) for b, kept in retained.items()})
-    )
+
+    def optional(index: int) -> float | None:  # None where any micro-batch did not count it
+        counts = {b: kept[index] for b, kept in retained.items()}
+        if any(count is None for count in counts.values()):
+            return None
+        return per_sample({b: int(count or 0) for b, count in counts.items()})
+
+    attention_saved, selective_saved = optional(3), optional(4)
     return LayerMemory(
         tp=config.tp,
         sp=config.sp,  # type: ignore[arg-type]

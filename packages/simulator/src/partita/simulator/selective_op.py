@@ -40,7 +40,7 @@ def block_matmuls(layer: LayerDescription) -> tuple[Matmul, ...] | None:
         Matmul(h, kv, True),
         Matmul(h, h, False),
     )
-    attentions = _attentions(layer)
+    attentions = attention_count(layer)
     projections = attentions * sum(2 * m.inner * m.width for m in attention)
     weights = max(0.0, layer.forward_flops_per_sample - layer.attention_flops_per_sample)
     per_token = weights / layer.seq_len
@@ -79,7 +79,7 @@ def saved_elements_per_sample(layer: LayerDescription, *, tp: int, sp: SpMode) -
     if matmuls is None:
         return None
     h = float(layer.hidden_size)
-    attentions = _attentions(layer)
+    attentions = attention_count(layer)
     kept = matmuls[0::2]
     if sp == "none":
         whole = h + sum(m.width for m in kept if not m.splits_output)
@@ -90,6 +90,7 @@ def saved_elements_per_sample(layer: LayerDescription, *, tp: int, sp: SpMode) -
     return per_token * layer.seq_len
 
 
-def _attentions(layer: LayerDescription) -> int:
-    # T5's decoder blocks have a cross-attention as well (``workload._sublayers``).
+def attention_count(layer: LayerDescription) -> int:
+    """Attentions in a block that has attention: the description does not list sub-layers;
+    T5's decoder blocks have a cross-attention as well."""
     return 2 if "decoder" in layer.layer_type and layer.layer_type.startswith("t5") else 1

@@ -436,7 +436,7 @@ def _ring_entry(
     spec: ClusterSpec, *, op: CollectiveOp, group_size: int, placement: Placement, scope: Scope
 ) -> CollectiveProfile:
     if scope == "inter_node":
-        link, step = _inter_node_link(spec, group_size=group_size, placement=placement)
+        link = _inter_node_link(spec, group_size=group_size, placement=placement)
         step = spec.inter_node_latency_s
     else:
         link, step = spec.intra_node_bandwidth_bytes_per_s, spec.intra_node_latency_s
@@ -452,9 +452,7 @@ def _ring_entry(
     )
 
 
-def _inter_node_link(
-    spec: ClusterSpec, *, group_size: int, placement: Placement
-) -> tuple[float, float]:
+def _inter_node_link(spec: ClusterSpec, *, group_size: int, placement: Placement) -> float:
     """Bandwidth of a ring that crosses nodes: the slower of a device's own link in the node
     and the NICs its node lends the ring.
 
@@ -470,7 +468,7 @@ def _inter_node_link(
     if placement == "consecutive" and group_size >= spec.devices_per_node:
         nics = spec.devices_per_node
     link = min(spec.intra_node_bandwidth_bytes_per_s, nics * spec.inter_node_bandwidth_bytes_per_s)
-    return float(link), float(spec.inter_node_latency_s)
+    return float(link)
 
 
 def ring_cost(

@@ -24,7 +24,7 @@ from dataclasses import dataclass, field, replace
 from typing import TypeVar
 
 from partita.formats import LayerDescription, LayerMemory, LayerStrategy, ModelDescription, Plan
-from partita.formats.common import BYTES_PER_ELEMENT, DDP_BUCKET_BYTES
+from partita.formats.common import BYTES_PER_ELEMENT, DDP_BUCKET_BYTES, WHOLE_LAYER_CKPT_MODES
 from partita.simulator import selective_op
 from partita.simulator.cost import (
     CostModel,
@@ -365,8 +365,7 @@ class WorkloadBuilder:
 
     def _needs_whole_weight_pass(self, strategy: Strategy) -> bool:
         fsdp = strategy.dp in ("zero2", "zero3") and self._placement("dp", strategy.tp).size > 1
-        # A checkpointed layer's W would recompute it once per weight branch.
-        return strategy.ckpt in ("full", "selective-op") or fsdp
+        return strategy.ckpt in WHOLE_LAYER_CKPT_MODES or fsdp
 
     def _fsdp_transient(
         self, strategy: Strategy, memory: LayerMemory, gathered: float, dp: int
@@ -867,7 +866,5 @@ def _sublayers(layer: LayerDescription) -> tuple[int, int]:
 
     The description does not list sub-layers; T5 decoder blocks have a cross-attention.
     """
-    attentions = 0
-    if layer.num_heads:
-        attentions = 2 if "decoder" in layer.layer_type and layer.layer_type.startswith("t5") else 1
+    attentions = selective_op.attention_count(layer) if layer.num_heads else 0
     return attentions, 1 if layer.ffn_size else 0
