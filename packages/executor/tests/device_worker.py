@@ -49,14 +49,12 @@ def run_case(case: dict, groups: ParallelGroups) -> dict:
         # land on the default device.
         from partita.executor import trainer as module
 
-        original = module.recv_activations
-        module.recv_activations = lambda src, *, device: original(  # type: ignore[assignment]
-            src, device=torch.get_default_device()
-        )
+        original = module.Inbox
+        module.Inbox = lambda device: original(torch.get_default_device())  # type: ignore[assignment,misc]
         try:
             return _train_and_compare(case, trainer, settings)
         finally:
-            module.recv_activations = original
+            module.Inbox = original  # type: ignore[misc]
     return _train_and_compare(case, trainer, settings)
 
 

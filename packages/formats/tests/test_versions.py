@@ -203,6 +203,25 @@ def test_plan_version_3_loads_as_version_4(data_dir: Path) -> None:
     assert loads(json.dumps(newer), Plan).layers[0].ckpt == "selective-op"
 
 
+def test_model_profile_version_5_loads_without_attention_checkpoint_passes(
+    data_dir: Path,
+) -> None:
+    old = json.loads((data_dir / "model_profile_v5.json").read_text())
+    assert old["version"] == 5
+    profile = load(data_dir / "model_profile_v5.json", ModelProfile)
+    timings = [t for lt in profile.layer_types for t in lt.timings]
+    assert timings
+    assert all(
+        t.attention_checkpoint_forward_s is None and t.attention_checkpoint_backward_s is None
+        for t in timings
+    )
+    newer = json.loads(json.dumps(old))
+    newer["version"] = 6
+    newer["layer_types"][0]["timings"][0]["attention_checkpoint_backward_s"] = 0.25
+    read = loads(json.dumps(newer), ModelProfile)
+    assert read.layer_types[0].timings[0].attention_checkpoint_backward_s == 0.25
+
+
 def test_model_profile_version_4_loads_without_selective_costs(data_dir: Path) -> None:
     old = json.loads((data_dir / "model_profile_v4.json").read_text())
     assert old["version"] == 4

@@ -98,6 +98,7 @@ def test_rounds_take_each_time_as_the_median_over_the_passes() -> None:
             tp=1, sp="none", micro_batch=micro_batch, seq_len=8, forward_s=forward,
             backward_s=2 * forward, spread=0.1, checkpoint_forward_s=ckpt,
             checkpoint_backward_s=ckpt, selective_recompute_s=ckpt, selective_forward_s=ckpt,
+            attention_checkpoint_forward_s=ckpt, attention_checkpoint_backward_s=ckpt,
         )  # fmt: skip
 
     memory = LayerMemory(
@@ -115,7 +116,9 @@ def test_rounds_take_each_time_as_the_median_over_the_passes() -> None:
     first, second = merged.timings["block"]
     assert (first.forward_s, first.backward_s, first.checkpoint_forward_s) == (2.0, 4.0, 2.0)
     assert first.selective_recompute_s == first.selective_forward_s == 2.0
+    assert first.attention_checkpoint_forward_s == first.attention_checkpoint_backward_s == 2.0
     assert (second.forward_s, second.checkpoint_backward_s) == (2.5, None)  # None in a round
     assert second.selective_recompute_s is None and second.selective_forward_s is None
+    assert second.attention_checkpoint_backward_s is None
     assert merged.memory["block"] == [memory]
     assert _median_over_rounds(rounds[:1]) is rounds[0]

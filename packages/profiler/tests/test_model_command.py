@@ -178,7 +178,13 @@ def test_blocks_record_the_attention_core_and_the_weight_gradients(
         other = profile.layer_type(name)
         assert other is not None
         assert all(t.attention_forward_s is None for t in other.timings)
+        assert all(t.attention_checkpoint_backward_s is None for t in other.timings)
         assert all(m.attention_saved_bytes_per_sample is None for m in other.memory)
+    for timing in block.timings:  # timed as run: the core's forward again, and more
+        assert timing.attention_checkpoint_forward_s is not None
+        assert timing.attention_checkpoint_backward_s is not None
+        assert timing.attention_checkpoint_forward_s > 0
+        assert timing.attention_checkpoint_backward_s > timing.attention_forward_s
 
 
 def _check_selective_op(block_memory: LayerMemory) -> None:

@@ -16,6 +16,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 
 from partita.executor.recompute import _ATTENTION_KERNELS, _MATMULS
 from partita.models.api import build_model, synthetic_batch
+from partita.models.attention import Attends
 from partita.models.layered import Activations
 from partita.profiler import model_measure as measure
 from partita.profiler.model_cases import Config
@@ -120,3 +121,41 @@ def test_a_real_blocks_recomputation_is_timed() -> None:
         times = measure.time_passes(layer, inputs, warmup=1, repeats=5, device=CPU)
     assert 0 < selective.recompute_s < 20 * times.forward_s
     assert 0 < selective.forward_s < 20 * times.forward_s
+
+
+class _SlowCore(Attends):
+    """A layer whose attention core sleeps: what a checkpointed core costs again in the
+    backward, and only there."""
+
+    def __init__(self, pause: float) -> None:
+        super().__init__()
+        self.pause = pause
+        self.core = self._core  # type: ignore[assignment]
+        self.proj = nn.Linear(8, 8)
+
+    def _core(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, **_: Any) -> torch.Tensor:
+        time.sleep(self.pause)
+        return q * k + v
+
+    def forward(self, acts: Activations) -> Activations:
+        x = self.proj(acts["hidden"])
+        return {"hidden": self.core(x, x, x)}
+
+
+def test_attention_checkpointing_is_timed_as_run_the_core_again_in_the_backward() -> None:
+    inputs = {"hidden": torch.randn(4, 8, requires_grad=True)}
+    pause = 0.01
+    layer = _SlowCore(pause)
+    times = measure.time_attention_checkpointed(layer, inputs, warmup=1, repeats=3, device=CPU)
+    plain = measure.time_passes(layer, inputs, warmup=1, repeats=3, device=CPU)
+    assert times is not None
+    assert pause <= times.forward_s < 10 * pause
+    assert pause <= times.backward_s < 10 * pause  # the core ran again
+    assert plain.backward_s < pause  # ... which it does not unless checkpointed
+    assert layer.core == layer._core  # unwrapped after
+    assert inputs["hidden"].grad is None
+    no_core = _SlowStart(0.0)
+    assert (
+        measure.time_attention_checkpointed(no_core, inputs, warmup=0, repeats=1, device=CPU)
+        is None
+    )

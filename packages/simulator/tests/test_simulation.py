@@ -136,16 +136,20 @@ def test_the_closed_form_matches_the_pipelined_buckets(
 
 
 def test_a_transfer_waits_until_the_receiving_stage_posts_its_receive() -> None:
-    # 1F1B, two stages of one layer (f 1 s, b 2 s), transfers of 0.25 s a message (the
-    # activations are two). Stage 0 sends F1 at 2, while stage 1 runs B0 (until 4.5): the
-    # transfer waits for stage 1 to reach F1, 4.5-5, and F1 starts at 5, not 4.5.
+    # 1F1B, two stages of one layer (f 1 s, b 2 s), messages of 0.25 s: a transfer is one,
+    # plus the step's one message of sizes spread over its 3 micro-batches, 1/3 s in all.
+    # Stage 0 sends F1 at 2, while stage 1 runs B0 (until 4 1/3): the transfer waits for
+    # stage 1 to reach F1, 4 1/3 - 4 2/3, and F1 starts then, not at 4 1/3.
     plan = syn.plan(world=2, stages=(1, 1), micro_batches=3, global_batch=3, schedule="1f1b")
     result = _run(plan, hw=syn.hardware(world=2, p2p_latency_s=0.25))
     compute = {e.name: e for e in result.events if e.stage == 1 and e.stream == "compute"}
-    assert (compute["F0"].start_s, compute["B0"].end_s) == pytest.approx((1.5, 4.5))
-    assert compute["F1"].start_s == pytest.approx(5.0)
+    transfer = 0.25 + 0.25 / 3
+    assert (compute["F0"].start_s, compute["B0"].end_s) == pytest.approx(
+        (1 + transfer, 4 + transfer)
+    )
+    assert compute["F1"].start_s == pytest.approx(4 + 2 * transfer)
     send = next(e for e in result.events if e.stage == 0 and e.name == "send F1")
-    assert (send.start_s, send.end_s) == pytest.approx((4.5, 5.0))
+    assert (send.start_s, send.end_s) == pytest.approx((4 + transfer, 4 + 2 * transfer))
 
 
 def test_layers_sharing_a_data_parallel_group_sync_in_one_bucket() -> None:

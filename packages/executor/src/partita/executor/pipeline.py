@@ -1,16 +1,21 @@
 """Point-to-point transfers of activation dicts between neighbouring pipeline stages.
 
-A forward transfer is two messages: the sizes (of the whole payload and of its header), then
-one payload holding a header (keys, shapes, dtypes, whether each needs a gradient) and every
-tensor's bytes; the backward transfer is one message holding the gradients of the tensors that
-needed one, in key order (the sender of the activations knows their shapes). One message per
-transfer instead of one per tensor: on gloo each costs a latency of ~0.1-0.2 ms of the
-sender's and receiver's time. Sends are asynchronous and their handles are kept until the step
-ends; receives block (up to the process group's timeout). Transfers go between virtual stages
-(a rank holds several under interleaved 1F1B); per (sender, receiver) pair they arrive in the
-order they were sent, and every schedule receives them in that order (the formats package
-tests it for each generated schedule), so no tags are needed beyond telling forward from
-backward.
+Within a step every micro-batch sends the same tensors (keys, shapes, dtypes, whether each
+needs a gradient) to a virtual stage, so they are agreed once per step and receiving virtual
+stage: its first forward transfer is two messages, the sizes (of the whole payload and of its
+header), then one payload holding a header and every tensor's bytes; the later ones are the
+tensors' bytes alone, in one message, which the receiver takes into a buffer of the size it
+already knows. One message per transfer instead of one per tensor, and one instead of two
+after the first: on gloo each costs a latency of ~0.1-0.2 ms of the sender's and receiver's
+time, and on CUDA reading a size or a header back is a host sync that stops the host from
+queuing ahead. The backward transfer is one message holding the gradients of the tensors that
+needed one, in key order (the sender of the activations knows their shapes). Sends are
+asynchronous and their handles are kept until known to be done; receives block (up to the
+process group's timeout). Transfers go between virtual stages (a rank holds several under
+interleaved 1F1B); per (sender, receiver) pair they arrive in the order they were sent, and
+every schedule receives them in that order (the formats package tests it for each generated
+schedule), so no tags are needed beyond telling forward from backward, and the n-th transfer
+to a virtual stage is the n-th it receives.
 """
 
 from __future__ import annotations
@@ -40,6 +45,7 @@ class Transfers:
     def __init__(self) -> None:
         self._pending: list[tuple[dist.Work, torch.Tensor, int]] = []
         self._sent = 0
+        self._agreed: dict[int, Header] = {}  # by receiving virtual stage
 
     def send(self, tensor: torch.Tensor, dst: int, tag: int, *, token: int = -1) -> None:
         self._pending = [p for p in self._pending if not p[0].is_completed()]
@@ -48,22 +54,24 @@ class Transfers:
         assert work is not None
         self._pending.append((work, tensor, token))
 
-    def send_activations(self, acts: Activations, dst: int) -> int:
-        """Send ``acts``; returns the token that :meth:`release` takes once the receiver has
-        answered (its gradient came back)."""
+    def send_activations(self, acts: Activations, dst: int, *, stage: int) -> int:
+        """Send ``acts`` to virtual stage ``stage`` on rank ``dst``; returns the token that
+        :meth:`release` takes once the receiver has answered (its gradient came back)."""
         self._sent += 1
         token = self._sent
-        keys = sorted(acts)
-        device = acts[keys[0]].device
-        header = [
-            [key, list(acts[key].shape), str(acts[key].dtype).removeprefix("torch."),
-             bool(acts[key].requires_grad)]
-            for key in keys
-        ]  # fmt: skip
+        header = _header(acts)
+        data = [_padded(_bytes(acts[key])) for key, *_ in header]
+        agreed = self._agreed.get(stage)
+        if agreed is not None:
+            assert header == agreed, f"stage {stage}: micro-batches differ: {header} {agreed}"
+            self.send(torch.cat(data) if len(data) > 1 else data[0], dst, FORWARD_TAG, token=token)
+            return token
+        self._agreed[stage] = header
+        device = acts[header[0][0]].device
         encoded = _padded(
             torch.tensor(list(json.dumps(header).encode()), dtype=torch.uint8, device=device)
         )
-        payload = torch.cat([encoded, *(_padded(_bytes(acts[key])) for key in keys)])
+        payload = torch.cat([encoded, *data])
         sizes = torch.tensor([payload.numel(), encoded.numel()], dtype=torch.int64, device=device)
         self.send(sizes, dst, FORWARD_TAG, token=token)
         self.send(payload, dst, FORWARD_TAG, token=token)
@@ -92,21 +100,37 @@ class Transfers:
         self._pending.clear()
 
 
-def recv_activations(src: int, *, device: torch.device) -> Activations:
-    """The activations ``src`` sent, on ``device``; those that needed a gradient become leaves
-    that need one."""
-    sizes = torch.empty(2, dtype=torch.int64, device=device)
-    dist.recv(sizes, src=src, tag=FORWARD_TAG)
-    payload = torch.empty(int(sizes[0]), dtype=torch.uint8, device=device)
-    dist.recv(payload, src=src, tag=FORWARD_TAG)
-    header_bytes = int(sizes[1])
-    header = json.loads(bytes(payload[:header_bytes].tolist()).rstrip(b"\0").decode())
-    offset = header_bytes
-    acts = {}
-    for key, shape, dtype, needs_grad in header:
-        x, offset = _unpack(payload, offset, shape, getattr(torch, dtype))
-        acts[key] = x.requires_grad_(needs_grad)
-    return acts
+class Inbox:
+    """The receiving side of a step's forward transfers: the header each virtual stage
+    agreed with its sender at its first transfer, for the later ones."""
+
+    def __init__(self, device: torch.device) -> None:
+        self.device = device
+        self._agreed: dict[int, Header] = {}
+
+    def activations(self, src: int, *, stage: int) -> Activations:
+        """The activations ``src`` sent to virtual stage ``stage``, on the device; those that
+        needed a gradient become leaves that need one."""
+        header = self._agreed.get(stage)
+        if header is None:
+            sizes = torch.empty(2, dtype=torch.int64, device=self.device)
+            dist.recv(sizes, src=src, tag=FORWARD_TAG)
+            total, header_bytes = (int(n) for n in sizes.tolist())  # one sync per step
+            payload = torch.empty(total, dtype=torch.uint8, device=self.device)
+            dist.recv(payload, src=src, tag=FORWARD_TAG)
+            text = bytes(payload[:header_bytes].tolist()).rstrip(b"\0").decode()
+            header = [(str(k), list(shape), str(t), bool(g)) for k, shape, t, g in json.loads(text)]
+            self._agreed[stage] = header
+            offset = header_bytes
+        else:
+            payload = torch.empty(_data_bytes(header), dtype=torch.uint8, device=self.device)
+            dist.recv(payload, src=src, tag=FORWARD_TAG)
+            offset = 0
+        acts = {}
+        for key, shape, dtype, needs_grad in header:
+            x, offset = _unpack(payload, offset, list(shape), getattr(torch, dtype))
+            acts[key] = x.requires_grad_(needs_grad)
+        return acts
 
 
 def recv_gradients(like: list[torch.Tensor], src: int) -> list[torch.Tensor]:
@@ -120,6 +144,24 @@ def recv_gradients(like: list[torch.Tensor], src: int) -> list[torch.Tensor]:
         grad, offset = _unpack(payload, offset, list(x.shape), x.dtype)
         grads.append(grad)
     return grads
+
+
+# (key, shape, dtype name, needs a gradient) of each tensor, in key order
+Header = list[tuple[str, list[int], str, bool]]
+
+
+def _header(acts: Activations) -> Header:
+    return [
+        (key, list(x.shape), str(x.dtype).removeprefix("torch."), bool(x.requires_grad))
+        for key, x in sorted(acts.items())
+    ]
+
+
+def _data_bytes(header: Header) -> int:
+    return sum(
+        _aligned(int(torch.Size(shape).numel()) * getattr(torch, dtype).itemsize)
+        for _, shape, dtype, _ in header
+    )
 
 
 def needing_grad(acts: Activations) -> list[str]:

@@ -69,9 +69,9 @@ from partita.executor.loss_scaling import LossScaler, needs_loss_scaling
 from partita.executor.memory import PeakMemory
 from partita.executor.parallelize import AUTOCAST_DTYPES, ParallelStage, parallelize_stage
 from partita.executor.pipeline import (
+    Inbox,
     Transfers,
     needing_grad,
-    recv_activations,
     recv_gradients,
     weight_leaves,
 )
@@ -284,7 +284,7 @@ class Trainer:
         self.optimizer.zero_grad(set_to_none=True)
         self.parallel.buckets.attach()
         size = self.plan.micro_batch_size
-        transfers = Transfers()
+        transfers, inbox = Transfers(), Inbox(self.device)
         saved: dict[tuple[int, int], _Saved] = {}  # by (micro-batch, chunk)
         logged = torch.zeros((), dtype=torch.float64, device=self.device)
         for index, action in enumerate(self.actions):
@@ -294,7 +294,7 @@ class Trainer:
             if action.kind == "F":
                 m = action.micro_batch
                 micro = {k: v[m * size : (m + 1) * size] for k, v in batch.items()}
-                saved[key], part = self._forward(micro, action.chunk, total, transfers)
+                saved[key], part = self._forward(micro, action.chunk, total, transfers, inbox)
                 logged += part
             elif action.kind == "B" and not self.split:
                 self._backward(saved.pop(key), action.chunk, transfers)
@@ -326,18 +326,25 @@ class Trainer:
         return chunk * self.plan.pipeline.degree + self.stage
 
     def _forward(
-        self, micro: Activations, chunk: int, total: torch.Tensor, transfers: Transfers
+        self,
+        micro: Activations,
+        chunk: int,
+        total: torch.Tensor,
+        transfers: Transfers,
+        inbox: Inbox,
     ) -> tuple[_Saved, torch.Tensor]:
         model = self.stage_model
         virtual = self._virtual(chunk)
         if virtual == 0:
             inputs = self._slice(micro, model.input_layouts[chunk])
         else:
-            inputs = recv_activations(self._peer(virtual - 1), device=self.device)
+            inputs = inbox.activations(self._peer(virtual - 1), stage=virtual)
         with self._autocast():
             outputs = model(inputs, chunk)
             if virtual < self.last_virtual:
-                token = transfers.send_activations(outputs, self._peer(virtual + 1))
+                token = transfers.send_activations(
+                    outputs, self._peer(virtual + 1), stage=virtual + 1
+                )
                 return _Saved(inputs, outputs, sent=token), torch.zeros(
                     (), dtype=torch.float64, device=self.device
                 )

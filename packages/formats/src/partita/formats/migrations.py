@@ -71,9 +71,11 @@ def added_optional_fields(body: dict[str, Any]) -> dict[str, Any]:
     -> v3: ``attention``; model profile v3 -> v4: ``attention_forward_s`` and
     ``weight_backward_s`` of timings, ``attention_saved_bytes_per_sample`` of memory entries;
     model profile v4 -> v5: ``selective_forward_s`` and ``selective_recompute_s`` of timings and
-    ``selective_saved_bytes_per_sample`` of memory entries; plan v3 -> v4: the ``ckpt`` mode
-    ``selective-op``; run report v1 -> v2: ``settings``, ``resumed_from_step``, ``num_nodes``
-    and the status ``running``; run report v2 -> v3: ``attention``; run report v3 -> v4: the
-    status ``interrupted``; run report v4 -> v5 and checkpoint manifest v2 -> v3:
-    ``settings.init``; model description v1 -> v2: ``loss_bytes_per_sample`` of layers."""
+    ``selective_saved_bytes_per_sample`` of memory entries; model profile v5 -> v6:
+    ``attention_checkpoint_forward_s`` and ``attention_checkpoint_backward_s`` of timings; plan
+    v3 -> v4: the ``ckpt`` mode ``selective-op``; run report v1 -> v2: ``settings``,
+    ``resumed_from_step``, ``num_nodes`` and the status ``running``; run report v2 -> v3:
+    ``attention``; run report v3 -> v4: the status ``interrupted``; run report v4 -> v5 and
+    checkpoint manifest v2 -> v3: ``settings.init``; model description v1 -> v2:
+    ``loss_bytes_per_sample`` of layers."""
     return body

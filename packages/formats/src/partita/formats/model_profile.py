@@ -10,7 +10,9 @@ backward pass needs beyond the saved activations. A head layer type is measured 
 with the loss that follows it. Version 3 added the attention kernel the layers were measured
 with. Version 4 added what the pipeline schedules and selective recompute need: the attention
 core's forward time and saved bytes (what ``ckpt: attention`` runs again and frees), and the
-weight-gradient share of the backward (what a zero-bubble schedule's W pass runs).
+weight-gradient share of the backward (what a zero-bubble schedule's W pass runs). Version 5
+added the times and kept bytes under ``ckpt: selective-op``; version 6 the passes under ``ckpt:
+attention`` as run (the checkpoint's own work around the core is not in the core's time).
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ from partita.formats.common import AttentionKernel, Precision, SpMode
 from partita.formats.schema import at_least, count_from
 
 FORMAT = "partita.model_profile"
-VERSION = 5
+VERSION = 6
 
 Origin = Literal[
     "measured_tp_groups",  # measured with real tensor-parallel process groups
@@ -58,6 +60,11 @@ class LayerTiming:
     # second matmul and the elementwise ops); None when not measured. Added in version 5.
     selective_forward_s: float | None = field(default=None, metadata=at_least(0))
     selective_recompute_s: float | None = field(default=None, metadata=at_least(0))
+    # The forward and backward with the attention cores under ``ckpt: attention``, timed as
+    # run: the checkpoint's hooks and the core's recomputation included (the hooks cost more
+    # than the core where the core is small); None when not measured. Added in version 6.
+    attention_checkpoint_forward_s: float | None = field(default=None, metadata=at_least(0))
+    attention_checkpoint_backward_s: float | None = field(default=None, metadata=at_least(0))
 
 
 @dataclass(frozen=True)

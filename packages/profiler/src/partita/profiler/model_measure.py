@@ -456,6 +456,19 @@ def time_attention_cores(
     return trimmed_mean(per_forward)
 
 
+def time_attention_checkpointed(
+    layer: nn.Module, inputs: Activations, *, warmup: int, repeats: int, device: torch.device
+) -> PassTimes | None:
+    """The layer's passes with its attention cores under ``ckpt: attention`` (wrapped as the
+    executor wraps them), timed as :func:`time_passes` times them: the checkpoint's hooks in
+    the forward, and in the backward the core's recomputation with them, which the core's own
+    time leaves out; None where the layer has no attention core."""
+    with attention_cores_wrapped(layer, recomputed) as cores:
+        if not cores:
+            return None
+        return time_passes(layer, inputs, warmup=warmup, repeats=repeats, device=device)
+
+
 class _Spanned(nn.Module):
     """``layer`` whose calls are timed: a span per call, the forward's first, then each
     recomputation (non-reentrant checkpointing calls the function again in the backward)."""

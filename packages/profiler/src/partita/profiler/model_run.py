@@ -28,7 +28,10 @@ Timings of blocks are also taken with the block under activation checkpointing
 and split for the schedules and recompute modes that need it: ``attention_forward_s``, the
 time a forward spends in the attention cores (what ``ckpt: attention`` runs again), and
 ``weight_backward_s``, a backward less one that computes only the inputs' gradients, timed
-in pairs (a split backward's W pass). A block's memory entry also has
+in pairs (a split backward's W pass); ``attention_checkpoint_forward_s`` and
+``attention_checkpoint_backward_s``, the passes with the attention cores checkpointed, as
+``ckpt: attention`` runs them (the checkpoint's hooks cost more than a small core). A block's
+memory entry also has
 ``attention_saved_bytes_per_sample``: what its forward keeps less what it keeps with the
 attention cores checkpointed.
 
@@ -222,6 +225,10 @@ def _median_timing(entries: Sequence[LayerTiming]) -> LayerTiming:
         weight_backward_s=median([e.weight_backward_s for e in entries]),
         selective_forward_s=median([e.selective_forward_s for e in entries]),
         selective_recompute_s=median([e.selective_recompute_s for e in entries]),
+        attention_checkpoint_forward_s=median([e.attention_checkpoint_forward_s for e in entries]),
+        attention_checkpoint_backward_s=median(
+            [e.attention_checkpoint_backward_s for e in entries]
+        ),
     )
 
 
@@ -349,6 +356,9 @@ def _measure_config(
                         layer, acts, device=settings.device, **timing
                     ),
                     selective=measure.time_selective(layer, acts, device=settings.device, **timing),
+                    attention_checkpointed=measure.time_attention_checkpointed(
+                        layer, acts, device=settings.device, **timing
+                    ),
                 )
             timings.append(_timing(case, config, batch, times, origin, checkpointed, split))
             retained[batch] = (
@@ -385,6 +395,7 @@ class _Split:
     attention_forward_s: float | None  # None: the layer has no attention core
     weight_backward_s: float  # the weights' gradients, part of the backward
     selective: measure.SelectiveTimes | None = None  # under ``ckpt: selective-op``
+    attention_checkpointed: measure.PassTimes | None = None  # under ``ckpt: attention``
 
 
 def _timing(
@@ -396,6 +407,8 @@ def _timing(
     checkpointed: measure.PassTimes | None = None,
     split: _Split | None = None,
 ) -> LayerTiming:
+    selective = None if split is None else split.selective
+    attention = None if split is None else split.attention_checkpointed
     return LayerTiming(
         tp=config.tp,
         sp=config.sp,  # type: ignore[arg-type]
@@ -410,12 +423,10 @@ def _timing(
         attention_forward_s=None if split is None else split.attention_forward_s,
         # Timed in runs of their own, W and the backward scatter apart: W is kept within it.
         weight_backward_s=None if split is None else min(times.backward_s, split.weight_backward_s),
-        selective_forward_s=None
-        if split is None or not split.selective
-        else split.selective.forward_s,
-        selective_recompute_s=None
-        if split is None or not split.selective
-        else split.selective.recompute_s,
+        selective_forward_s=selective.forward_s if selective else None,
+        selective_recompute_s=selective.recompute_s if selective else None,
+        attention_checkpoint_forward_s=attention.forward_s if attention else None,
+        attention_checkpoint_backward_s=attention.backward_s if attention else None,
     )
 
 

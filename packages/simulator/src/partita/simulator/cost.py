@@ -73,6 +73,9 @@ class LayerTimes:
     # Under ``ckpt: selective-op``: its forward, and what its backward runs again.
     selective_forward_s: float | None = None
     selective_recompute_s: float | None = None
+    # Under ``ckpt: attention``, as run (the checkpoint's hooks included).
+    attention_checkpoint_forward_s: float | None = None
+    attention_checkpoint_backward_s: float | None = None
 
 
 @dataclass
@@ -123,6 +126,8 @@ class CostModel:
             weight_backward_s=where_measured("weight_backward_s"),
             selective_forward_s=where_measured("selective_forward_s"),
             selective_recompute_s=where_measured("selective_recompute_s"),
+            attention_checkpoint_forward_s=where_measured("attention_checkpoint_forward_s"),
+            attention_checkpoint_backward_s=where_measured("attention_checkpoint_backward_s"),
         )
 
     def _fitted(self, points: list[LayerTiming], name: str, micro_batch: float) -> float:

@@ -20,7 +20,7 @@ reduce-scatter gradients after every micro-batch's backward.
 from __future__ import annotations
 
 from collections.abc import Iterator
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field, fields, replace
 from typing import TypeVar
 
 from partita.formats import LayerDescription, LayerMemory, LayerStrategy, ModelDescription, Plan
@@ -326,8 +326,9 @@ class WorkloadBuilder:
         pipeline = self.plan.pipeline
         last_stage = pipeline.num_virtual_stages - 1
         send_forward = self._p2p(last_layer, last_strategy) if index < last_stage else 0.0
-        if send_forward:  # the executor sends the payload's size first
-            send_forward += self._p2p_message(SMALL_MESSAGE_BYTES, last_strategy)
+        if send_forward:  # once a step the executor sends the sizes first: spread over it
+            handshake = self._p2p_message(SMALL_MESSAGE_BYTES, last_strategy)
+            send_forward += handshake / self.plan.num_micro_batches
         send_backward = self._p2p(first_layer, first_strategy) if index > 0 else 0.0
         return StageWork(
             stage=index,
@@ -560,12 +561,18 @@ class WorkloadBuilder:
         # tensor-parallel communication: those serve the input gradients).
         weight_backward = self._weight_backward(layer, times)
         full = strategy.ckpt == "full"
+        attention_checkpointed = _both(
+            times.attention_checkpoint_forward_s, times.attention_checkpoint_backward_s
+        )
         if full and times.checkpoint_forward_s is not None:  # measured so
             assert times.checkpoint_backward_s is not None
             forward = times.checkpoint_forward_s + tp_comm + into_forward
             backward = times.checkpoint_backward_s + 2 * tp_comm + into_backward
         elif full:  # the backward recomputes the forward
             backward += times.forward_s + tp_comm
+        elif strategy.ckpt == "attention" and attention_checkpointed is not None:  # as run
+            forward = attention_checkpointed[0] + tp_comm + into_forward
+            backward = attention_checkpointed[1] + tp_comm + into_backward
         elif strategy.ckpt == "attention":  # ... or only the attention core's
             backward += self._attention_forward(layer, times)
         elif strategy.ckpt == "selective-op":  # ... or every other matmul and the rest
@@ -844,21 +851,16 @@ class WorkloadBuilder:
 def _scaled(times: LayerTimes, scale: float) -> LayerTimes:
     if scale == 1.0:
         return times
+    seconds = {
+        f.name: getattr(times, f.name) * scale
+        for f in fields(times)
+        if f.name.endswith("_s") and getattr(times, f.name) is not None
+    }
+    return replace(times, **seconds)
 
-    def times_scale(seconds: float | None) -> float | None:
-        return None if seconds is None else seconds * scale
 
-    return replace(
-        times,
-        forward_s=times.forward_s * scale,
-        backward_s=times.backward_s * scale,
-        checkpoint_forward_s=times_scale(times.checkpoint_forward_s),
-        checkpoint_backward_s=times_scale(times.checkpoint_backward_s),
-        attention_forward_s=times_scale(times.attention_forward_s),
-        weight_backward_s=times_scale(times.weight_backward_s),
-        selective_forward_s=times_scale(times.selective_forward_s),
-        selective_recompute_s=times_scale(times.selective_recompute_s),
-    )
+def _both(first: float | None, second: float | None) -> tuple[float, float] | None:
+    return None if first is None or second is None else (first, second)
 
 
 def _sublayers(layer: LayerDescription) -> tuple[int, int]:
