@@ -178,6 +178,16 @@ def test_newer_version_is_refused_naming_the_supported_one(spec) -> None:  # typ
 
 
 @pytest.mark.parametrize("spec", SPECS, ids=lambda s: s.name)
+def test_the_specification_table_and_the_example_give_the_current_version(spec) -> None:  # type: ignore[no-untyped-def]
+    table = (EXAMPLES.parent / "formats.md").read_text()
+    row = next(line for line in table.splitlines() if line.startswith(f"| `{spec.name}` |"))
+    assert row.split("|")[2].strip() == str(spec.version), row
+    examples = [json.loads(p.read_text()) for p in EXAMPLES.glob("*.json")]
+    versions = {e.get("version") for e in examples if e.get("format") == spec.name}
+    assert versions == {spec.version}
+
+
+@pytest.mark.parametrize("spec", SPECS, ids=lambda s: s.name)
 def test_every_older_version_has_a_migration(spec) -> None:  # type: ignore[no-untyped-def]
     assert sorted(spec.migrations) == list(range(1, spec.version))
 

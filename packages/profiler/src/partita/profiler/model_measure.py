@@ -457,16 +457,37 @@ def time_attention_cores(
 
 
 def time_attention_checkpointed(
-    layer: nn.Module, inputs: Activations, *, warmup: int, repeats: int, device: torch.device
+    layer: nn.Module,
+    inputs: Activations,
+    *,
+    plain: PassTimes,
+    warmup: int,
+    repeats: int,
+    device: torch.device,
 ) -> PassTimes | None:
     """The layer's passes with its attention cores under ``ckpt: attention`` (wrapped as the
-    executor wraps them), timed as :func:`time_passes` times them: the checkpoint's hooks in
-    the forward, and in the backward the core's recomputation with them, which the core's own
-    time leaves out; None where the layer has no attention core."""
+    executor wraps them): the checkpoint's hooks in the forward, and in the backward the
+    core's recomputation with them, which the core's own time leaves out. Each is ``plain``'s
+    (the passes timed in their own run) plus what the mode adds, timed in pairs of a plain and
+    a checkpointed pass back to back so that the machine's drift cancels (timed in runs of
+    their own, the two scattered apart by more than the difference on small layers): the
+    trimmed mean of the differences, at least 0. None where the layer has no attention core."""
     with attention_cores_wrapped(layer, recomputed) as cores:
         if not cores:
             return None
-        return time_passes(layer, inputs, warmup=warmup, repeats=repeats, device=device)
+    forwards, backwards = [], []
+    for step in range(warmup + repeats):
+        plain_pass = time_passes(layer, inputs, warmup=0, repeats=1, device=device)
+        with attention_cores_wrapped(layer, recomputed):
+            checkpointed = time_passes(layer, inputs, warmup=0, repeats=1, device=device)
+        if step >= warmup:
+            forwards.append(checkpointed.forward_s - plain_pass.forward_s)
+            backwards.append(checkpointed.backward_s - plain_pass.backward_s)
+    return PassTimes(
+        forward_s=plain.forward_s + max(0.0, trimmed_mean(forwards)),
+        backward_s=plain.backward_s + max(0.0, trimmed_mean(backwards)),
+        spread=plain.spread,
+    )
 
 
 class _Spanned(nn.Module):

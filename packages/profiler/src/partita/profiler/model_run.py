@@ -30,7 +30,8 @@ time a forward spends in the attention cores (what ``ckpt: attention`` runs agai
 ``weight_backward_s``, a backward less one that computes only the inputs' gradients, timed
 in pairs (a split backward's W pass); ``attention_checkpoint_forward_s`` and
 ``attention_checkpoint_backward_s``, the passes with the attention cores checkpointed, as
-``ckpt: attention`` runs them (the checkpoint's hooks cost more than a small core). A block's
+``ckpt: attention`` runs them (the checkpoint's hooks cost more than a small core): the plain
+passes plus what the mode adds, timed in pairs like the weight gradients. A block's
 memory entry also has
 ``attention_saved_bytes_per_sample``: what its forward keeps less what it keeps with the
 attention cores checkpointed.
@@ -357,7 +358,7 @@ def _measure_config(
                     ),
                     selective=measure.time_selective(layer, acts, device=settings.device, **timing),
                     attention_checkpointed=measure.time_attention_checkpointed(
-                        layer, acts, device=settings.device, **timing
+                        layer, acts, plain=times, device=settings.device, **timing
                     ),
                 )
             timings.append(_timing(case, config, batch, times, origin, checkpointed, split))
