@@ -561,13 +561,13 @@ class WorkloadBuilder:
         # tensor-parallel communication: those serve the input gradients).
         weight_backward = self._weight_backward(layer, times)
         full = strategy.ckpt == "full"
+        checkpointed = _both(times.checkpoint_forward_s, times.checkpoint_backward_s)
         attention_checkpointed = _both(
             times.attention_checkpoint_forward_s, times.attention_checkpoint_backward_s
         )
-        if full and times.checkpoint_forward_s is not None:  # measured so
-            assert times.checkpoint_backward_s is not None
-            forward = times.checkpoint_forward_s + tp_comm + into_forward
-            backward = times.checkpoint_backward_s + 2 * tp_comm + into_backward
+        if full and checkpointed is not None:  # measured so
+            forward = checkpointed[0] + tp_comm + into_forward
+            backward = checkpointed[1] + 2 * tp_comm + into_backward
         elif full:  # the backward recomputes the forward
             backward += times.forward_s + tp_comm
         elif strategy.ckpt == "attention" and attention_checkpointed is not None:  # as run
@@ -860,6 +860,7 @@ def _scaled(times: LayerTimes, scale: float) -> LayerTimes:
 
 
 def _both(first: float | None, second: float | None) -> tuple[float, float] | None:
+    """A mode's measured forward and backward, where the profile has both."""
     return None if first is None or second is None else (first, second)
 
 
