@@ -363,6 +363,12 @@ def predict(case: Case, profiles: Profiles) -> None:
     )
     case.predicted_time_s = result.iteration_time_s
     case.predicted_memory_bytes = max(result.peak_memory_bytes)
+    case.extra["predicted_phases_s"] = [
+        [stage.phases.schedule_s, stage.phases.grad_sync_s, stage.phases.optimizer_s,
+         stage.phases.step_end_s]
+        for stage in result.stages
+        if stage.phases is not None
+    ]  # fmt: skip
 
 
 def measure(case: Case, *, profiles: Profiles, model: str, steps: int, repeat: int) -> None:
@@ -388,6 +394,47 @@ def measure(case: Case, *, profiles: Profiles, model: str, steps: int, repeat: i
     peak = max(m.peak_bytes for m in report.peak_memory)
     case.measured_memory_bytes = max(peak, case.measured_memory_bytes or 0)
     case.extra["memory_method"] = report.memory_method
+    _add_measured_phases(case, report)
+
+
+PHASES = ("schedule", "grad_sync", "optimizer", "step_end")
+
+
+def _add_measured_phases(case: Case, report: RunReport) -> None:
+    """Each rank's phases (``RankPhases``), as ``[stage, schedule, grad_sync, optimizer,
+    step_end]``, averaged over the passes so far."""
+    from partita.simulator.html_report_inputs import stage_of_rank
+
+    if not report.phases:
+        return
+    new = [
+        [stage_of_rank(case.plan, p.rank), p.schedule_s, p.grad_sync_s, p.optimizer_s,
+         p.step_end_s]
+        for p in report.phases
+    ]  # fmt: skip
+    passes = len(case.pass_times_s)
+    old = case.extra.get("measured_phases_s")
+    if isinstance(old, list) and passes > 1 and len(old) == len(new):
+        keep = (passes - 1) / passes  # the passes before, against this one
+        new = [
+            [now[0], *(keep * a + (1 - keep) * b for a, b in zip(was[1:], now[1:], strict=True))]
+            for was, now in zip(old, new, strict=True)
+        ]
+    case.extra["measured_phases_s"] = new
+
+
+def phase_differences(case: Case) -> list[float] | None:
+    """Predicted minus measured seconds of each phase, the mean over a plan's ranks (each
+    against its stage's prediction); None without both."""
+    predicted, measured = case.extra.get("predicted_phases_s"), case.extra.get("measured_phases_s")
+    if not isinstance(predicted, list) or not isinstance(measured, list) or not measured:
+        return None
+    sums = [0.0] * len(PHASES)
+    for rank in measured:
+        stage = predicted[int(rank[0])]
+        for i in range(len(PHASES)):
+            sums[i] += float(stage[i]) - float(rank[1 + i])
+    return [total / len(measured) for total in sums]
 
 
 def run_case(case: Case, *, profiles: Profiles, model: str, steps: int, repeat: int) -> None:
@@ -664,6 +711,13 @@ def world_summary(cases: list[Case], world: int, cores: int) -> dict[str, object
         ),
         "time_bias": _quantile([c.as_json()["time_error"] for c in done], 0.5),  # type: ignore[misc]
     }
+    # Where the time error sits: the median over plans of predicted minus measured seconds
+    # of each phase of the step (RankPhases).
+    differences = [d for d in map(phase_differences, done) if d is not None]
+    if differences:
+        summary["phase_bias_s"] = {
+            phase: _quantile([d[i] for d in differences], 0.5) for i, phase in enumerate(PHASES)
+        }
     # The same plans predicted from each profile alone, and how far the two disagree.
     for label in ("before", "after"):
         key = f"predicted_time_s_{label}"
@@ -705,6 +759,10 @@ def world_summary(cases: list[Case], world: int, cores: int) -> dict[str, object
 
 def _meets(key: str, value: float) -> bool:
     return value >= TARGETS[key] if key == "spearman_time" else value <= TARGETS[key]
+
+
+def _signed_ms(seconds: object) -> str:
+    return "-" if not isinstance(seconds, float) else f"{seconds * 1e3:+.2f} ms"
 
 
 def _quantile(values: list[float], q: float) -> float | None:
@@ -805,7 +863,7 @@ def measured_again(case: Case, folder: Path) -> None:
         peak = max(m.peak_bytes for m in report.peak_memory)
         case.measured_memory_bytes = max(peak, case.measured_memory_bytes or 0)
         case.extra["memory_method"] = report.memory_method
-    case.measured_time_s = statistics.fmean(case.pass_times_s)
+        _add_measured_phases(case, report)
 
 
 def rescore(run: Path, model: str, worlds: list[int]) -> list[Case]:
@@ -954,6 +1012,10 @@ def main(argv: list[str] | None = None) -> int:
                 f"{_fraction(summary['measurement_spread'])} of its time (median); their rank "
                 f"correlation is {_correlation(summary['spearman_between_passes'])}"
             )
+        bias = summary.get("phase_bias_s")
+        if isinstance(bias, dict):
+            parts = ", ".join(f"{phase} {_signed_ms(seconds)}" for phase, seconds in bias.items())
+            print(f"world {summary['world']}: predicted - measured by phase (median): {parts}")
     print(f"\n{out / 'fidelity.json'}\n{out / 'fidelity.png'}\nwall time {elapsed / 60:.1f} min")
     return 0
 

@@ -84,8 +84,9 @@ def _write_report(tmp_path: Path) -> tuple[Path, int]:
         ]
     )  # fmt: skip
     assert COMMAND.run(args) == 0
-    # Every section: the plan's 3 figures, the search's, and 3 of the run.
-    return out, 7
+    # Every section: the plan's 3 figures, the search's, and 4 of the run (iteration time,
+    # the phases of each rank's step, memory per rank, the loss).
+    return out, 8
 
 
 def test_report_renders_in_headless_chromium(tmp_path: Path) -> None:

@@ -85,6 +85,15 @@ def test_train_writes_a_run_report(tmp_path: Path) -> None:
     assert all(m.peak_bytes > 100_000 for m in report.peak_memory)
     assert report.throughput_per_s > 0
     assert (run / "plan.json").is_file()
+    # Each rank's step split into phases: medians of steps 1 and 2 (their means), so rank 0's
+    # add up to the mean of the step times it recorded.
+    assert [p.rank for p in report.phases] == [0, 1, 2, 3]
+    first = report.phases[0]
+    total = first.schedule_s + first.grad_sync_s + first.optimizer_s + first.step_end_s
+    assert total == pytest.approx((report.steps[1].time_s + report.steps[2].time_s) / 2)
+    for phases in report.phases:
+        assert phases.schedule_s > phases.optimizer_s > 0  # 4 blocks' passes against AdamW
+        assert phases.grad_sync_s > 0  # dp 2: the DDP buckets' last sum
 
 
 def test_a_pipelined_plan_trains_on_a_text_file(tmp_path: Path) -> None:
@@ -109,6 +118,8 @@ def test_a_pipelined_plan_trains_on_a_text_file(tmp_path: Path) -> None:
     report = load(run / "run_report.json", RunReport)
     assert report.status == "completed" and [s.step for s in report.steps] == [0, 1, 2]
     assert sorted(m.rank for m in report.peak_memory) == [0, 1]
+    assert [p.rank for p in report.phases] == [0, 1]
+    assert all(p.schedule_s > 0 and p.optimizer_s > 0 for p in report.phases)
 
 
 def test_plan_for_another_world_size_is_refused_before_launch(tmp_path: Path) -> None:

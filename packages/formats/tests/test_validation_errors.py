@@ -195,6 +195,21 @@ FIELD_CASES = [
     ),
     (
         "run_report.json",
+        _set(("phases", 2, "rank"), 5),
+        "run_report.json: phases[2].rank: rank 5 is outside world_size 4",
+    ),
+    (
+        "run_report.json",
+        _set(("phases", 1, "rank"), 0),
+        "run_report.json: phases[1].rank: a second entry for the same rank",
+    ),
+    (
+        "run_report.json",
+        _set(("phases", 0, "grad_sync_s"), -0.001),
+        "run_report.json: phases[0].grad_sync_s:",
+    ),
+    (
+        "run_report.json",
         _set(("resumed_from_step",), 6),
         "run_report.json: resumed_from_step: a run resumed after step 6 but records only 5 step(s)",
     ),

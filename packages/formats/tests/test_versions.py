@@ -85,6 +85,14 @@ def test_run_report_version_2_loads_as_version_3_without_an_attention_kernel(
     assert load(EXAMPLES / "run_report.json", RunReport).attention == "sdpa"
 
 
+def test_run_report_version_5_loads_as_version_6_without_phases(data_dir: Path) -> None:
+    assert json.loads((data_dir / "run_report_v5.json").read_text())["version"] == 5
+    report = load(data_dir / "run_report_v5.json", RunReport)
+    assert report.phases == () and report.status == "completed"
+    phases = load(EXAMPLES / "run_report.json", RunReport).phases
+    assert [p.rank for p in phases] == [0, 1, 2, 3]
+
+
 def test_model_profile_version_2_loads_as_version_3_without_an_attention_kernel(
     data_dir: Path,
 ) -> None:

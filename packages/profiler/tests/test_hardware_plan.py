@@ -235,3 +235,32 @@ def test_user_mistakes_raise_before_launch(
     monkeypatch.delenv("LOCAL_RANK", raising=False)
     with pytest.raises(ValueError, match=message):
         hardware_command.run(_args(**changes))
+
+
+def test_each_timed_optimizer_step_finds_the_caches_written_over(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """In training the step's passes went through the activations since the last optimizer
+    step: each timed repeat follows a write of ``EVICT_BYTES``, outside its time."""
+    import torch.distributed as dist
+
+    from partita.profiler import hardware_measure as measure
+    from partita.profiler.hardware_plan import QUICK
+
+    calls: list[str] = []
+    monkeypatch.setattr(measure, "cache_evictor", lambda device: lambda: calls.append("evict"))
+
+    class Timer:
+        def seconds(self, call: object) -> float:
+            calls.append("time")
+            call()  # type: ignore[operator]
+            return 1e-3
+
+    dist.init_process_group("gloo", store=dist.HashStore(), rank=0, world_size=1)
+    try:
+        context = measure.Context(torch.device("cpu"), Timer(), QUICK, 0, dist.group.WORLD)  # type: ignore[arg-type]
+        results = measure.measure_optimizer_step(context, quick=True)
+    finally:
+        dist.destroy_process_group()
+    assert set(results) == set(measure.OPTIMIZER_SHAPES)
+    assert calls == ["evict", "time"] * (QUICK.matmul_repeats * len(measure.OPTIMIZER_SHAPES))

@@ -12,7 +12,16 @@ from pathlib import Path
 import pytest
 import synthetic as syn
 
-from partita.formats import Plan, RunReport, content_hash, load, save
+from partita.formats import (
+    HardwareProfile,
+    ModelDescription,
+    ModelProfile,
+    Plan,
+    RunReport,
+    content_hash,
+    load,
+    save,
+)
 from partita.formats import cli as partita_cli
 from partita.simulator.html_report import FIGURE_ID_PREFIX
 from partita.simulator.html_report_figures import STREAM_LANES, timeline_figure
@@ -169,8 +178,10 @@ def test_run_folder_with_search_and_a_second_run(tmp_path: Path) -> None:
     argv = [str(searched), *MEASURED, "--run", str(baseline), "--out", str(out)]
     assert _report(*argv, "--search", str(search), "--search", str(EXAMPLES / "plan.json")) == 0
     page = out.read_text(encoding="utf-8")
-    # 3 of the plan, the search's chart, then iteration time, memory per rank and the loss.
-    assert len(_figure_ids(page)) == 7
+    # 3 of the plan, the search's chart, then iteration time, the phases of each rank's
+    # step, memory per rank and the loss.
+    assert len(_figure_ids(page)) == 8
+    assert "Where the step goes, per rank" in page and "No run timed" not in page
     assert _external_loads(page) == []
     assert "No search results given" not in page and "No trained run given" not in page
     assert "searched/train" in page and "baseline/train" in page
@@ -178,6 +189,40 @@ def test_run_folder_with_search_and_a_second_run(tmp_path: Path) -> None:
     # A bar pair per rank, named with its stage (the example plan's pp axis is outermost).
     # (plotly writes "/" in its JSON as \u002f, so that no "</script>" can end its script)
     assert "searched\\u002ftrain rank 3 (stage 1)" in page
+
+
+def test_the_phases_of_a_step_set_each_rank_against_its_stage(tmp_path: Path) -> None:
+    from partita.simulator.html_report_figures import PHASE_NAMES, phases_figure
+
+    run = load_run(_run_folder(tmp_path, losses=[6.2, 6.0], role="searched"))
+    hardware = load(EXAMPLES / "hardware_profile.json", HardwareProfile)
+    result = simulate(
+        run.plan,
+        hardware=hardware,
+        model_profile=load(EXAMPLES / "model_profile.json", ModelProfile),
+        model=load(EXAMPLES / "model_description.json", ModelDescription),
+    )
+    figure = phases_figure([run], [result])
+    assert [trace.name for trace in figure.data] == list(PHASE_NAMES.values())
+    schedule = figure.data[0]
+    ranks, sides = schedule.x
+    assert list(sides) == ["predicted", "measured"] * 4
+    assert ranks[0] == ranks[1] == "searched/train rank 0"
+    # measured: the example's ranks; predicted: each rank's stage (pp outermost, 2 stages).
+    assert list(schedule.y[1::2]) == pytest.approx([39.2, 40.1, 38.9, 39.6])
+    stages = [result.stages[s].phases.schedule_s * 1e3 for s in (0, 0, 1, 1)]  # type: ignore[union-attr]
+    assert list(schedule.y[0::2]) == pytest.approx(stages)
+    assert stages[0] != stages[2]
+
+
+def test_a_run_without_phases_is_said_so(tmp_path: Path) -> None:
+    folder = _run_folder(tmp_path, losses=[6.2, 6.0], role="old")
+    report = load(folder / "run_report.json", RunReport)
+    save(dataclasses.replace(report, phases=()), folder / "run_report.json")
+    out = tmp_path / "report.html"
+    assert _report(str(folder), *MEASURED, "--out", str(out)) == 0
+    page = out.read_text(encoding="utf-8")
+    assert "No run timed its step" in page and "Where the step goes" not in page
 
 
 def test_search_results_document_reads_back() -> None:

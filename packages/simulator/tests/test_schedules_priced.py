@@ -236,3 +236,25 @@ def test_a_split_backward_holds_the_gradients_b_keeps_until_w() -> None:
     assert extra == pytest.approx(stages[1].activation_bytes + 2 * kept)
     whole_stages, _ = priced("zb-h1", "full")
     assert whole_stages[1].split_kept_bytes == 0.0
+
+
+@pytest.mark.parametrize(
+    ("schedule", "chunks"), [("gpipe", 1), ("1f1b", 1), ("interleaved-1f1b", 2), ("zb-h1", 1)]
+)
+def test_each_stage_splits_the_step_into_phases_that_add_up_to_it(
+    schedule: str, chunks: int
+) -> None:
+    """4 ranks, 8 micro-batches, free communication: the first stage's last pass ends the
+    step's schedule; the later stages end theirs earlier and wait at the step's end."""
+    result = _priced(4, 8, schedule, chunks)
+    ends = []
+    for stage in result.stages:
+        assert stage.phases is not None
+        assert stage.phases.total_s == pytest.approx(result.iteration_time_s)
+        assert stage.phases.grad_sync_s == pytest.approx(0.0)  # one replica: no gradient sync
+        ends.append(stage.phases.schedule_s)
+    assert ends[0] == pytest.approx(max(ends))
+    assert result.stages[0].phases.step_end_s == pytest.approx(0.0)  # type: ignore[union-attr]
+    if schedule != "zb-h1":  # ZB-H1's W passes fill the later stages' ends
+        assert ends[-1] < ends[0]
+        assert result.stages[-1].phases.step_end_s > 0.0  # type: ignore[union-attr]

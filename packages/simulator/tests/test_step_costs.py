@@ -49,14 +49,15 @@ def test_the_optimizer_step_follows_the_measured_cost_of_what_this_device_steps(
 
 
 def test_zero1_gathers_after_the_step_and_zero2_before_forward() -> None:
-    # Collectives of 0.25 s: the step ends with 3 small all-reduces (0.75 s) in every mode.
+    # Collectives of 0.25 s: the step ends with a small all-reduce and a barrier (0.5 s).
     ddp, zero1, zero2, zero3 = (
         _stage(m, latency_s=0.25) for m in ("ddp", "zero1", "zero2", "zero3")
     )
-    assert ddp.after_step_s == pytest.approx(0.75)
-    assert zero1.after_step_s == pytest.approx(0.75 + 0.25)
+    assert ddp.after_step_s == pytest.approx(0.5)
+    assert (zero1.after_step_s, zero1.zero1_gather_s) == pytest.approx((0.5, 0.25))
+    assert ddp.zero1_gather_s == zero2.zero1_gather_s == 0.0
     assert [op for op, _ in zero1.layers[0].grad_sync] == ["all_reduce"]
-    assert zero2.after_step_s == pytest.approx(0.75)
+    assert zero2.after_step_s == pytest.approx(0.5)
     # One sample per device: forward 1 s, backward 2 s, plus the gathers.
     assert (zero2.forward_s, zero2.backward_s) == pytest.approx((1.25, 2.0))
     assert (zero3.forward_s, zero3.backward_s) == pytest.approx((1.25, 2.25))
@@ -78,12 +79,12 @@ def test_the_bucket_reducer_is_priced_wherever_ddp_or_zero1_sums_over_ranks() ->
     reducer = TensorWork(latency_s=0.3, per_tensor_s=0.01, per_byte_s=1 / 8000)  # 0.1 + 0.5
     ddp = _stage("ddp", ddp_reducer=reducer)
     assert ddp.backward_s == pytest.approx(2 + 0.6)
-    assert ddp.after_step_s == pytest.approx(0.3)  # the latency, once a step
+    assert ddp.reducer_s == pytest.approx(0.3)  # the latency, once a step
     # FSDP has no reducer; one device has no DDP.
     zero2 = _stage("zero2", ddp_reducer=reducer)
     alone = _stage("ddp", world=1, ddp_reducer=reducer)
     for stage in (zero2, alone):
-        assert (stage.backward_s, stage.after_step_s) == pytest.approx((2.0, 0.0))
+        assert (stage.backward_s, stage.reducer_s) == pytest.approx((2.0, 0.0))
     # Two micro-batches run through the same buckets (one trainer for every plan).
     plan = syn.plan(world=2, stages=(1,), micro_batches=2, global_batch=4)
     cost = CostModel(
@@ -91,7 +92,7 @@ def test_the_bucket_reducer_is_priced_wherever_ddp_or_zero1_sums_over_ranks() ->
         model_profile=syn.model_profile(param_tensors=TENSORS),
     )
     (accumulating,) = WorkloadBuilder(plan=plan, model=syn.description(1), cost=cost).build()
-    assert (accumulating.backward_s, accumulating.after_step_s) == pytest.approx((2.6, 0.3))
+    assert (accumulating.backward_s, accumulating.reducer_s) == pytest.approx((2.6, 0.3))
 
 
 def test_meeting_ranks_pay_the_profiled_sync_cost_beyond_each_blocking_collective() -> None:
@@ -99,7 +100,7 @@ def test_meeting_ranks_pay_the_profiled_sync_cost_beyond_each_blocking_collectiv
     zero3 = _stage("zero3", latency_s=0.25, sync=sync)
     # Compute x1.5; the gather (0.25 s) before forward and again before backward, +0.1 each.
     assert (zero3.forward_s, zero3.backward_s) == pytest.approx((1.5 + 0.35, 3.0 + 0.35))
-    assert zero3.after_step_s == pytest.approx(3 * 0.35)  # the step end's three meetings
+    assert zero3.after_step_s == pytest.approx(2 * 0.35)  # the step end's two meetings
     # The reduce-scatter overlaps the backward: no meeting.
     assert [seconds for _, seconds in zero3.layers[0].grad_sync] == pytest.approx([0.25])
     alone = _stage("ddp", world=1, sync=sync)
@@ -116,10 +117,17 @@ def test_the_iteration_ends_with_the_optimizer_step_and_the_steps_end() -> None:
         model_profile=syn.model_profile(param_tensors=TENSORS),
         model=syn.description(1),
     )
-    # forward 1 + backward 2, sync 0.25 exposed, optimizer 3.0, gather 0.25 + end 0.75.
-    assert result.iteration_time_s == pytest.approx(1 + 2 + 0.25 + 3.0 + 1.0)
+    # forward 1 + backward 2, sync 0.25 exposed, optimizer 3.0, gather 0.25 + end 0.5.
+    assert result.iteration_time_s == pytest.approx(1 + 2 + 0.25 + 3.0 + 0.75)
     compute = [e.name for e in result.events if e.stream == "compute"]
-    assert compute[-2:] == ["optimizer", "step end"]
+    assert compute[-3:] == ["optimizer", "zero1 gather", "step end"]
+    # The phases the executor times: ZeRO-1's gather with the optimizer step.
+    for stage in result.stages:
+        assert stage.phases is not None
+        phases = stage.phases
+        assert (phases.schedule_s, phases.grad_sync_s) == pytest.approx((3.0, 0.25))
+        assert (phases.optimizer_s, phases.step_end_s) == pytest.approx((3.25, 0.5))
+        assert phases.total_s == pytest.approx(result.iteration_time_s)
 
 
 def test_measured_checkpointed_passes_replace_the_recomputation_estimate() -> None:

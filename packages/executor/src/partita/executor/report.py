@@ -8,7 +8,15 @@ from dataclasses import replace
 from importlib.metadata import PackageNotFoundError, version
 from typing import Literal
 
-from partita.formats import RankMemory, RunReport, StepRecord, TrainingSettings, dumps, loads
+from partita.formats import (
+    RankMemory,
+    RankPhases,
+    RunReport,
+    StepRecord,
+    TrainingSettings,
+    dumps,
+    loads,
+)
 
 __all__ = ["TOOLS", "build_run_report", "throughput_per_s", "tool_versions"]
 
@@ -62,6 +70,7 @@ def build_run_report(
     resumed_from_step: int | None = None,
     num_nodes: int = 1,
     attention: str = "",
+    phases: Iterable[RankPhases] = (),
 ) -> RunReport:
     """A validated run report: ``failed`` when ``error`` is given, else ``status``.
 
@@ -88,5 +97,6 @@ def build_run_report(
         resumed_from_step=resumed_from_step,
         num_nodes=num_nodes,
         attention=attention,  # type: ignore[arg-type]
+        phases=tuple(sorted(phases, key=lambda phase: phase.rank)),
     )
     return loads(dumps(report), RunReport)

@@ -79,6 +79,7 @@ from partita.executor.setups import LayerSetup, check_vocab_sequence_parallel, t
 from partita.executor.sharded_state import TrainState, canonical_names, torch_optimizers
 from partita.executor.split_backward import SplitBackward
 from partita.executor.stage import StageModel
+from partita.executor.step_phases import PhaseClock
 from partita.formats import Plan
 from partita.formats.common import WHOLE_LAYER_CKPT_MODES
 from partita.formats.schedules import Action, build_schedule, splits_backward
@@ -123,6 +124,8 @@ class TrainResult:
     peak_memory_bytes: int = 0
     memory_method: str = ""
     unit: str = "tokens"
+    # Per step: (schedule, gradient sync, optimizer, step end) seconds (``step_phases``).
+    step_phases_s: list[tuple[float, float, float, float]] = field(default_factory=list)
 
 
 def check_supported(plan: Plan, family: str | None = None) -> None:
@@ -237,6 +240,7 @@ class Trainer:
             else None
         )
         self._text: TextBatches | None = None
+        self.phase_clock = PhaseClock(self.device)
 
     @property
     def attention(self) -> str:
@@ -280,6 +284,7 @@ class Trainer:
     # -- one step --------------------------------------------------------------------------
 
     def step(self, batch: Activations) -> float:
+        self.phase_clock.start()
         total = (batch["labels"] != IGNORE_INDEX).sum().to(self.device, torch.float64)
         self.optimizer.zero_grad(set_to_none=True)
         self.parallel.buckets.attach()
@@ -304,7 +309,9 @@ class Trainer:
                 self._backward_weight(saved.pop(key))
         assert not saved, f"actions left without their backward: {sorted(saved)}"
         transfers.wait()
+        self.phase_clock.mark()
         self.parallel.sync_after_backward()
+        self.phase_clock.mark()
         if self.scaler is None:
             self.optimizer.step()
         else:
@@ -312,6 +319,7 @@ class Trainer:
             if finite:  # else every rank skips the step (its gradients overflowed)
                 self.optimizer.step()
             self.scaler.update(finite)
+        self.phase_clock.mark()
         head = self.stage_model.output_layout.groups
         if not (self.last and head.tp_rank == 0):
             logged.zero_()
@@ -493,6 +501,7 @@ class Trainer:
             else:
                 elapsed, loss = self._timed_step(batch)
             result.step_times_s.append(elapsed)
+            result.step_phases_s.append(self.phase_clock.split(elapsed))
             result.losses.append(loss)
             result.items_per_step = _items(batch, result.unit)
             if on_step is not None:

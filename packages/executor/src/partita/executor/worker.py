@@ -19,6 +19,7 @@ import torch
 import torch.distributed as dist
 from torch.distributed.checkpoint.api import CheckpointException
 
+from partita.executor.step_phases import median_phases
 from partita.executor.trainer import (
     LostRankError,
     Trainer,
@@ -28,7 +29,15 @@ from partita.executor.trainer import (
 )
 from partita.executor.training_run import TrainingRun
 from partita.executor.watchdog import EXIT_LOST_RANK, Watchdog
-from partita.formats import Plan, RankMemory, TrainingSettings, content_hash, load, save
+from partita.formats import (
+    Plan,
+    RankMemory,
+    RankPhases,
+    TrainingSettings,
+    content_hash,
+    load,
+    save,
+)
 
 REPORT = "run_report.json"
 EXIT_BAD_INPUT = 2
@@ -188,8 +197,17 @@ def _train(
     progress.close()
     peaks = [0] * world
     dist.all_gather_object(peaks, result.peak_memory_bytes, group=groups.world)
+    phases: list[RankPhases | None] = [None] * world
+    mine = median_phases(rank, result.step_phases_s) if result.step_phases_s else None
+    dist.all_gather_object(phases, mine, group=groups.world)
     if rank == 0:
-        path = writer.write(run, status="completed", result=result, peaks=peaks)
+        path = writer.write(
+            run,
+            status="completed",
+            result=result,
+            peaks=peaks,
+            phases=[p for p in phases if p is not None],
+        )
         print(f"run report: {path}", file=sys.stderr)
     dist.barrier(group=groups.world)  # every rank ends after the report is written
     return 0
@@ -221,6 +239,7 @@ class _ReportWriter:
         status: str,
         result: TrainResult | None = None,
         peaks: list[int] | None = None,
+        phases: list[RankPhases] | None = None,
     ) -> Path:
         from partita.executor.report import build_run_report
 
@@ -239,6 +258,7 @@ class _ReportWriter:
             resumed_from_step=self.resumed,
             num_nodes=_num_nodes(),
             attention=self.attention,
+            phases=phases or [],
         )
         return save(report, Path(self.args.run_dir) / REPORT)
 

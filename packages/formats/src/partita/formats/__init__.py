@@ -28,7 +28,13 @@ from partita.formats.plan import (
 )
 from partita.formats.plan_checks import validate_plan
 from partita.formats.registry import SPECS
-from partita.formats.run_report import RankMemory, RunReport, StepRecord, TrainingSettings
+from partita.formats.run_report import (
+    RankMemory,
+    RankPhases,
+    RunReport,
+    StepRecord,
+    TrainingSettings,
+)
 
 try:
     __version__ = version("partita-formats")
@@ -58,6 +64,7 @@ __all__ = [
     "Predictions",
     "Provenance",
     "RankMemory",
+    "RankPhases",
     "RunReport",
     "StepRecord",
     "SyncCost",

@@ -109,19 +109,24 @@ def check_hardware_profile(profile: HardwareProfile) -> None:
             raise FormatError("p2p is between exactly 2 devices", path=f"{path}.group_size")
 
 
+def _check_ranks(field: str, ranks: list[int], world_size: int) -> None:
+    """Per-rank entries name distinct ranks of the run."""
+    for index, rank in enumerate(ranks):
+        if rank >= world_size:
+            raise FormatError(
+                f"rank {rank} is outside world_size {world_size}", path=f"{field}[{index}].rank"
+            )
+    duplicate = _first_duplicate(ranks)
+    if duplicate is not None:
+        raise FormatError("a second entry for the same rank", path=f"{field}[{duplicate}].rank")
+
+
 def check_run_report(report: RunReport) -> None:
     if report.status in ("failed", "interrupted") and not report.error:
         article = "an" if report.status == "interrupted" else "a"
         raise FormatError(f"{article} {report.status} run must say why", path="error")
-    for index, memory in enumerate(report.peak_memory):
-        if memory.rank >= report.world_size:
-            raise FormatError(
-                f"rank {memory.rank} is outside world_size {report.world_size}",
-                path=f"peak_memory[{index}].rank",
-            )
-    duplicate = _first_duplicate(memory.rank for memory in report.peak_memory)
-    if duplicate is not None:
-        raise FormatError("a second entry for the same rank", path=f"peak_memory[{duplicate}].rank")
+    _check_ranks("peak_memory", [memory.rank for memory in report.peak_memory], report.world_size)
+    _check_ranks("phases", [phases.rank for phases in report.phases], report.world_size)
     if report.resumed_from_step is not None and report.resumed_from_step > len(report.steps):
         raise FormatError(
             f"a run resumed after step {report.resumed_from_step} but records only "

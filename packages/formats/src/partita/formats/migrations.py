@@ -76,6 +76,6 @@ def added_optional_fields(body: dict[str, Any]) -> dict[str, Any]:
     v3 -> v4: the ``ckpt`` mode ``selective-op``; run report v1 -> v2: ``settings``,
     ``resumed_from_step``, ``num_nodes`` and the status ``running``; run report v2 -> v3:
     ``attention``; run report v3 -> v4: the status ``interrupted``; run report v4 -> v5 and
-    checkpoint manifest v2 -> v3: ``settings.init``; model description v1 -> v2:
-    ``loss_bytes_per_sample`` of layers."""
+    checkpoint manifest v2 -> v3: ``settings.init``; run report v5 -> v6: ``phases``; model
+    description v1 -> v2: ``loss_bytes_per_sample`` of layers."""
     return body

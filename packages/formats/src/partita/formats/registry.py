@@ -90,6 +90,7 @@ SPECS: tuple[FormatSpec, ...] = (
             2: migrations.added_optional_fields,
             3: migrations.added_optional_fields,
             4: migrations.added_optional_fields,
+            5: migrations.added_optional_fields,
         },
         check=check_run_report,
     ),

@@ -4,7 +4,8 @@ Version 2 added the run's settings (so ``partita train --resume`` can continue i
 ``running`` status (the report is written when training starts and at every checkpoint), the
 step a resumed run started from, and the number of nodes. Version 3 added the attention kernel
 the run trained with. Version 4 added the status ``interrupted`` (stopped by SIGINT or SIGTERM;
-its last checkpoint resumes it).
+its last checkpoint resumes it). Version 6 added each rank's step split into phases
+(``phases``), to set against the simulator's.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from partita.formats.common import AttentionKernel
 from partita.formats.schema import at_least, count_from, greater_than
 
 FORMAT = "partita.run_report"
-VERSION = 5
+VERSION = 6
 
 
 @dataclass(frozen=True)
@@ -31,6 +32,27 @@ class StepRecord:
 class RankMemory:
     rank: int = field(metadata=count_from(0))
     peak_bytes: int = field(metadata=at_least(0))
+
+
+@dataclass(frozen=True)
+class RankPhases:
+    """Where one rank's training step went: medians over the timed steps (the first left
+    out when there are more), in seconds; the four add up to the step's time.
+
+    ``schedule_s``: every micro-batch's forward and backward passes by the plan's schedule,
+    with the pipeline's transfers and the waits between passes (the bubble).
+    ``grad_sync_s``: the wait, after the last pass, for the data-parallel gradient
+    synchronisation that did not overlap the passes.
+    ``optimizer_s``: the optimizer step (with ZeRO-1's gather of the updated parameters).
+    ``step_end_s``: the rest: the loss and token-count all-reduces and the barrier every rank
+    meets, so the wait for the slowest rank too.
+    """
+
+    rank: int = field(metadata=count_from(0))
+    schedule_s: float = field(metadata=at_least(0))
+    grad_sync_s: float = field(metadata=at_least(0))
+    optimizer_s: float = field(metadata=at_least(0))
+    step_end_s: float = field(metadata=at_least(0))
 
 
 @dataclass(frozen=True)
@@ -69,3 +91,4 @@ class RunReport:
     # The kernel selected (partita.models.attention.select_attention), not one observed per
     # call: a "flash" run still ran the calls flash-attn cannot take (a bias, fp32) on SDPA.
     attention: AttentionKernel = ""
+    phases: tuple[RankPhases, ...] = ()  # one per rank, once the run completed

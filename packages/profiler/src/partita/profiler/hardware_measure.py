@@ -207,10 +207,32 @@ def measure_memory_bandwidth(context: Context, *, quick: bool) -> list[float]:
 OPTIMIZER_SHAPES = ((4, 1024), (64, 1024), (16, 1 << 14), (64, 1 << 14), (4, 1 << 18))
 
 
+# Bytes written before each timed optimizer step, so that it finds its tensors in memory, not
+# in the caches the previous repeat warmed: in training the step's passes went through the
+# activations since, and the moments were last touched a step ago. Well past a core's L2 (2
+# MiB on the 2-core CI host) and a GPU's (50 MiB on H100, 126 MiB on B200). On gpt-tiny's
+# 68 tensors the host measured 1.96 ms warm and 2.42 ms so, where the fidelity benchmark's
+# trainings ran theirs 0.47 ms (median) slower than the warm profile priced.
+EVICT_BYTES = {"cpu": 64 << 20, "cuda": 256 << 20}
+
+
+def cache_evictor(device: torch.device) -> Callable[[], None]:
+    """A call that reads and writes ``EVICT_BYTES`` on ``device``."""
+    size = EVICT_BYTES["cuda" if device.type == "cuda" else "cpu"] // 4
+    buffer = torch.zeros(size, dtype=torch.float32, device=device)
+
+    def evict() -> None:
+        buffer.add_(1.0)
+
+    return evict
+
+
 def measure_optimizer_step(context: Context, *, quick: bool) -> dict[tuple[int, int], list[float]]:
     """Seconds of each repeat of an AdamW step (fp32, gradients set) over each set of
-    ``OPTIMIZER_SHAPES``, all ranks at once (as in training)."""
+    ``OPTIMIZER_SHAPES``, all ranks at once (as in training), each after the caches were
+    written over (``EVICT_BYTES``; outside the time)."""
     results = {}
+    evict = cache_evictor(context.device)
     for tensors, elements in OPTIMIZER_SHAPES:
         params = [
             torch.nn.Parameter(torch.randn(elements, device=context.device)) for _ in range(tensors)
@@ -221,10 +243,11 @@ def measure_optimizer_step(context: Context, *, quick: bool) -> dict[tuple[int, 
         dist.barrier(group=context.world)
         for _ in range(2):
             optimizer.step()
-        repeats = context.settings.matmul_repeats
-        results[(tensors, elements)] = [
-            context.timer.seconds(optimizer.step) for _ in range(repeats)
-        ]
+        times = []
+        for _ in range(context.settings.matmul_repeats):
+            evict()  # the timer waits for the device before it starts
+            times.append(context.timer.seconds(optimizer.step))
+        results[(tensors, elements)] = times
     return results
 
 
@@ -334,7 +357,10 @@ def measure_sync_cost(context: Context, *, quick: bool) -> dict[int, dict[str, l
     as the compute before it varies between them, and it starts cold. The excess of the
     rounds over their parts is fitted against the compute when the profile is built.
     """
-    n = plan.SYNC_MATMUL_SIZE // (2 if quick else 1)
+    # --quick meets half as often but keeps the compute: the fraction is a slope over it, and
+    # matmuls of half the size (1/8 the time) left a range the excess's scatter swamped (on
+    # the 2-core host 0.0 to 0.63 within minutes, where full profiles read 0.077-0.093).
+    n = plan.SYNC_MATMUL_SIZE
     a = torch.randn(n, n, device=context.device)
     small = torch.zeros(2, device=context.device)
     meetings = plan.SYNC_MEETINGS // (2 if quick else 1)

@@ -49,6 +49,7 @@ class _RankState:
     compute_busy_s: float = 0.0
     computing: bool = False
     dp_active: int = 0
+    phase_ends: list[float] = field(default_factory=list)
     # Per chunk: whether the step's gradients of its layers are made (by its first backward,
     # or its first W where the backward is split), and how far a backward rises above what
     # is held as it starts (``memory.Backward``), before and after.
@@ -64,6 +65,8 @@ class EngineOutput:
     peak_bytes: tuple[float, ...]
     timelines: tuple[tuple[tuple[float, float], ...], ...]
     events: tuple[Event, ...]
+    # Per rank, when its schedule, gradient sync and optimizer step ended.
+    phase_ends_s: tuple[tuple[float, float, float], ...] = ()
 
 
 class Engine:
@@ -128,6 +131,9 @@ class Engine:
             peak_bytes=tuple(max(b for _, b in s.timeline) for s in self.states),
             timelines=tuple(tuple(s.timeline) for s in self.states),
             events=tuple(e for s in self.states for e in sorted(s.events, key=lambda e: e.start_s)),
+            phase_ends_s=tuple(
+                (s.phase_ends[0], s.phase_ends[1], s.phase_ends[2]) for s in self.states
+            ),
         )
 
     # --- one rank ---------------------------------------------------------------------------
@@ -145,14 +151,23 @@ class Engine:
                 yield from self._backward(index, action, final=position == final[action.chunk])
             else:
                 yield from self._weights(index, action, final=position == final[action.chunk])
-        yield self.env.all_of(state.syncs + state.sends)
+        # The step's phases as the executor times them (``partita.run_report.RankPhases``).
+        yield self.env.all_of(state.sends)
+        state.phase_ends.append(self.env.now)  # the schedule's passes and transfers
+        yield self.env.all_of(state.syncs)
         if index in self.tied_arrived:
             self.tied_arrived[index].succeed()
             yield self.env.all_of(list(self.tied_arrived.values()))
             tied = sum(work.tied_sync_s for work in state.works)
             yield from self._compute(index, "tied table sync", tied, None)
+        reducer = sum(work.reducer_s for work in state.works)
+        yield from self._compute(index, "ddp reducer", reducer, None)
+        state.phase_ends.append(self.env.now)  # the gradient sync
         optimizer = sum(work.optimizer_step_s for work in state.works)
         yield from self._compute(index, "optimizer", optimizer, None)
+        gathers = sum(work.zero1_gather_s for work in state.works)
+        yield from self._compute(index, "zero1 gather", gathers, None)
+        state.phase_ends.append(self.env.now)  # the optimizer step
         after = sum(work.after_step_s for work in state.works)
         yield from self._compute(index, "step end", after, None)
         return self.env.now

@@ -348,6 +348,17 @@ def _runs_section(page: _Page, inputs: ReportInputs, result: SimulationResult) -
         "plan with the profiles above.</p>"
     )
     page.figure(figures.iteration_figure(runs, [p.iteration_time_s for p in predictions]))
+    if any(run.report.phases for run in runs):
+        page.add(
+            "<p>Where the step went on each rank, as the executor times it: the passes of the "
+            "schedule (with the pipeline's transfers and the bubble), the gradient sync the "
+            "passes did not hide, the optimizer step, and the step's end (the loss all-reduce "
+            "and the barrier, so the wait for the slowest rank too); medians over the steps "
+            "after the first, against the simulation of the rank's stage.</p>"
+        )
+        page.figure(figures.phases_figure(runs, predictions))
+    else:
+        page.note("No run timed its step's phases (a run report before version 6).")
     if any(run.report.peak_memory for run in runs):
         page.figure(figures.rank_memory_figure(runs, [p.peak_memory_bytes for p in predictions]))
     else:

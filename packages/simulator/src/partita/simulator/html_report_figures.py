@@ -28,6 +28,7 @@ __all__ = [
     "loss_figure",
     "memory_breakdown_figure",
     "memory_timeline_figure",
+    "phases_figure",
     "rank_memory_figure",
     "search_figure",
     "share",
@@ -383,6 +384,53 @@ def rank_memory_figure(runs: Sequence[TrainedRun], predicted_per_stage: Sequence
         height=400,
         barmode="group",
         yaxis={"title": {"text": f"{unit} per device"}},
+        xaxis={"automargin": True},
+    )
+
+
+PHASE_NAMES = {  # RankPhases / StepPhases field -> legend name
+    "schedule_s": "forward and backward passes (with transfers and bubble)",
+    "grad_sync_s": "gradient sync left after the passes",
+    "optimizer_s": "optimizer step",
+    "step_end_s": "step end (loss all-reduce, barrier, slowest rank)",
+}
+_PHASE_COLORS = ("#4C72B0", "#C44E52", "#DD8452", "#8C8C8C")
+
+
+def phases_figure(runs: Sequence[TrainedRun], predictions: Sequence[SimulationResult]) -> Any:
+    """Where each rank's step went, predicted (its stage's simulation) against measured
+    (``RankPhases``): a pair of stacked bars per rank of each run that timed its phases."""
+    first: list[str] = []
+    second: list[str] = []
+    values: dict[str, list[float | None]] = {name: [] for name in PHASE_NAMES}
+    for run, result in zip(runs, predictions, strict=True):
+        stages = {stage.stage: stage.phases for stage in result.stages}
+        for measured in run.report.phases:
+            stage = stage_of_rank(run.plan, measured.rank)
+            rank = f"{run.label} rank {measured.rank}"
+            for side, phases in (("predicted", stages.get(stage)), ("measured", measured)):
+                first.append(rank)
+                second.append(side)
+                for name, column in values.items():
+                    seconds = None if phases is None else getattr(phases, name)
+                    column.append(None if seconds is None else seconds * _MS)
+    fig = go.Figure()
+    for (name, label), color in zip(PHASE_NAMES.items(), _PHASE_COLORS, strict=True):
+        fig.add_trace(
+            go.Bar(
+                name=label,
+                x=[first, second],
+                y=values[name],
+                marker={"color": color},
+                hovertemplate="%{x}: %{y:.3f} ms<extra>" + label + "</extra>",
+            )
+        )
+    return _layout(
+        fig,
+        title="Where the step goes, per rank: predicted against measured",
+        height=420,
+        barmode="stack",
+        yaxis={"title": {"text": "ms per iteration"}},
         xaxis={"automargin": True},
     )
 

@@ -46,6 +46,21 @@ class MemoryBreakdown:
 
 
 @dataclass(frozen=True)
+class StepPhases:
+    """Where the step goes on a stage's ranks, split as the executor times it
+    (``partita.run_report.RankPhases``); the four add up to the iteration time."""
+
+    schedule_s: float  # the passes by the schedule, with transfers and waits (the bubble)
+    grad_sync_s: float  # the wait for the gradient sync the passes did not hide
+    optimizer_s: float  # the optimizer step, with ZeRO-1's gather
+    step_end_s: float  # the step's end, and the wait for the slowest stage
+
+    @property
+    def total_s(self) -> float:
+        return self.schedule_s + self.grad_sync_s + self.optimizer_s + self.step_end_s
+
+
+@dataclass(frozen=True)
 class StageResult:
     stage: int
     devices: int
@@ -53,6 +68,7 @@ class StageResult:
     bubble_s: float  # iteration time minus compute busy time
     memory: MemoryBreakdown
     memory_timeline: tuple[tuple[float, float], ...]  # (time s, bytes) at each change
+    phases: StepPhases | None = None  # None where not simulated event by event
 
 
 @dataclass(frozen=True)

@@ -8,7 +8,7 @@ from partita.simulator import analytic
 from partita.simulator.cost import CostModel
 from partita.simulator.engine import Engine
 from partita.simulator.memory import points_peak, schedule_points
-from partita.simulator.result import MemoryBreakdown, SimulationResult, StageResult
+from partita.simulator.result import MemoryBreakdown, SimulationResult, StageResult, StepPhases
 from partita.simulator.workload import LayerWork, StageWork, WorkloadBuilder
 
 
@@ -73,10 +73,18 @@ def simulate(
     iteration = max(output.stage_end_s)
     cost.check_prediction(seconds=[iteration, *output.compute_busy_s], nbytes=output.peak_bytes)
     results = []
-    for rank, (breakdown, busy, peak, timeline) in enumerate(
-        zip(breakdowns, output.compute_busy_s, output.peak_bytes, output.timelines, strict=True)
+    for rank, (breakdown, busy, peak, timeline, ends) in enumerate(
+        zip(
+            breakdowns,
+            output.compute_busy_s,
+            output.peak_bytes,
+            output.timelines,
+            output.phase_ends_s,
+            strict=True,
+        )
     ):
         assert abs(breakdown.total - peak) <= 1e-6 * max(peak, 1.0), (breakdown.total, peak)
+        passes_end, synced, stepped = ends
         results.append(
             StageResult(
                 stage=rank,
@@ -85,6 +93,12 @@ def simulate(
                 bubble_s=max(0.0, iteration - busy),
                 memory=breakdown,
                 memory_timeline=timeline,
+                phases=StepPhases(
+                    schedule_s=passes_end,
+                    grad_sync_s=synced - passes_end,
+                    optimizer_s=stepped - synced,
+                    step_end_s=iteration - stepped,
+                ),
             )
         )
     return SimulationResult(
