@@ -657,6 +657,8 @@ def measured_numbers(report: dict[str, Any]) -> dict[str, Any]:
         "attention": report.get("attention") or None,
         "device": report.get("device"),
         "backend": report.get("backend"),
+        # Each rank's step split (run report v6), timed by CUDA events on the stream.
+        "phases": report.get("phases") or None,
     }
 
 

@@ -256,11 +256,30 @@ def test_each_timed_optimizer_step_finds_the_caches_written_over(
             call()  # type: ignore[operator]
             return 1e-3
 
+    from partita.profiler import model_measure
+
+    monkeypatch.setattr(model_measure, "host_cores", lambda device: 1)
     dist.init_process_group("gloo", store=dist.HashStore(), rank=0, world_size=1)
     try:
-        context = measure.Context(torch.device("cpu"), Timer(), QUICK, 0, dist.group.WORLD)  # type: ignore[arg-type]
-        results = measure.measure_optimizer_step(context, quick=True)
+        results = []
+        for rank in (0, 1):  # the host's one core lets rank 0 time; rank 1 only meets
+            context = measure.Context(torch.device("cpu"), Timer(), QUICK, rank, dist.group.WORLD)  # type: ignore[arg-type]
+            results.append(measure.measure_optimizer_step(context, quick=True))
     finally:
         dist.destroy_process_group()
-    assert set(results) == set(measure.OPTIMIZER_SHAPES)
+    assert set(results[0]) == set(measure.OPTIMIZER_SHAPES) and results[1] == {}
     assert calls == ["evict", "time"] * (QUICK.matmul_repeats * len(measure.OPTIMIZER_SHAPES))
+
+
+def test_the_optimizer_fit_reads_only_the_ranks_that_timed_it() -> None:
+    from partita.profiler.hardware_measure import OPTIMIZER_SHAPES
+    from partita.profiler.hardware_report import RankResults, _optimizer
+
+    def rank(number: int, seconds: float | None) -> RankResults:
+        timed = {} if seconds is None else {s: [seconds * s[0]] * 5 for s in OPTIMIZER_SHAPES}
+        return RankResults(number, 0, "cpu", "cpu", 1 << 30, optimizer=timed)
+
+    warnings: list[str] = []
+    fit = _optimizer([rank(0, 1e-3), rank(1, 2e-3), rank(2, None), rank(3, None)], warnings)
+    assert fit is not None and fit.per_tensor_s == pytest.approx(2e-3)  # the slower timer
+    assert _optimizer([rank(0, None)], warnings) is None

@@ -131,11 +131,13 @@ def _memory_bandwidth(results: Sequence[RankResults]) -> float | None:
 
 
 def _optimizer(results: Sequence[RankResults], warnings: list[str]) -> TensorWork | None:
-    """The AdamW step's cost, fitted to the slowest rank's (trimmed) mean time of each measured
-    set of tensors (every rank steps at once)."""
+    """The AdamW step's cost, fitted to the slowest timing rank's (trimmed) mean time of each
+    measured set of tensors (every rank steps at once)."""
+    timed = [r for r in results if r.optimizer]  # the ranks the host's cores let time it
+    if not timed:
+        return None
     points = {
-        shape: max(trimmed_mean(r.optimizer[shape]) for r in results)
-        for shape in results[0].optimizer
+        shape: max(trimmed_mean(r.optimizer[shape]) for r in timed) for shape in timed[0].optimizer
     }
     return _tensor_work(points, "optimizer step", warnings, relative=True)
 
