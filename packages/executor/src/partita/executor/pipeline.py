@@ -21,6 +21,7 @@ to a virtual stage is the n-th it receives.
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 
 import torch
 import torch.distributed as dist
@@ -136,7 +137,7 @@ class Inbox:
 def recv_gradients(like: list[torch.Tensor], src: int) -> list[torch.Tensor]:
     if not like:
         return []
-    total = sum(_aligned(x.numel() * x.element_size()) for x in like)
+    total = sum(_slot_bytes(x.shape, x.dtype) for x in like)
     payload = torch.empty(total, dtype=torch.uint8, device=like[0].device)
     dist.recv(payload, src=src, tag=BACKWARD_TAG)
     grads, offset = [], 0
@@ -158,10 +159,7 @@ def _header(acts: Activations) -> Header:
 
 
 def _data_bytes(header: Header) -> int:
-    return sum(
-        _aligned(int(torch.Size(shape).numel()) * getattr(torch, dtype).itemsize)
-        for _, shape, dtype, _ in header
-    )
+    return sum(_slot_bytes(shape, getattr(torch, dtype)) for _, shape, dtype, _ in header)
 
 
 def needing_grad(acts: Activations) -> list[str]:
@@ -176,6 +174,11 @@ def _aligned(nbytes: int) -> int:
     return -(-nbytes // ALIGN) * ALIGN
 
 
+def _slot_bytes(shape: Sequence[int], dtype: torch.dtype) -> int:
+    """The bytes a tensor takes in a transfer's payload: its data, padded to ``ALIGN``."""
+    return _aligned(int(torch.Size(shape).numel()) * dtype.itemsize)
+
+
 def _padded(data: torch.Tensor) -> torch.Tensor:
     extra = _aligned(data.numel()) - data.numel()
     return torch.cat([data, data.new_zeros(extra)]) if extra else data
@@ -187,7 +190,7 @@ def _unpack(
     """The tensor stored at ``offset`` (a copy of its own), and where the next one starts."""
     nbytes = int(torch.Size(shape).numel()) * dtype.itemsize
     x = payload[offset : offset + nbytes].view(dtype).reshape(shape).clone()
-    return x, offset + _aligned(nbytes)
+    return x, offset + _slot_bytes(shape, dtype)
 
 
 def weight_leaves(roots: list[torch.Tensor], *, exclude: set[int]) -> list[torch.Tensor]:

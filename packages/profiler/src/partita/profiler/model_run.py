@@ -211,26 +211,15 @@ def _median_over_rounds(rounds: list[_Collected]) -> _Collected:
 
 
 def _median_timing(entries: Sequence[LayerTiming]) -> LayerTiming:
+    """Every timing (``*_s``) and the spread, the median over ``entries``; a timing some entry
+    lacks stays ``None``."""
+
     def median(values: list[float | None]) -> float | None:
         return None if any(v is None for v in values) else statistics.median(values)  # type: ignore[type-var]
 
-    first = entries[0]
-    return dataclasses.replace(
-        first,
-        forward_s=statistics.median(e.forward_s for e in entries),
-        backward_s=statistics.median(e.backward_s for e in entries),
-        spread=statistics.median(e.spread for e in entries),
-        checkpoint_forward_s=median([e.checkpoint_forward_s for e in entries]),
-        checkpoint_backward_s=median([e.checkpoint_backward_s for e in entries]),
-        attention_forward_s=median([e.attention_forward_s for e in entries]),
-        weight_backward_s=median([e.weight_backward_s for e in entries]),
-        selective_forward_s=median([e.selective_forward_s for e in entries]),
-        selective_recompute_s=median([e.selective_recompute_s for e in entries]),
-        attention_checkpoint_forward_s=median([e.attention_checkpoint_forward_s for e in entries]),
-        attention_checkpoint_backward_s=median(
-            [e.attention_checkpoint_backward_s for e in entries]
-        ),
-    )
+    names = [f.name for f in dataclasses.fields(LayerTiming) if f.name.endswith("_s")]
+    medians = {name: median([getattr(e, name) for e in entries]) for name in [*names, "spread"]}
+    return dataclasses.replace(entries[0], **medians)
 
 
 def _failure(
