@@ -132,7 +132,14 @@ def _run(args: argparse.Namespace) -> int:
             if not args.resume:
                 claim_for_new_run(job.run_dir, overwrite=args.overwrite)
             _say_where_weights_come_from(job, weights)
-        return worker.main(_worker_arguments(args, job))
+        code = worker.main(_worker_arguments(args, job), tear_down=False)
+        # As the ranks that --nproc launches (the worker's entry point): every rank has passed
+        # the closing barrier; end without gloo's teardown, which sometimes aborts a rank
+        # after a finished run and fails the job (a rank of the 2-node loopback CI case,
+        # SIGABRT, 2026-12-08). The run folder's lock is a flock: the process's end frees it.
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
     if args.resume:
         check_not_in_use(args.resume)
         _check_run_folder(Path(args.resume))
