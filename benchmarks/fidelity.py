@@ -864,6 +864,7 @@ def measured_again(case: Case, folder: Path) -> None:
         case.measured_memory_bytes = max(peak, case.measured_memory_bytes or 0)
         case.extra["memory_method"] = report.memory_method
         _add_measured_phases(case, report)
+    case.measured_time_s = statistics.fmean(case.pass_times_s)
 
 
 def rescore(run: Path, model: str, worlds: list[int]) -> list[Case]:

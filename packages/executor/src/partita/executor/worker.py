@@ -195,18 +195,17 @@ def _train(
     result = run.train(on_step=on_step)
     watchdog.stop()
     progress.close()
-    peaks = [0] * world
-    dist.all_gather_object(peaks, result.peak_memory_bytes, group=groups.world)
-    phases: list[RankPhases | None] = [None] * world
-    mine = median_phases(rank, result.step_phases_s) if result.step_phases_s else None
-    dist.all_gather_object(phases, mine, group=groups.world)
+    # Each rank's peak and phases, in one gather.
+    phases = median_phases(rank, result.step_phases_s) if result.step_phases_s else None
+    gathered: list[tuple[int, RankPhases | None]] = [(0, None)] * world
+    dist.all_gather_object(gathered, (result.peak_memory_bytes, phases), group=groups.world)
     if rank == 0:
         path = writer.write(
             run,
             status="completed",
             result=result,
-            peaks=peaks,
-            phases=[p for p in phases if p is not None],
+            peaks=[peak for peak, _ in gathered],
+            phases=[p for _, p in gathered if p is not None],
         )
         print(f"run report: {path}", file=sys.stderr)
     dist.barrier(group=groups.world)  # every rank ends after the report is written

@@ -44,8 +44,8 @@ class RankPhases:
     ``grad_sync_s``: the wait, after the last pass, for the data-parallel gradient
     synchronisation that did not overlap the passes.
     ``optimizer_s``: the optimizer step (with ZeRO-1's gather of the updated parameters).
-    ``step_end_s``: the rest: the loss and token-count all-reduces and the barrier every rank
-    meets, so the wait for the slowest rank too.
+    ``step_end_s``: the rest: the loss all-reduce and the barrier every rank meets, so the
+    wait for the slowest rank too.
     """
 
     rank: int = field(metadata=count_from(0))

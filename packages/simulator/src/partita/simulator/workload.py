@@ -113,7 +113,7 @@ class StageWork:
     send_forward_s: float  # activations to the next stage, one micro-batch
     send_backward_s: float  # gradients to the previous stage, one micro-batch
     optimizer_step_s: float
-    after_step_s: float = 0.0  # the step's end: the loss and token-count all-reduces, barrier
+    after_step_s: float = 0.0  # the step's end: the loss all-reduce and the barrier
     # The DDP reducer's fixed part once a step, after the last backward (with the gradient
     # sync, as the executor finishes its buckets), and ZeRO-1's gather of the updated
     # parameters (with the optimizer step, as the executor runs it).
@@ -147,8 +147,8 @@ class StageWork:
 
     @property
     def tail_s(self) -> float:
-        """What follows the last gradient sync: the tied table's sum, the optimizer step and
-        the step's end."""
+        """What follows the last gradient sync: the tied table's sum, the DDP reducer's fixed
+        part, the optimizer step, ZeRO-1's gather and the step's end."""
         return (
             self.tied_sync_s
             + self.reducer_s
@@ -851,7 +851,7 @@ class WorkloadBuilder:
         return (latency + sum(layer.optimizer_s for layer in layers)) * self._compute_scale()
 
     def _step_end(self) -> float:
-        """The executor's per-step all-reduces of the token count and loss, and its barrier."""
+        """The executor's per-step all-reduce of the loss and its barrier."""
         hardware = self.cost.hardware
         world = GroupPlacement(
             size=self.plan.world_size,
